@@ -1,0 +1,661 @@
+//! Configuration: compiled defaults < TOML file < environment, parsed once into [`Config`].
+//!
+//! The raw, serde-facing shape ([`RawConfig`]) denies unknown keys at every level so a typo
+//! is a start-up error naming the key. [`Config::from_raw`] turns it into validated values
+//! (socket addresses, URLs, durations) so nothing downstream re-checks them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Where the gateway reads its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
+
+/// Prefix of the long-form environment overrides: `GATEWAY__<SECTION>__<KEY>`.
+const ENV_PREFIX: &str = "GATEWAY";
+const ENV_SEPARATOR: &str = "__";
+
+/// Short environment names that docker compose users set, and the key each one overrides.
+/// The long form of the same key wins when both are set.
+pub const SHORT_ENV: [(&str, &str); 7] = [
+    ("OLLAMA_BASE_URL", "OLLAMA__BASE_URL"),
+    ("OPENAI_API_KEY", "UPSTREAMS__OPENAI__API_KEY"),
+    ("OPENAI_BASE_URL", "UPSTREAMS__OPENAI__BASE_URL"),
+    ("GATEWAY_LISTEN", "SERVER__LISTEN"),
+    ("GATEWAY_TLS_CERT", "TLS__CERT"),
+    ("GATEWAY_TLS_KEY", "TLS__KEY"),
+    ("GATEWAY_LOG_FORMAT", "LOG__FORMAT"),
+];
+
+/// A configuration problem, reported at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The configuration as written by the user (file and environment), before validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub tls: RawTls,
+    pub ollama: RawOllama,
+    /// OpenAI-compatible upstreams by name; a model `<prefix><model>` goes to that upstream.
+    pub upstreams: BTreeMap<String, RawOpenAi>,
+    pub timeouts: RawTimeouts,
+    pub log: RawLog,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let mut upstreams = BTreeMap::new();
+        upstreams.insert(
+            "openai".to_string(),
+            RawOpenAi {
+                prefix: "openai/".into(),
+                base_url: "https://api.openai.com/v1".into(),
+                ..RawOpenAi::default()
+            },
+        );
+        Self {
+            server: RawServer::default(),
+            tls: RawTls::default(),
+            ollama: RawOllama::default(),
+            upstreams,
+            timeouts: RawTimeouts::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// HTTPS listener, host:port; port 0 picks a free port (the bound address is logged).
+    pub listen: String,
+    /// Optional plain-HTTP listener, for use behind a TLS-terminating load balancer only.
+    pub plain_listen: String,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8443".into(),
+            plain_listen: String::new(),
+            workers: 0,
+            max_body_bytes: 20 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain; empty means a self-signed certificate in `self_signed_dir`.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Where the self-signed certificate is generated and reused.
+    pub self_signed_dir: String,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            cert: String::new(),
+            key: String::new(),
+            self_signed_dir: "certs".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOllama {
+    /// Base URL of Ollama; `/api/chat` is appended.
+    pub base_url: String,
+}
+
+impl Default for RawOllama {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:11434".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOpenAi {
+    /// Model prefix that selects this upstream; empty means `<name>/`.
+    pub prefix: String,
+    /// Base URL as the OpenAI SDKs take it; `/chat/completions` is appended.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer` to this upstream only; empty sends none.
+    pub api_key: Secret,
+    /// Ask for usage in streams (`stream_options.include_usage`); some servers reject it.
+    pub stream_usage: Option<bool>,
+    /// Which parameter carries `num_predict`: `max_tokens` or `max_completion_tokens`.
+    pub max_tokens_param: Option<String>,
+    /// Set to false to switch the upstream off without deleting it.
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    /// TCP (and TLS) connect to an upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// From sending the request to the upstream's response headers (covers a cold model load).
+    #[serde(with = "humantime_serde")]
+    pub first_byte: Duration,
+    /// Longest silence between two chunks of a response body.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Whole exchange with the upstream, first byte to last.
+    #[serde(with = "humantime_serde")]
+    pub total: Duration,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(600),
+            idle: Duration::from_secs(300),
+            total: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing filter (`info`, `ollama_gateway=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub ollama: OllamaConfig,
+    /// Sorted by prefix length, longest first, so the most specific prefix wins.
+    pub upstreams: Vec<OpenAiConfig>,
+    pub timeouts: Timeouts,
+    pub log: RawLog,
+    raw: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub plain_listen: Option<SocketAddr>,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum TlsConfig {
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSigned { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct OllamaConfig {
+    /// `{base_url}/api/chat`.
+    pub chat_url: String,
+}
+
+/// Which OpenAI parameter carries Ollama's `num_predict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxTokensParam {
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+impl MaxTokensParam {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxTokens => "max_tokens",
+            Self::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    pub name: String,
+    pub prefix: String,
+    /// `{base_url}/chat/completions`.
+    pub chat_url: String,
+    pub api_key: Secret,
+    pub stream_usage: bool,
+    pub max_tokens_param: MaxTokensParam,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (which must exist when given), then `env`.
+    ///
+    /// `env` is passed in rather than read here so tests never touch the process environment.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let defaults = config::Config::try_from(&RawConfig::default())?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a file", path.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let env_source = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator(ENV_SEPARATOR)
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true)
+            .source(Some(expand_short_env(env)));
+        let raw: RawConfig = builder.add_source(env_source).build()?.try_deserialize()?;
+        Self::from_raw(raw)
+    }
+
+    /// Validates a raw configuration.
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let server = ServerConfig {
+            listen: parse_addr("server.listen", &raw.server.listen)?,
+            plain_listen: match raw.server.plain_listen.trim() {
+                "" => None,
+                addr => Some(parse_addr("server.plain_listen", addr)?),
+            },
+            workers: raw.server.workers,
+            max_body_bytes: match raw.server.max_body_bytes {
+                0 => return Err(invalid("server.max_body_bytes", "must be greater than 0")),
+                n => n,
+            },
+        };
+        let tls = match (raw.tls.cert.trim(), raw.tls.key.trim()) {
+            ("", "") => TlsConfig::SelfSigned {
+                dir: PathBuf::from(&raw.tls.self_signed_dir),
+            },
+            ("", _) | (_, "") => {
+                return Err(invalid(
+                    "tls.cert",
+                    "tls.cert and tls.key must be set together (or both left empty for a self-signed certificate)",
+                ))
+            }
+            (cert, key) => TlsConfig::Files {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            },
+        };
+        let ollama = OllamaConfig {
+            chat_url: format!(
+                "{}/api/chat",
+                parse_base_url("ollama.base_url", &raw.ollama.base_url)?
+            ),
+        };
+        let mut upstreams = Vec::new();
+        for (name, up) in &raw.upstreams {
+            if up.enabled == Some(false) {
+                continue;
+            }
+            upstreams.push(validate_openai(name, up)?);
+        }
+        upstreams.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then(a.name.cmp(&b.name))
+        });
+        for pair in upstreams.windows(2) {
+            if pair[0].prefix == pair[1].prefix {
+                return Err(invalid(
+                    format!("upstreams.{}.prefix", pair[1].name),
+                    format!(
+                        "prefix {:?} is also used by upstream {}",
+                        pair[1].prefix, pair[0].name
+                    ),
+                ));
+            }
+        }
+        let t = &raw.timeouts;
+        for (key, value) in [
+            ("timeouts.connect", t.connect),
+            ("timeouts.first_byte", t.first_byte),
+            ("timeouts.idle", t.idle),
+            ("timeouts.total", t.total),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        let timeouts = Timeouts {
+            connect: t.connect,
+            first_byte: t.first_byte,
+            idle: t.idle,
+            total: t.total,
+        };
+        Ok(Self {
+            server,
+            tls,
+            ollama,
+            upstreams,
+            timeouts,
+            log: raw.log.clone(),
+            raw,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Rewrites the short names (`OLLAMA_BASE_URL`, ...) into the long form, which wins if both exist.
+fn expand_short_env(env: &HashMap<String, String>) -> config::Map<String, String> {
+    let mut out: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("GATEWAY__"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (short, long) in SHORT_ENV {
+        if let Some(value) = env.get(short) {
+            out.entry(format!("{ENV_PREFIX}{ENV_SEPARATOR}{long}"))
+                .or_insert_with(|| value.clone());
+        }
+    }
+    out
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.trim().parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not a host:port socket address (for example 0.0.0.0:8443)"),
+        )
+    })
+}
+
+/// Checks an http(s) base URL and returns it without a trailing slash.
+fn parse_base_url(key: &str, value: &str) -> Result<String, ConfigError> {
+    let trimmed = value.trim().trim_end_matches('/');
+    let uri: awc::http::Uri = trimmed
+        .parse()
+        .map_err(|e| invalid(key, format!("{value:?} is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(invalid(
+                key,
+                format!("{value:?} must start with http:// or https://"),
+            ))
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid(key, format!("{value:?} has no host")));
+    }
+    if uri.query().is_some() {
+        return Err(invalid(
+            key,
+            format!("{value:?} must not have a query string"),
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigError> {
+    let key = |field: &str| format!("upstreams.{name}.{field}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            format!("upstreams.{name}"),
+            "upstream names may use only letters, digits, '-' and '_'",
+        ));
+    }
+    let prefix = match up.prefix.trim() {
+        "" => format!("{name}/"),
+        p => p.to_string(),
+    };
+    if up.base_url.trim().is_empty() {
+        return Err(invalid(key("base_url"), "is required"));
+    }
+    let base = parse_base_url(&key("base_url"), &up.base_url)?;
+    let max_tokens_param = match up.max_tokens_param.as_deref().unwrap_or("max_tokens") {
+        "max_tokens" => MaxTokensParam::MaxTokens,
+        "max_completion_tokens" => MaxTokensParam::MaxCompletionTokens,
+        other => {
+            return Err(invalid(
+                key("max_tokens_param"),
+                format!("{other:?} is neither \"max_tokens\" nor \"max_completion_tokens\""),
+            ))
+        }
+    };
+    Ok(OpenAiConfig {
+        name: name.to_string(),
+        prefix,
+        chat_url: format!("{base}/chat/completions"),
+        api_key: up.api_key.clone(),
+        stream_usage: up.stream_usage.unwrap_or(true),
+        max_tokens_param,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(content: &str) -> (tempdir::Dir, PathBuf) {
+        let dir = tempdir::Dir::new();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, content).unwrap();
+        (dir, path)
+    }
+
+    /// A tiny self-cleaning temp dir, enough for these tests.
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        pub struct Dir(PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "ogw-config-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::SeqCst)
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
+        assert!(c.server.plain_listen.is_none());
+        assert_eq!(c.ollama.chat_url, "http://127.0.0.1:11434/api/chat");
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].prefix, "openai/");
+        assert_eq!(
+            c.upstreams[0].chat_url,
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert!(matches!(c.tls, TlsConfig::SelfSigned { .. }));
+    }
+
+    #[test]
+    fn committed_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        Config::load(Some(&path), &HashMap::new()).unwrap();
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let (_d, path) = write(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[upstreams.groq]\nbase_url = \"http://127.0.0.1:1/openai/v1/\"\n",
+        );
+        let c = Config::load(
+            Some(&path),
+            &env(&[
+                ("GATEWAY__SERVER__LISTEN", "127.0.0.1:9100"),
+                ("GATEWAY__TIMEOUTS__IDLE", "7s"),
+                ("OLLAMA_BASE_URL", "http://ollama:11434/"),
+                ("OPENAI_API_KEY", "sk-test-1234"),
+                ("OPENAI_BASE_URL", "http://127.0.0.1:2/v1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9100);
+        assert_eq!(c.timeouts.idle, Duration::from_secs(7));
+        assert_eq!(c.ollama.chat_url, "http://ollama:11434/api/chat");
+        let groq = c.upstreams.iter().find(|u| u.name == "groq").unwrap();
+        assert_eq!(groq.prefix, "groq/");
+        assert_eq!(
+            groq.chat_url,
+            "http://127.0.0.1:1/openai/v1/chat/completions"
+        );
+        let openai = c.upstreams.iter().find(|u| u.name == "openai").unwrap();
+        assert_eq!(openai.api_key.expose(), "sk-test-1234");
+        assert_eq!(openai.chat_url, "http://127.0.0.1:2/v1/chat/completions");
+        let printed = c.to_redacted_toml();
+        assert!(!printed.contains("sk-test-1234"), "{printed}");
+        assert!(printed.contains("*****"));
+    }
+
+    #[test]
+    fn long_env_name_beats_short_one() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("GATEWAY_LISTEN", "127.0.0.1:1"),
+                ("GATEWAY__SERVER__LISTEN", "127.0.0.1:2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let (_d, path) = write("[server]\nlistn = \"127.0.0.1:9000\"\n");
+        let err = Config::load(Some(&path), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listn"), "{err}");
+        let err = Config::load(None, &env(&[("GATEWAY__TIMEOUTS__IDEL", "1s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("idel"), "{err}");
+        let (_d, path) = write("[nonsense]\na = 1\n");
+        let err = Config::load(Some(&path), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_key() {
+        for (k, v, needle) in [
+            ("GATEWAY__SERVER__LISTEN", "nope", "server.listen"),
+            ("GATEWAY__OLLAMA__BASE_URL", "ftp://x", "ollama.base_url"),
+            ("GATEWAY__TIMEOUTS__CONNECT", "0s", "timeouts.connect"),
+            ("GATEWAY__TLS__CERT", "/x.pem", "tls.cert"),
+            (
+                "GATEWAY__UPSTREAMS__OPENAI__MAX_TOKENS_PARAM",
+                "n",
+                "max_tokens_param",
+            ),
+        ] {
+            let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(needle), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn longest_prefix_first_and_duplicates_rejected() {
+        let mut raw = RawConfig::default();
+        raw.upstreams.insert(
+            "deep".into(),
+            RawOpenAi {
+                prefix: "openai/deep/".into(),
+                base_url: "http://127.0.0.1:1".into(),
+                ..RawOpenAi::default()
+            },
+        );
+        let c = Config::from_raw(raw.clone()).unwrap();
+        assert_eq!(c.upstreams[0].name, "deep");
+        raw.upstreams.get_mut("deep").unwrap().prefix = "openai/".into();
+        assert!(Config::from_raw(raw)
+            .unwrap_err()
+            .to_string()
+            .contains("prefix"));
+    }
+}

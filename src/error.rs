@@ -1,0 +1,280 @@
+//! One error type for the request path, one status table, one JSON body shape.
+//!
+//! Every rejection and upstream failure the gateway answers with is a [`GatewayError`].
+//! Its status comes from an exhaustive `match`, its body is Ollama's `{"error": "..."}`,
+//! and [`GatewayError::kind`] gives a short, bounded label for metrics and logs.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
+
+/// Whose fault a failure is; drives log levels and the metrics' `blame` dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The request was wrong (4xx).
+    Client,
+    /// The upstream failed or misbehaved (502/504, or its own status relayed).
+    Upstream,
+    /// The gateway itself failed (500).
+    Gateway,
+}
+
+/// Why a request did not get a normal answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The body was empty.
+    #[error("missing request body")]
+    EmptyBody,
+    /// The body was not the JSON we expect (syntax or types); the text says where.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// The body parsed but a field has a value we cannot use.
+    #[error("{0}")]
+    InvalidField(String),
+    /// No `model` in the request.
+    #[error("model is required")]
+    MissingModel,
+    /// The body exceeds the configured limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    /// The body could not be read from the client.
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    /// No route matches the path.
+    #[error("no such endpoint: {method} {path}")]
+    NotFound { method: String, path: String },
+    /// The path exists but not for this method.
+    #[error("method {method} is not allowed on {path}; allowed: {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    /// The upstream could not be reached (DNS, refused, TLS).
+    #[error("upstream {upstream} is unreachable: {detail}")]
+    UpstreamConnect { upstream: String, detail: String },
+    /// The upstream did not answer in time.
+    #[error("upstream {upstream} timed out: {detail}")]
+    UpstreamTimeout { upstream: String, detail: String },
+    /// The upstream answered with an error status; `status` is what the client gets.
+    #[error("{message}")]
+    UpstreamStatus {
+        upstream: String,
+        status: StatusCode,
+        message: String,
+        retry_after: Option<HeaderValue>,
+    },
+    /// The upstream answered 2xx with something we cannot read.
+    #[error("upstream {upstream} sent an invalid response: {detail}")]
+    UpstreamProtocol { upstream: String, detail: String },
+}
+
+impl GatewayError {
+    /// A short, fixed label for metrics and logs (never free text).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
+                "bad_request"
+            }
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyRead(_) => "body_read",
+            Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::UpstreamConnect { .. } => "upstream_connect",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamStatus { .. } => "upstream_status",
+            Self::UpstreamProtocol { .. } => "upstream_protocol",
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn blame(&self) -> Blame {
+        match self {
+            Self::EmptyBody
+            | Self::InvalidJson(_)
+            | Self::InvalidField(_)
+            | Self::MissingModel
+            | Self::BodyTooLarge { .. }
+            | Self::BodyRead(_)
+            | Self::NotFound { .. }
+            | Self::MethodNotAllowed { .. } => Blame::Client,
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamStatus { .. }
+            | Self::UpstreamProtocol { .. } => Blame::Upstream,
+        }
+    }
+}
+
+impl ResponseError for GatewayError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpstreamConnect { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamStatus { status, .. } => *status,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut builder = HttpResponseBuilder::new(self.status_code());
+        match self {
+            Self::MethodNotAllowed { allow, .. } => {
+                builder.insert_header((header::ALLOW, *allow));
+            }
+            Self::UpstreamStatus {
+                retry_after: Some(value),
+                ..
+            } => {
+                builder.insert_header((header::RETRY_AFTER, value.clone()));
+            }
+            _ => {}
+        }
+        json_error(&mut builder, &self.to_string())
+    }
+}
+
+/// The content type of every JSON body the gateway writes, as Ollama sends it.
+pub const JSON_UTF8: &str = "application/json; charset=utf-8";
+
+/// Finishes `builder` with Ollama's error body `{"error": message}`.
+pub fn json_error(builder: &mut HttpResponseBuilder, message: &str) -> HttpResponse {
+    builder
+        .insert_header((header::CONTENT_TYPE, JSON_UTF8))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(error_body(message))
+}
+
+/// `{"error": message}` as bytes, with a trailing newline so it also works as an NDJSON line.
+pub fn error_line(message: &str) -> Vec<u8> {
+    let mut line = error_body(message);
+    line.push(b'\n');
+    line
+}
+
+fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": message }))
+        .unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn body_of(err: &GatewayError) -> serde_json::Value {
+        let resp = err.error_response();
+        let bytes = resp.into_body().try_into_bytes().unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn status_table_is_pinned() {
+        let up = || "ollama".to_string();
+        let cases: Vec<(GatewayError, u16, &str)> = vec![
+            (GatewayError::EmptyBody, 400, "bad_request"),
+            (GatewayError::InvalidJson("x".into()), 400, "bad_request"),
+            (GatewayError::InvalidField("x".into()), 400, "bad_request"),
+            (GatewayError::MissingModel, 400, "bad_request"),
+            (
+                GatewayError::BodyTooLarge { limit: 1 },
+                413,
+                "body_too_large",
+            ),
+            (GatewayError::BodyRead("x".into()), 400, "body_read"),
+            (
+                GatewayError::NotFound {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                },
+                404,
+                "not_found",
+            ),
+            (
+                GatewayError::MethodNotAllowed {
+                    method: "GET".into(),
+                    path: "/api/chat".into(),
+                    allow: "POST",
+                },
+                405,
+                "method_not_allowed",
+            ),
+            (
+                GatewayError::UpstreamConnect {
+                    upstream: up(),
+                    detail: "refused".into(),
+                },
+                502,
+                "upstream_connect",
+            ),
+            (
+                GatewayError::UpstreamTimeout {
+                    upstream: up(),
+                    detail: "no response within 1s".into(),
+                },
+                504,
+                "upstream_timeout",
+            ),
+            (
+                GatewayError::UpstreamStatus {
+                    upstream: up(),
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    message: "slow down".into(),
+                    retry_after: Some(HeaderValue::from_static("7")),
+                },
+                429,
+                "upstream_status",
+            ),
+            (
+                GatewayError::UpstreamProtocol {
+                    upstream: up(),
+                    detail: "x".into(),
+                },
+                502,
+                "upstream_protocol",
+            ),
+        ];
+        for (err, status, kind) in cases {
+            assert_eq!(err.status_code().as_u16(), status, "{err:?}");
+            assert_eq!(err.kind(), kind);
+            let body = body_of(&err);
+            assert_eq!(body["error"], err.to_string(), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_and_allow_headers_are_kept() {
+        let err = GatewayError::UpstreamStatus {
+            upstream: "openai".into(),
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "m".into(),
+            retry_after: Some(HeaderValue::from_static("7")),
+        };
+        let resp = err.error_response();
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "7");
+        assert_eq!(resp.headers().get(header::CONTENT_TYPE).unwrap(), JSON_UTF8);
+        let err = GatewayError::MethodNotAllowed {
+            method: "GET".into(),
+            path: "/api/chat".into(),
+            allow: "POST",
+        };
+        assert_eq!(
+            err.error_response().headers().get(header::ALLOW).unwrap(),
+            "POST"
+        );
+    }
+
+    #[test]
+    fn error_line_is_one_json_line() {
+        let line = error_line("bad \"thing\"\n");
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+        assert_eq!(v["error"], "bad \"thing\"\n");
+    }
+}

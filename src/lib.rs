@@ -1,0 +1,12 @@
+//! ollama-gateway: a hardened HTTPS edge proxy in front of Ollama and OpenAI-compatible
+//! upstreams, speaking Ollama's `/api/chat` to clients.
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod secret;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod translate;
+pub mod upstream;
