@@ -1,0 +1,8 @@
+//! Pure protocol code, no I/O: Ollama's request and response shapes, the SSE parser, and
+//! the OpenAI <-> Ollama mapping. Everything here can be tested at every byte split and
+//! benchmarked on its own.
+
+pub mod ndjson;
+pub mod ollama;
+pub mod openai;
+pub mod sse;

@@ -1,0 +1,178 @@
+//! Relaying Ollama's NDJSON stream line-exact: complete lines go out as soon as they are in,
+//! a partial line waits for its newline, and the final `done` line (or an `{"error"}` line)
+//! is recognised so a stream that stops short can be reported instead of passing as finished.
+
+use bytes::{Bytes, BytesMut};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+/// Token counts and timings from Ollama's final line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct DoneCounts {
+    pub prompt_eval_count: u64,
+    pub eval_count: u64,
+    pub load_duration: u64,
+    pub eval_duration: u64,
+}
+
+#[derive(Deserialize)]
+struct LineProbe {
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+    #[serde(flatten)]
+    counts: DoneCounts,
+}
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A `done: true` line was relayed.
+    Done(DoneCounts),
+    /// The upstream sent its own `{"error": ...}` line.
+    UpstreamError,
+    /// Neither: the stream stopped short.
+    Truncated,
+}
+
+/// Splits a byte stream into whole lines without copying in the common case.
+#[derive(Debug, Default)]
+pub struct NdjsonRelay {
+    partial: BytesMut,
+    done: Option<DoneCounts>,
+    error: bool,
+}
+
+impl NdjsonRelay {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one read; returns the complete lines to forward now, if any.
+    pub fn push(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+        let Some(last_nl) = memchr::memrchr(b'\n', &chunk) else {
+            self.partial.extend_from_slice(&chunk);
+            return None;
+        };
+        let tail = chunk.split_off(last_nl + 1);
+        let out = if self.partial.is_empty() {
+            chunk
+        } else {
+            self.partial.extend_from_slice(&chunk);
+            self.partial.split().freeze()
+        };
+        self.partial.extend_from_slice(&tail);
+        self.inspect(&out);
+        Some(out)
+    }
+
+    /// At end of stream: the unterminated last line (given a newline), if any.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        if self.partial.iter().all(u8::is_ascii_whitespace) {
+            self.partial.clear();
+            return None;
+        }
+        self.partial.extend_from_slice(b"\n");
+        let out = self.partial.split().freeze();
+        self.inspect(&out);
+        Some(out)
+    }
+
+    /// Whether the last complete line left the client mid-line (never: lines are whole).
+    pub fn ending(&self) -> Ending {
+        match (self.done, self.error) {
+            (_, true) => Ending::UpstreamError,
+            (Some(counts), false) => Ending::Done(counts),
+            (None, false) => Ending::Truncated,
+        }
+    }
+
+    fn inspect(&mut self, lines: &[u8]) {
+        for line in lines.split(|b| *b == b'\n') {
+            // Content chunks say `"done":false`; only other lines need a parse.
+            if line.is_empty() || memchr::memmem::find(line, b"\"done\":false").is_some() {
+                continue;
+            }
+            if let Ok(probe) = serde_json::from_slice::<LineProbe>(line) {
+                if probe.error.is_some() {
+                    self.error = true;
+                } else if probe.done {
+                    self.done = Some(probe.counts);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"你\"},\"done\":false}\n",
+        "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"好\"},\"done\":false}\n",
+        "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":3,\"eval_count\":2}\n",
+    );
+
+    fn relay(input: &[u8], splits: &[usize]) -> (Vec<u8>, Vec<usize>, Ending) {
+        let mut r = NdjsonRelay::new();
+        let mut out = Vec::new();
+        let mut sizes = Vec::new();
+        let mut start = 0;
+        for &end in splits.iter().chain(std::iter::once(&input.len())) {
+            if let Some(b) = r.push(Bytes::copy_from_slice(&input[start..end])) {
+                assert_eq!(*b.last().unwrap(), b'\n', "only whole lines go out");
+                sizes.push(b.len());
+                out.extend_from_slice(&b);
+            }
+            start = end;
+        }
+        if let Some(b) = r.finish() {
+            out.extend_from_slice(&b);
+        }
+        (out, sizes, r.ending())
+    }
+
+    #[test]
+    fn line_exact_at_every_split() {
+        let input = STREAM.as_bytes();
+        for i in 0..=input.len() {
+            let (out, _, ending) = relay(input, &[i]);
+            assert_eq!(out, input, "split at {i}");
+            assert_eq!(
+                ending,
+                Ending::Done(DoneCounts {
+                    prompt_eval_count: 3,
+                    eval_count: 2,
+                    ..DoneCounts::default()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn lines_leave_as_soon_as_they_are_whole() {
+        let input = STREAM.as_bytes();
+        let first_nl = input.iter().position(|b| *b == b'\n').unwrap();
+        let (_, sizes, _) = relay(input, &[first_nl + 1]);
+        assert_eq!(sizes[0], first_nl + 1);
+    }
+
+    #[test]
+    fn truncated_and_error_endings() {
+        let two_lines: usize = STREAM.lines().take(2).map(|l| l.len() + 1).sum();
+        let (_, _, ending) = relay(&STREAM.as_bytes()[..two_lines], &[]);
+        assert_eq!(ending, Ending::Truncated);
+        let (out, _, ending) = relay(b"{\"done\":false}\n{\"error\":\"boom\"}", &[]);
+        assert_eq!(ending, Ending::UpstreamError);
+        assert!(out.ends_with(b"{\"error\":\"boom\"}\n"));
+        // Text that merely mentions done inside a string does not count.
+        let (_, _, ending) = relay(
+            b"{\"message\":{\"content\":\"\\\"done\\\":true\"},\"done\":false}\n",
+            &[],
+        );
+        assert_eq!(ending, Ending::Truncated);
+    }
+}
