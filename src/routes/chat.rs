@@ -1,0 +1,64 @@
+//! `POST /api/chat`: read the body, pick the upstream by model, hand over.
+
+use std::time::Instant;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+
+use crate::error::GatewayError;
+use crate::server::AppState;
+use crate::translate::ollama::ChatRequest;
+use crate::upstream::{self, openai, Route};
+
+pub async fn chat(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, GatewayError> {
+    let started = Instant::now();
+    let config = &state.config;
+    let body = read_body(payload, &req, config.server.max_body_bytes).await?;
+    let chat = ChatRequest::parse(&body)?;
+    match upstream::route(config, chat.model()) {
+        Route::Ollama => upstream::ollama::forward(&client, config, &req, body.clone(), None).await,
+        Route::OpenAi { upstream, model } => {
+            let call = openai::Call {
+                upstream,
+                timeouts: &config.timeouts,
+                chat: &chat,
+                model,
+                started,
+            };
+            openai::forward(&client, call, None).await
+        }
+    }
+}
+
+/// Reads the request body, refusing more than `limit` bytes (early, by Content-Length,
+/// when the client declares it).
+async fn read_body(
+    mut payload: web::Payload,
+    req: &HttpRequest,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| GatewayError::BodyRead(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

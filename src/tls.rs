@@ -1,0 +1,192 @@
+//! TLS for the public listener: PEM files or a generated self-signed certificate, served
+//! through a resolver whose certificate can be swapped while connections stay up.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use sha2::{Digest, Sha256};
+
+use crate::config::TlsConfig;
+
+/// File names of the generated certificate inside `tls.self_signed_dir`.
+pub const SELF_SIGNED_CERT: &str = "selfsigned-cert.pem";
+pub const SELF_SIGNED_KEY: &str = "selfsigned-key.pem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("certificate and key do not form a usable pair: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The crypto provider used on both legs (ring: no C toolchain beyond cc needed).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate being served, replaceable at run time.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl CertStore {
+    /// Paths of the PEM files this store serves.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert_path, &self.key_path)
+    }
+
+    /// Re-reads the files; on error the old certificate stays in force.
+    pub fn reload(&self) -> Result<String, TlsError> {
+        let (key, fingerprint) = load_pair(&self.cert_path, &self.key_path)?;
+        if let Ok(mut current) = self.current.write() {
+            *current = Arc::new(key);
+        }
+        Ok(fingerprint)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|k| Arc::clone(&k))
+    }
+}
+
+/// What [`load`] produced: the rustls config, the store behind it, and facts for the log.
+pub struct Loaded {
+    pub server_config: Arc<ServerConfig>,
+    pub store: Arc<CertStore>,
+    pub fingerprint: String,
+    pub generated: bool,
+}
+
+/// Builds the server TLS config: TLS 1.2 and 1.3, HTTP/1.1 ALPN, session tickets on.
+pub fn load(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
+    let (cert_path, key_path, generated) = match cfg {
+        TlsConfig::Files { cert, key } => (cert.clone(), key.clone(), false),
+        TlsConfig::SelfSigned { dir } => {
+            let (cert, key) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
+            let generated = !cert.exists() && !key.exists();
+            if generated {
+                generate_self_signed(&cert, &key)?;
+            }
+            (cert, key, generated)
+        }
+    };
+    let (key, fingerprint) = load_pair(&cert_path, &key_path)?;
+    let store = Arc::new(CertStore {
+        current: RwLock::new(Arc::new(key)),
+        cert_path,
+        key_path,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Loaded {
+        server_config: Arc::new(config),
+        store,
+        fingerprint,
+        generated,
+    })
+}
+
+fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(CertifiedKey, String), TlsError> {
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Read { path, source }
+    };
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .map_err(read_err(cert_path))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err(cert_path))?;
+    let Some(leaf) = certs.first() else {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_path_buf(),
+        });
+    };
+    let fingerprint = fingerprint(leaf);
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(read_err(key_path))?;
+    let certified = CertifiedKey::from_der(certs, key, &provider())?;
+    Ok((certified, fingerprint))
+}
+
+/// SHA-256 of a certificate's DER, as `AB:CD:...` (what `openssl x509 -fingerprint -sha256` shows).
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = Sha256::digest(cert.as_ref());
+    let mut out = String::with_capacity(digest.len() * 3);
+    for (i, byte) in digest.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        let _ = write!(out, "{byte:02X}");
+    }
+    out
+}
+
+/// Writes an ECDSA P-256 certificate for localhost, 127.0.0.1 and ::1 (key file mode 0600).
+pub fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ollama-gateway self-signed");
+    let cert = params.self_signed(&key)?;
+    if let Some(dir) = cert_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    std::fs::write(cert_path, cert.pem()).map_err(|source| TlsError::Write {
+        path: cert_path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|source| TlsError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}

@@ -1,0 +1,282 @@
+//! OpenAI-compatible upstreams: the request is translated to Chat Completions, the answer
+//! (JSON or SSE) back to Ollama's shape.
+
+use std::time::Instant as StdInstant;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::relay::{OnEnd, Relay, Step, Transform};
+use super::{read_body, send_error, MAX_ANSWER_BYTES, MAX_ERROR_BYTES};
+use crate::config::{OpenAiConfig, Timeouts};
+use crate::error::{GatewayError, JSON_UTF8};
+use crate::translate::ollama::ChatRequest;
+use crate::translate::openai::{
+    from_openai_response, to_openai_request, Progress, RequestShape, SseToNdjson, StreamError,
+    UpstreamErrorBody,
+};
+
+const USER_AGENT: &str = concat!("ollama-gateway/", env!("CARGO_PKG_VERSION"));
+
+/// Everything one OpenAI request needs besides the client.
+pub struct Call<'a> {
+    pub upstream: &'a OpenAiConfig,
+    pub timeouts: &'a Timeouts,
+    pub chat: &'a ChatRequest<'a>,
+    /// The model without the upstream's prefix.
+    pub model: &'a str,
+    /// When the gateway received the request (durations are measured from here).
+    pub started: StdInstant,
+}
+
+/// Translates and sends the request; answers in Ollama's shape.
+pub async fn forward(
+    client: &awc::Client,
+    call: Call<'_>,
+    on_end: Option<OnEnd>,
+) -> Result<HttpResponse, GatewayError> {
+    let up = call.upstream;
+    let stream = call.chat.streams();
+    let shape = RequestShape {
+        stream_usage: up.stream_usage,
+        max_tokens_param: up.max_tokens_param,
+    };
+    let body = to_openai_request(call.chat, call.model, shape)?;
+    let deadline = Instant::now() + call.timeouts.total;
+    let mut req = client
+        .post(&up.chat_url)
+        .timeout(call.timeouts.first_byte)
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .insert_header((
+            header::ACCEPT,
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        ))
+        .insert_header((header::USER_AGENT, USER_AGENT));
+    if !up.api_key.is_empty() {
+        if let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", up.api_key.expose())) {
+            value.set_sensitive(true);
+            req = req.insert_header((header::AUTHORIZATION, value));
+        }
+    }
+    let mut resp = req
+        .send_body(body)
+        .await
+        .map_err(|e| send_error(&up.name, e, call.timeouts))?;
+
+    let status = resp.status();
+    if !status.is_success() {
+        let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+        let body = read_body(&mut resp, &up.name, MAX_ERROR_BYTES, deadline)
+            .await
+            .unwrap_or_default();
+        return Err(status_error(&up.name, status, &body, retry_after));
+    }
+    let client_model = call.chat.model();
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if stream && is_sse {
+        let relay = Relay::new(
+            resp,
+            SseTransform {
+                inner: SseToNdjson::new(client_model, call.started),
+                upstream: up.name.clone(),
+            },
+            up.name.clone(),
+            call.timeouts.idle,
+            deadline,
+            on_end,
+        );
+        return Ok(HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "application/x-ndjson"))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .insert_header(("x-accel-buffering", "no"))
+            .streaming(relay));
+    }
+    let body = read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline).await?;
+    if stream {
+        // Asked for a stream, got something else: an error object with a 200, or garbage.
+        return Err(status_error(&up.name, StatusCode::BAD_GATEWAY, &body, None));
+    }
+    let translated = from_openai_response(&body, client_model, call.started).map_err(|detail| {
+        GatewayError::UpstreamProtocol {
+            upstream: up.name.clone(),
+            detail,
+        }
+    })?;
+    if let Some(f) = on_end {
+        f(&super::relay::Outcome::Finished);
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, JSON_UTF8))
+        .body(translated.body))
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: UpstreamErrorBody,
+}
+
+/// Maps an upstream error status to what the client sees (PROTOCOLS.md 6.5).
+///
+/// A 401/403 means the gateway's own upstream key was refused: that is not the client's
+/// fault, so it becomes 502, and the upstream's text (which may quote part of the key) is
+/// not passed on.
+fn status_error(
+    upstream: &str,
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<HeaderValue>,
+) -> GatewayError {
+    let upstream_message = serde_json::from_slice::<ErrorEnvelope>(body)
+        .ok()
+        .map(|e| e.error.message().to_string());
+    let describe = |fallback: &str| {
+        let text = upstream_message
+            .clone()
+            .unwrap_or_else(|| fallback.to_string());
+        let text: String = text.chars().take(500).collect();
+        format!("upstream {upstream}: {text}")
+    };
+    let reason = status.canonical_reason().unwrap_or("error");
+    let (status, message, retry_after) = match status.as_u16() {
+        401 | 403 => (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "upstream {upstream} refused the gateway's credentials ({}); check its api_key",
+                status.as_u16()
+            ),
+            None,
+        ),
+        408 | 504 => (StatusCode::GATEWAY_TIMEOUT, describe(reason), None),
+        429 | 503 => (status, describe(reason), retry_after),
+        400..=499 => (status, describe(reason), None),
+        200..=299 => (
+            StatusCode::BAD_GATEWAY,
+            describe("the answer is not a valid response"),
+            None,
+        ),
+        _ => (StatusCode::BAD_GATEWAY, describe(reason), None),
+    };
+    GatewayError::UpstreamStatus {
+        upstream: upstream.to_string(),
+        status,
+        message,
+        retry_after,
+    }
+}
+
+/// SSE in, NDJSON out.
+struct SseTransform {
+    inner: SseToNdjson,
+    upstream: String,
+}
+
+impl SseTransform {
+    fn step(&self, out: Vec<u8>, result: Result<Progress, StreamError>) -> Step {
+        let forward = (!out.is_empty()).then(|| Bytes::from(out));
+        match result {
+            Ok(Progress::Open) => Step::Forward(forward),
+            Ok(Progress::Done) => Step::Finish(forward),
+            Err(e) => {
+                let (kind, message) = match e {
+                    StreamError::Upstream(m) => {
+                        ("upstream_error", format!("upstream {}: {m}", self.upstream))
+                    }
+                    StreamError::Protocol(m) => (
+                        "protocol",
+                        format!("upstream {} sent an invalid stream: {m}", self.upstream),
+                    ),
+                    StreamError::Truncated => (
+                        "truncated",
+                        format!(
+                            "upstream {} ended the stream before it finished",
+                            self.upstream
+                        ),
+                    ),
+                };
+                Step::Fail {
+                    forward,
+                    kind,
+                    message,
+                }
+            }
+        }
+    }
+}
+
+impl Transform for SseTransform {
+    fn chunk(&mut self, chunk: Bytes) -> Step {
+        let mut out = Vec::new();
+        let result = self.inner.feed(&chunk, &mut out);
+        self.step(out, result)
+    }
+
+    fn eof(&mut self) -> Step {
+        let mut out = Vec::new();
+        let result = self.inner.finish(&mut out).map(|()| Progress::Done);
+        self.step(out, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_mapping() {
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+        let e = status_error("openai", StatusCode::UNAUTHORIZED, body, None);
+        let text = e.to_string();
+        assert!(!text.contains("sk-"), "{text}");
+        assert!(
+            matches!(e, GatewayError::UpstreamStatus { status, .. } if status == StatusCode::BAD_GATEWAY)
+        );
+
+        let body = br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        let e = status_error(
+            "openai",
+            StatusCode::TOO_MANY_REQUESTS,
+            body,
+            Some(HeaderValue::from_static("3")),
+        );
+        assert_eq!(e.to_string(), "upstream openai: Rate limit reached");
+        assert!(
+            matches!(&e, GatewayError::UpstreamStatus { status, retry_after: Some(r), .. } if *status == StatusCode::TOO_MANY_REQUESTS && r == "3")
+        );
+
+        let e = status_error(
+            "groq",
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"message":"The model `x` does not exist"}}"#,
+            None,
+        );
+        assert!(
+            matches!(e, GatewayError::UpstreamStatus { status, .. } if status == StatusCode::NOT_FOUND)
+        );
+        let e = status_error(
+            "groq",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"<html>oops</html>",
+            None,
+        );
+        assert_eq!(e.to_string(), "upstream groq: Internal Server Error");
+        assert!(
+            matches!(e, GatewayError::UpstreamStatus { status, .. } if status == StatusCode::BAD_GATEWAY)
+        );
+        let e = status_error("groq", StatusCode::GATEWAY_TIMEOUT, b"", None);
+        assert!(
+            matches!(e, GatewayError::UpstreamStatus { status, .. } if status == StatusCode::GATEWAY_TIMEOUT)
+        );
+    }
+}

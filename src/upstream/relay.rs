@@ -1,0 +1,178 @@
+//! The response body of a streaming answer: upstream chunks in, client chunks out, with the
+//! idle and total timeouts, and an honest ending. A failure after the first byte becomes a
+//! final `{"error": ...}` line; the body itself never errors, so the chunked encoding is
+//! always terminated properly and clients (curl) never see a truncated transfer.
+
+use std::convert::Infallible;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::error_line;
+
+/// What a transform does with one piece of the upstream body.
+pub enum Step {
+    /// Forward these bytes (if any) and keep reading.
+    Forward(Option<Bytes>),
+    /// Forward these bytes (if any); the answer is complete.
+    Finish(Option<Bytes>),
+    /// Forward these bytes (if any), then an error line with `message`; the answer failed.
+    Fail {
+        forward: Option<Bytes>,
+        kind: &'static str,
+        message: String,
+    },
+}
+
+/// Turns the upstream's body into the client's, one chunk at a time.
+pub trait Transform {
+    fn chunk(&mut self, chunk: Bytes) -> Step;
+    fn eof(&mut self) -> Step;
+}
+
+/// How a relayed stream ended, for the log line and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    Failed { kind: &'static str, message: String },
+}
+
+/// Told once when the stream ends (not when the client goes away first).
+pub type OnEnd = Box<dyn FnOnce(&Outcome)>;
+
+pin_project_lite::pin_project! {
+    /// The client-facing body of a streamed answer.
+    pub struct Relay<S, T> {
+        #[pin]
+        upstream: S,
+        #[pin]
+        idle: Sleep,
+        #[pin]
+        total: Sleep,
+        idle_timeout: Duration,
+        transform: T,
+        upstream_name: String,
+        // Bytes to send after the current ones (an error line after forwarded data).
+        queued: Option<Bytes>,
+        finished: bool,
+        on_end: Option<OnEnd>,
+    }
+}
+
+impl<S, T> Relay<S, T> {
+    pub fn new(
+        upstream: S,
+        transform: T,
+        upstream_name: String,
+        idle_timeout: Duration,
+        total_deadline: Instant,
+        on_end: Option<OnEnd>,
+    ) -> Self {
+        Self {
+            upstream,
+            idle: tokio::time::sleep(idle_timeout),
+            total: tokio::time::sleep_until(total_deadline),
+            idle_timeout,
+            transform,
+            upstream_name,
+            queued: None,
+            finished: false,
+            on_end,
+        }
+    }
+}
+
+fn join(first: Option<Bytes>, second: Option<Bytes>) -> (Option<Bytes>, Option<Bytes>) {
+    match first {
+        Some(f) if !f.is_empty() => (Some(f), second),
+        _ => (second, None),
+    }
+}
+
+impl<S, T, E> Stream for Relay<S, T>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+    T: Transform,
+{
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        if let Some(bytes) = this.queued.take() {
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        loop {
+            if *this.finished {
+                return Poll::Ready(None);
+            }
+            let step = match this.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let deadline = Instant::now() + *this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    this.transform.chunk(chunk)
+                }
+                Poll::Ready(Some(Err(e))) => Step::Fail {
+                    forward: None,
+                    kind: "mid_stream",
+                    message: format!("upstream {} failed mid-stream: {e}", this.upstream_name),
+                },
+                Poll::Ready(None) => this.transform.eof(),
+                Poll::Pending => {
+                    let which = if this.total.as_mut().poll(cx).is_ready() {
+                        "the total time limit"
+                    } else if this.idle.as_mut().poll(cx).is_ready() {
+                        "the idle time limit between chunks"
+                    } else {
+                        return Poll::Pending;
+                    };
+                    Step::Fail {
+                        forward: None,
+                        kind: "timeout",
+                        message: format!(
+                            "upstream {} timed out: no complete answer within {which}",
+                            this.upstream_name
+                        ),
+                    }
+                }
+            };
+            let (now, later) = match step {
+                Step::Forward(None) => continue,
+                Step::Forward(Some(bytes)) => (Some(bytes), None),
+                Step::Finish(bytes) => {
+                    *this.finished = true;
+                    end(this.on_end, Outcome::Finished);
+                    (bytes, None)
+                }
+                Step::Fail {
+                    forward,
+                    kind,
+                    message,
+                } => {
+                    *this.finished = true;
+                    tracing::warn!(upstream = %this.upstream_name, %message, "stream failed after the first byte");
+                    let line = Bytes::from(error_line(&message));
+                    end(this.on_end, Outcome::Failed { kind, message });
+                    join(forward, Some(line))
+                }
+            };
+            let (now, later) = join(now, later);
+            *this.queued = later;
+            match now {
+                Some(bytes) => return Poll::Ready(Some(Ok(bytes))),
+                None => continue,
+            }
+        }
+    }
+}
+
+fn end(on_end: &mut Option<OnEnd>, outcome: Outcome) {
+    if let Some(f) = on_end.take() {
+        f(&outcome);
+    }
+}
