@@ -1,0 +1,188 @@
+//! The `ollama-gateway` binary as a user runs it: port 0, a self-signed certificate that is
+//! generated once and reused, `check-config`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{client_tls, FakeUpstream, Reply, TempDir};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ollama-gateway");
+
+fn repo_config() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/gateway.toml")
+        .display()
+        .to_string()
+}
+
+/// A running gateway process, killed on drop.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(dir: &Path, ollama_url: &str) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", &repo_config()])
+            .current_dir(dir)
+            .env_clear()
+            .env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("GATEWAY__TLS__SELF_SIGNED_DIR", dir.join("certs"))
+            .env("GATEWAY__SERVER__WORKERS", "1")
+            .env("OLLAMA_BASE_URL", ollama_url)
+            .env("OPENAI_API_KEY", "sk-never-logged-42")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Self { child, lines }
+    }
+
+    /// Reads log lines until one contains `needle`; returns every line read.
+    fn wait_for(&self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    seen.push(line);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no log line with {needle:?}; saw {seen:#?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(key)))
+        .unwrap_or_else(|| panic!("no {key} in {lines:#?}"))
+}
+
+#[actix_rt::test]
+async fn port_zero_self_signed_certificate_generated_then_reused() {
+    let dir = TempDir::new("bin");
+    let ollama = FakeUpstream::start(|_| {
+        Reply::json(
+            200,
+            &json!({"model":"llama3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"ok"},"done":true}),
+        )
+    });
+
+    let first = Proc::start(&dir.0, &ollama.url());
+    let lines = first.wait_for("listening");
+    let generated = lines
+        .iter()
+        .find(|l| l.contains("generated a self-signed certificate"))
+        .expect("generation logged");
+    let fingerprint = field(std::slice::from_ref(generated), "fingerprint=").to_string();
+    assert_eq!(fingerprint.len(), 32 * 3 - 1, "{fingerprint}");
+    let address = field(&lines, "address=").to_string();
+    assert!(address.starts_with("https://127.0.0.1:"), "{address}");
+    assert!(!address.ends_with(":0"));
+    let cert = dir.0.join("certs/selfsigned-cert.pem");
+    assert!(cert.exists() && dir.0.join("certs/selfsigned-key.pem").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.0.join("certs/selfsigned-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "private key is not readable by others");
+    }
+
+    // A client trusting the generated certificate gets through, to the fake Ollama.
+    let tls = client_tls(&cert);
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(tls))
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut resp = client
+        .post(format!("{address}/api/chat"))
+        .send_json(&json!({"model":"llama3","messages":[],"stream":false}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["message"]["content"], "ok");
+    drop(first);
+
+    let second = Proc::start(&dir.0, &ollama.url());
+    let lines = second.wait_for("listening");
+    let loaded = lines
+        .iter()
+        .find(|l| l.contains("loaded TLS certificate"))
+        .expect("reuse logged");
+    assert_eq!(
+        field(std::slice::from_ref(loaded), "fingerprint="),
+        fingerprint,
+        "same certificate reused"
+    );
+    let all = lines.join("\n");
+    assert!(!all.contains("sk-never-logged-42"));
+}
+
+#[test]
+fn check_config_redacts_secrets_and_names_unknown_keys() {
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", &repo_config()])
+        .env_clear()
+        .env("OPENAI_API_KEY", "sk-very-secret-1234")
+        .env("GATEWAY__TIMEOUTS__IDLE", "42s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("sk-very-secret-1234"), "{text}");
+    assert!(text.contains("api_key = \"*****\""), "{text}");
+    assert!(text.contains("idle = \"42s\""), "{text}");
+
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", &repo_config()])
+        .env_clear()
+        .env("GATEWAY__SERVER__LISTN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listn"), "{err}");
+}

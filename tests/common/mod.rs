@@ -1,0 +1,566 @@
+//! Test harness: the gateway on 127.0.0.1:0 over real TLS, and fake upstreams of our own
+//! that record what they receive and answer as each test scripts them.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use ollama_gateway::config::{Config, RawConfig};
+use ollama_gateway::server;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// The OpenAI key the tests configure; it must only ever reach the fake OpenAI.
+pub const UPSTREAM_KEY: &str = "sk-test-upstream-0123456789abcdef";
+
+/// A request as a fake upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("request body is JSON")
+    }
+}
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A proper chunked terminator.
+    Terminate,
+    /// Close the connection without a terminator.
+    Close,
+    /// Keep the connection open until the gateway closes it.
+    Hold,
+}
+
+/// What a fake answers.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Full {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// A chunked body; each element is written and flushed on its own.
+    Chunked {
+        status: u16,
+        content_type: String,
+        chunks: Vec<Vec<u8>>,
+        end: End,
+    },
+    /// Read the request, never answer.
+    Hang,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &Value) -> Self {
+        Self::Full {
+            status,
+            headers: vec![(
+                "Content-Type".into(),
+                "application/json; charset=utf-8".into(),
+            )],
+            body: serde_json::to_vec(body).unwrap(),
+        }
+    }
+
+    pub fn ndjson(lines: &[Value]) -> Self {
+        Self::Chunked {
+            status: 200,
+            content_type: "application/x-ndjson".into(),
+            chunks: lines
+                .iter()
+                .map(|l| {
+                    let mut v = serde_json::to_vec(l).unwrap();
+                    v.push(b'\n');
+                    v
+                })
+                .collect(),
+            end: End::Terminate,
+        }
+    }
+
+    pub fn sse(chunks: Vec<Vec<u8>>) -> Self {
+        Self::Chunked {
+            status: 200,
+            content_type: "text/event-stream".into(),
+            chunks,
+            end: End::Terminate,
+        }
+    }
+}
+
+type Handler = dyn Fn(&Recorded) -> Reply + Send + Sync;
+
+/// A scripted HTTP/1.1 upstream on 127.0.0.1:0, on its own thread and runtime.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    closed: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+    count: tokio::sync::watch::Receiver<usize>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl FakeUpstream {
+    pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        let (count_tx, count_rx) = tokio::sync::watch::channel(0usize);
+        let count_tx = Arc::new(count_tx);
+        let handler: Arc<Handler> = Arc::new(handler);
+        let recs = Arc::clone(&requests);
+        let conns = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    conns.fetch_add(1, Ordering::SeqCst);
+                    let handler = Arc::clone(&handler);
+                    let recs = Arc::clone(&recs);
+                    let closed_tx = closed_tx.clone();
+                    let count_tx = Arc::clone(&count_tx);
+                    tokio::spawn(async move {
+                        serve_connection(stream, handler, recs, count_tx).await;
+                        let _ = closed_tx.send(());
+                    });
+                }
+            });
+        });
+        Self {
+            addr,
+            requests,
+            closed: tokio::sync::Mutex::new(closed_rx),
+            count: count_rx,
+            connections,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the fake received a request")
+    }
+
+    /// Waits until a connection to the fake has been closed by the gateway.
+    pub async fn wait_closed(&self, within: Duration) -> bool {
+        let mut rx = self.closed.lock().await;
+        matches!(tokio::time::timeout(within, rx.recv()).await, Ok(Some(())))
+    }
+
+    /// Waits until the fake has received `n` requests in all.
+    pub async fn wait_requests(&self, n: usize, within: Duration) -> bool {
+        let mut rx = self.count.clone();
+        let reached = tokio::time::timeout(within, rx.wait_for(|c| *c >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        reached
+    }
+
+    /// How many TCP connections the fake has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    handler: Arc<Handler>,
+    recs: Arc<Mutex<Vec<Recorded>>>,
+    count: Arc<tokio::sync::watch::Sender<usize>>,
+) {
+    stream.set_nodelay(true).ok();
+    let mut buf = Vec::new();
+    loop {
+        let Some(req) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        let n = {
+            let mut recs = recs.lock().unwrap();
+            recs.push(req.clone());
+            recs.len()
+        };
+        count.send_replace(n);
+        match handler(&req) {
+            Reply::Full {
+                status,
+                headers,
+                body,
+            } => {
+                let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream.write_all(&body).await.is_err()
+                {
+                    return;
+                }
+            }
+            Reply::Chunked {
+                status,
+                content_type,
+                chunks,
+                end,
+            } => {
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                );
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for chunk in chunks {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    let framed =
+                        [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                    if stream.write_all(&framed).await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                }
+                match end {
+                    End::Terminate => {
+                        if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                    End::Close => return,
+                    End::Hold => {
+                        wait_for_close(&mut stream).await;
+                        return;
+                    }
+                }
+            }
+            Reply::Hang => {
+                wait_for_close(&mut stream).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn wait_for_close(stream: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+    let header_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let mut tmp = [0u8; 8192];
+        let n = stream.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + len {
+        let mut tmp = [0u8; 65536];
+        let n = stream.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = buf[header_end..header_end + len].to_vec();
+    buf.drain(..header_end + len);
+    Some(Recorded {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+/// A gateway running in this process on 127.0.0.1:0 with a test certificate.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub handle: ServerHandle,
+    pub dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ogw-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A raw config for tests: loopback, one worker, a fresh certificate, both upstreams pointed
+/// at the given fakes (or at a closed port).
+pub fn test_config(
+    dir: &TempDir,
+    ollama: Option<&FakeUpstream>,
+    openai: Option<&FakeUpstream>,
+) -> RawConfig {
+    let cert = dir.0.join("cert.pem");
+    let key = dir.0.join("key.pem");
+    if !cert.exists() {
+        ollama_gateway::tls::generate_self_signed(&cert, &key).unwrap();
+    }
+    let mut raw = RawConfig::default();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.server.workers = 1;
+    raw.tls.cert = cert.display().to_string();
+    raw.tls.key = key.display().to_string();
+    raw.ollama.base_url = ollama.map_or_else(closed_port_url, FakeUpstream::url);
+    let up = raw.upstreams.get_mut("openai").unwrap();
+    up.base_url = format!(
+        "{}/v1",
+        openai.map_or_else(closed_port_url, FakeUpstream::url)
+    );
+    up.api_key = ollama_gateway::secret::Secret::new(UPSTREAM_KEY);
+    raw
+}
+
+/// A URL where nothing listens (a port bound then released).
+pub fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}")
+}
+
+impl Gateway {
+    /// Starts a gateway in front of the fakes; `tweak` adjusts the config first.
+    pub async fn start(
+        ollama: Option<&FakeUpstream>,
+        openai: Option<&FakeUpstream>,
+        tweak: impl FnOnce(&mut RawConfig),
+    ) -> Self {
+        let dir = TempDir::new("gw");
+        let mut raw = test_config(&dir, ollama, openai);
+        tweak(&mut raw);
+        Self::start_raw(raw, dir).await
+    }
+
+    pub async fn start_raw(raw: RawConfig, dir: TempDir) -> Self {
+        let cert_path = PathBuf::from(&raw.tls.cert);
+        let config = Config::from_raw(raw).unwrap();
+        let running = server::start(config).unwrap();
+        let handle = running.server.handle();
+        actix_rt::spawn(running.server);
+        let addr = running.https_addr;
+        Self {
+            addr,
+            url: format!("https://127.0.0.1:{}", addr.port()),
+            tls: client_tls(&cert_path),
+            handle,
+            dir,
+        }
+    }
+
+    /// An HTTPS client that trusts the test certificate.
+    pub fn client(&self) -> awc::Client {
+        let connector = awc::Connector::new().rustls_0_23(Arc::clone(&self.tls));
+        awc::Client::builder()
+            .connector(connector)
+            .timeout(Duration::from_secs(30))
+            .finish()
+    }
+
+    /// POSTs `body` to /api/chat; returns status, headers and the whole body.
+    pub async fn chat(&self, body: &Value) -> (u16, awc::http::header::HeaderMap, Vec<u8>) {
+        self.post_raw("/api/chat", serde_json::to_vec(body).unwrap(), &[])
+            .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, awc::http::header::HeaderMap, Vec<u8>) {
+        let mut req = self
+            .client()
+            .post(format!("{}{path}", self.url))
+            .insert_header(("content-type", "application/json"));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut resp = req.send_body(body).await.expect("gateway answers");
+        let bytes = resp
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .expect("whole body");
+        (
+            resp.status().as_u16(),
+            resp.headers().clone(),
+            bytes.to_vec(),
+        )
+    }
+
+    /// Opens a raw TLS connection (for byte-level checks and disconnects).
+    pub async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls));
+        connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// A rustls client config trusting exactly the certificate at `pem`.
+pub fn client_tls(pem: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Splits an NDJSON body into parsed lines, checking each ends in `\n`.
+pub fn ndjson(body: &[u8]) -> Vec<Value> {
+    let text = std::str::from_utf8(body).expect("UTF-8 body");
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "body ends mid-line: {text:?}"
+    );
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}")))
+        .collect()
+}
+
+/// Reads a raw HTTP/1.1 response until the chunked terminator or EOF; returns the bytes and
+/// whether the terminator was seen.
+pub async fn read_raw_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.ends_with(b"\r\n0\r\n\r\n") {
+                        return true;
+                    }
+                }
+            }
+        }
+    };
+    let terminated = tokio::time::timeout(within, read).await.unwrap_or(false);
+    (out, terminated)
+}
+
+/// Ollama's answer lines for a stream of `tokens`.
+pub fn ollama_stream_lines(model: &str, tokens: &[&str]) -> Vec<Value> {
+    let mut lines: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            serde_json::json!({"model": model, "created_at": "2025-08-08T08:27:50.537Z",
+                "message": {"role": "assistant", "content": t}, "done": false})
+        })
+        .collect();
+    lines.push(serde_json::json!({"model": model, "created_at": "2025-08-08T08:27:51.000Z",
+        "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop",
+        "total_duration": 1000, "load_duration": 10, "prompt_eval_count": 5, "eval_count": tokens.len()}));
+    lines
+}
+
+/// OpenAI SSE events for a stream of `tokens`, ending with finish_reason, usage and [DONE].
+pub fn openai_sse(tokens: &[&str], finish: &str) -> Vec<Vec<u8>> {
+    let mut out = vec![b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n".to_vec()];
+    for t in tokens {
+        let chunk = serde_json::json!({"id": "c1", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]});
+        out.push(format!("data: {chunk}\n\n").into_bytes());
+    }
+    out.push(format!("data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"{finish}\"}}]}}\n\n").into_bytes());
+    out.push(b"data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":12,\"total_tokens\":21}}\n\n".to_vec());
+    out.push(b"data: [DONE]\n\n".to_vec());
+    out
+}
