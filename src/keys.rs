@@ -1,0 +1,407 @@
+//! API keys: the keys file (hashes only), generating and hashing keys, and the table every
+//! request is checked against. The table is swapped whole on reload, so requests in flight
+//! keep the key they started with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Limits;
+use crate::limits::{Bucket, LimiterPool};
+
+/// Every generated key starts with this, so leaked keys are easy to recognise and scan for.
+pub const KEY_PREFIX: &str = "ogw_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("cannot read keys file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("keys file {path} is invalid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// One `[[keys]]` entry of the keys file: the user-facing contract.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// Not secret; shown in logs and metrics.
+    pub id: String,
+    pub team: String,
+    /// SHA-256 of the key, 64 hex characters.
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Glob patterns (`llama3:*`); absent means every model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<KeyEntry>,
+}
+
+/// A key as the gateway uses it (the secret itself is never held).
+pub struct ApiKey {
+    pub id: Arc<str>,
+    pub team: Arc<str>,
+    pub enabled: bool,
+    pub limits: Limits,
+    models: Option<Vec<glob::Pattern>>,
+    pub(crate) bucket: Arc<Bucket>,
+    pub(crate) in_flight: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("team", &self.team)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKey {
+    /// Whether this key may use `model` (as the client named it, prefix included).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(model)))
+    }
+}
+
+/// The keys in force, by hash.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    by_hash: HashMap<[u8; 32], Arc<ApiKey>>,
+}
+
+impl KeyTable {
+    /// Parses a keys file's text; limits not given per key come from `defaults`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        defaults: Limits,
+        pool: &LimiterPool,
+    ) -> Result<Self, KeysError> {
+        let invalid = |reason: String| KeysError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file: KeysFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut by_hash = HashMap::with_capacity(file.keys.len());
+        let mut ids = std::collections::HashSet::new();
+        for (n, entry) in file.keys.into_iter().enumerate() {
+            let label = format!("key #{} ({:?})", n + 1, entry.id);
+            let at = |what: String| invalid(format!("{label}: {what}"));
+            check_label(&entry.id).map_err(|e| at(format!("id {e}")))?;
+            check_label(&entry.team).map_err(|e| at(format!("team {e}")))?;
+            if !ids.insert(entry.id.clone()) {
+                return Err(at("the id is used twice".into()));
+            }
+            let hash = parse_hash(&entry.sha256).ok_or_else(|| {
+                at("sha256 must be 64 hex characters (the SHA-256 of the key)".into())
+            })?;
+            let limits = Limits {
+                requests_per_minute: entry
+                    .requests_per_minute
+                    .unwrap_or(defaults.requests_per_minute),
+                burst: entry.burst.unwrap_or(defaults.burst),
+                max_in_flight: entry.max_in_flight.unwrap_or(defaults.max_in_flight),
+            };
+            if limits.requests_per_minute == 0 || limits.burst == 0 || limits.max_in_flight == 0 {
+                return Err(at(
+                    "requests_per_minute, burst and max_in_flight must be greater than 0".into(),
+                ));
+            }
+            let models = match entry.models {
+                None => None,
+                Some(list) => Some(
+                    list.iter()
+                        .map(|p| {
+                            glob::Pattern::new(p)
+                                .map_err(|e| at(format!("model pattern {p:?}: {e}")))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            let id: Arc<str> = entry.id.as_str().into();
+            let key = ApiKey {
+                bucket: pool.bucket(limits.requests_per_minute, limits.burst),
+                in_flight: pool.in_flight(&id),
+                id,
+                team: entry.team.into(),
+                enabled: entry.enabled.unwrap_or(true),
+                limits,
+                models,
+            };
+            if by_hash.insert(hash, Arc::new(key)).is_some() {
+                return Err(at("the same sha256 appears twice".into()));
+            }
+        }
+        Ok(Self { by_hash })
+    }
+
+    /// The key whose hash matches `presented`, if any. The table is indexed by hash, so
+    /// the lookup compares digests, never the secret, and takes the same path for every key.
+    pub fn lookup(&self, presented: &str) -> Option<&Arc<ApiKey>> {
+        self.by_hash.get(&hash_key(presented))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+}
+
+/// Ids and teams become log fields and metric labels: short, plain.
+fn check_label(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() || value.len() > 64 {
+        return Err("must be 1 to 64 characters");
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("may use only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// SHA-256 of a key as presented (surrounding whitespace is not part of a key).
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.trim().as_bytes()).into()
+}
+
+/// Lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// A new key: the prefix and 256 random bits, base64url.
+pub fn generate_key() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// A random id suffix, so `keys new --team a` twice gives two ids.
+pub fn random_suffix() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 3];
+    getrandom::fill(&mut bytes)?;
+    Ok(to_hex(&bytes))
+}
+
+/// The `[[keys]]` entry for a new key, as TOML to append to the keys file.
+pub fn entry_toml(id: &str, team: &str, key: &str) -> String {
+    format!(
+        "[[keys]]\nid = {}\nteam = {}\nsha256 = \"{}\"\n",
+        toml_str(id),
+        toml_str(team),
+        to_hex(&hash_key(key))
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// The keys in force, reloadable from their file.
+pub struct Keys {
+    current: ArcSwap<KeyTable>,
+    path: PathBuf,
+    defaults: Limits,
+    pool: Arc<LimiterPool>,
+    digest: Mutex<Option<[u8; 32]>>,
+}
+
+impl Keys {
+    /// Loads the keys file. A missing file gives an empty table (every request refused),
+    /// so a fresh install starts and tells the operator how to add a key.
+    pub fn load(path: &Path, defaults: Limits, pool: Arc<LimiterPool>) -> Result<Self, KeysError> {
+        let keys = Self {
+            current: ArcSwap::from_pointee(KeyTable::default()),
+            path: path.to_path_buf(),
+            defaults,
+            pool,
+            digest: Mutex::new(None),
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                keys.install(&bytes)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KeysError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The table in force now.
+    pub fn table(&self) -> Arc<KeyTable> {
+        self.current.load_full()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the file if its content changed. On any error the old keys stay in force.
+    /// Returns the number of keys when a new table was installed.
+    pub fn reload_if_changed(&self) -> Result<Option<usize>, KeysError> {
+        let bytes = std::fs::read(&self.path).map_err(|source| KeysError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if self
+            .digest
+            .lock()
+            .map(|d| *d == Some(digest))
+            .unwrap_or(false)
+        {
+            return Ok(None);
+        }
+        self.install(&bytes).map(Some)
+    }
+
+    fn install(&self, bytes: &[u8]) -> Result<usize, KeysError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| KeysError::Invalid {
+            path: self.path.clone(),
+            reason: "not UTF-8 text".into(),
+        })?;
+        let table = KeyTable::parse(text, &self.path, self.defaults, &self.pool)?;
+        let n = table.len();
+        self.current.store(Arc::new(table));
+        if let Ok(mut d) = self.digest.lock() {
+            *d = Some(Sha256::digest(bytes).into());
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: Limits = Limits {
+        requests_per_minute: 60,
+        burst: 5,
+        max_in_flight: 2,
+    };
+
+    fn table(text: &str) -> Result<KeyTable, KeysError> {
+        KeyTable::parse(
+            text,
+            Path::new("keys.toml"),
+            DEFAULTS,
+            &LimiterPool::default(),
+        )
+    }
+
+    #[test]
+    fn generated_keys_hash_and_parse_round_trip() {
+        let key = generate_key().unwrap();
+        assert!(key.starts_with("ogw_") && key.len() == 4 + 43, "{key}");
+        assert_ne!(key, generate_key().unwrap());
+        let t = table(&entry_toml("team-a-ci", "team-a", &key)).unwrap();
+        let found = t.lookup(&key).unwrap();
+        assert_eq!(&*found.id, "team-a-ci");
+        assert_eq!(found.limits, DEFAULTS);
+        assert!(found.enabled);
+        assert!(t.lookup(&format!("{key}x")).is_none());
+        assert!(
+            t.lookup(&format!(" {key}\n")).is_some(),
+            "whitespace is not part of a key"
+        );
+    }
+
+    #[test]
+    fn contract_example_parses_with_overrides_and_models() {
+        let hash = to_hex(&hash_key("ogw_test"));
+        let text = format!(
+            "[[keys]]\nid = \"team-a-ci\"\nteam = \"team-a\"\nsha256 = \"{hash}\"\nrequests_per_minute = 120\nburst = 20\nmax_in_flight = 4\nmodels = [\"llama3:*\", \"openai/gpt-4o-mini\"]\nenabled = true\n"
+        );
+        let t = table(&text).unwrap();
+        let k = t.lookup("ogw_test").unwrap();
+        assert_eq!(k.limits.burst, 20);
+        assert!(k.allows_model("llama3:instruct"));
+        assert!(k.allows_model("openai/gpt-4o-mini"));
+        assert!(!k.allows_model("openai/gpt-4o"));
+        assert!(!k.allows_model("mistral"));
+    }
+
+    #[test]
+    fn committed_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keys.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let t = KeyTable::parse(&text, &path, DEFAULTS, &LimiterPool::default()).unwrap();
+        let k = t.lookup("ogw_example_do_not_use").unwrap();
+        assert_eq!(&*k.team, "team-a");
+        assert!(k.allows_model("llama3:instruct"));
+    }
+
+    #[test]
+    fn invalid_files_are_rejected_with_reasons() {
+        let h = to_hex(&hash_key("k"));
+        for (text, needle) in [
+            ("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"abc\"\n".to_string(), "sha256"),
+            (format!("[[keys]]\nid = \"a b\"\nteam = \"t\"\nsha256 = \"{h}\"\n"), "id"),
+            (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\nburst = 0\n"), "greater than 0"),
+            (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\nsecret = \"x\"\n"), "secret"),
+            (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\n[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{}\"\n", to_hex(&hash_key("j"))), "twice"),
+            (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\n[[keys]]\nid = \"b\"\nteam = \"t\"\nsha256 = \"{h}\"\n"), "twice"),
+            (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\nmodels = [\"[\"]\n"), "pattern"),
+            ("[[keys]\n".to_string(), "keys.toml"),
+        ] {
+            let err = table(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        assert!(table("").unwrap().is_empty());
+    }
+}

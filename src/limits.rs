@@ -1,0 +1,288 @@
+//! Shared limiter state, built once for all workers: per-key token buckets (governor),
+//! per-key in-flight counters, and the failed-authentication throttle per client IP.
+//! State outlives keys-file reloads, so editing the file never refills a bucket.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::error::{GatewayError, RatePolicy};
+use crate::keys::ApiKey;
+
+/// The token buckets of every key sharing one quota, keyed by key id.
+pub type Bucket =
+    RateLimiter<Arc<str>, DashMapStateStore<Arc<str>>, DefaultClock, StateInformationMiddleware>;
+
+/// Limiter state that survives reloads of the keys file.
+#[derive(Default)]
+pub struct LimiterPool {
+    buckets: Mutex<HashMap<(u32, u32), Arc<Bucket>>>,
+    in_flight: Mutex<HashMap<Arc<str>, Arc<AtomicU32>>>,
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+impl LimiterPool {
+    /// The bucket set for `rpm` requests per minute with bursts of `burst`.
+    pub fn bucket(&self, rpm: u32, burst: u32) -> Arc<Bucket> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(buckets.entry((rpm, burst)).or_insert_with(|| {
+            let quota = Quota::per_minute(nonzero(rpm)).allow_burst(nonzero(burst));
+            Arc::new(RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>())
+        }))
+    }
+
+    /// The in-flight counter of key `id`.
+    pub fn in_flight(&self, id: &Arc<str>) -> Arc<AtomicU32> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(Arc::clone(id)).or_default())
+    }
+
+    /// Drops state nobody needs any more: full buckets, idle counters of removed keys.
+    pub fn sweep(&self) {
+        let buckets: Vec<Arc<Bucket>> = self
+            .buckets
+            .lock()
+            .map(|b| b.values().cloned().collect())
+            .unwrap_or_default();
+        for bucket in buckets {
+            bucket.retain_recent();
+            bucket.shrink_to_fit();
+        }
+        if let Ok(mut map) = self.in_flight.lock() {
+            map.retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Relaxed) > 0);
+        }
+    }
+}
+
+/// Whole seconds to wait, at least 1, at most 60 (what OpenAI and Ollama clients honour).
+fn retry_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.clamp(1, 60)
+}
+
+/// Takes one request from the key's bucket.
+pub fn take(key: &ApiKey) -> Result<RatePolicy, GatewayError> {
+    let quota = key.limits.requests_per_minute;
+    // Seconds for one token to come back.
+    let refill = retry_secs(Duration::from_secs(60) / quota.max(1));
+    match key.bucket.check_key(&key.id) {
+        Ok(snapshot) => Ok(RatePolicy {
+            quota,
+            remaining: snapshot.remaining_burst_capacity(),
+            reset: if snapshot.remaining_burst_capacity() < key.limits.burst {
+                refill
+            } else {
+                0
+            },
+        }),
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(key.bucket.clock().now());
+            Err(GatewayError::RateLimited {
+                key_id: Arc::clone(&key.id),
+                policy: RatePolicy {
+                    quota,
+                    remaining: 0,
+                    reset: retry_secs(wait),
+                },
+            })
+        }
+    }
+}
+
+/// Holds one of a key's in-flight slots; released on drop (when the response body ends
+/// or the client goes away).
+#[derive(Debug)]
+pub struct InFlight {
+    counter: Arc<AtomicU32>,
+}
+
+impl InFlight {
+    pub fn acquire(key: &ApiKey) -> Result<Self, GatewayError> {
+        let limit = key.limits.max_in_flight;
+        key.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map(|_| Self {
+                counter: Arc::clone(&key.in_flight),
+            })
+            .map_err(|_| GatewayError::TooManyInFlight {
+                key_id: Arc::clone(&key.id),
+                limit,
+            })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Bans client addresses that fail authentication too often, so keys cannot be guessed.
+pub struct AuthThrottle {
+    failures: RateLimiter<IpAddr, DashMapStateStore<IpAddr>, DefaultClock>,
+    banned: DashMap<IpAddr, Instant>,
+    ban: Duration,
+}
+
+impl AuthThrottle {
+    /// Allows `max_failures` failures per `window` per address, then bans it for `ban`.
+    pub fn new(max_failures: u32, window: Duration, ban: Duration) -> Self {
+        let period = (window / max_failures.max(1)).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(nonzero(max_failures));
+        Self {
+            failures: RateLimiter::dashmap(quota),
+            banned: DashMap::new(),
+            ban,
+        }
+    }
+
+    /// Refuses a banned address before its credentials are even looked at.
+    pub fn check(&self, ip: IpAddr) -> Result<(), GatewayError> {
+        let Some(until) = self.banned.get(&ip).map(|e| *e.value()) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if until > now {
+            return Err(GatewayError::AuthThrottled {
+                retry_after: retry_secs(until - now),
+            });
+        }
+        self.banned.remove_if(&ip, |_, until| *until <= now);
+        Ok(())
+    }
+
+    /// Records a failed authentication; returns the error to answer with (`error`, or a
+    /// ban once the address is over its allowance).
+    pub fn fail(&self, ip: IpAddr, error: GatewayError) -> GatewayError {
+        if self.failures.check_key(&ip).is_ok() {
+            return error;
+        }
+        self.banned.insert(ip, Instant::now() + self.ban);
+        tracing::warn!(client_ip = %ip, ban = %humantime::format_duration(self.ban), "too many failed authentications; address banned");
+        GatewayError::AuthThrottled {
+            retry_after: retry_secs(self.ban),
+        }
+    }
+
+    /// Drops expired bans and forgotten failure counts.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.banned.retain(|_, until| *until > now);
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
+    }
+
+    /// Addresses with failure state (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.failures.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::keys::{entry_toml, KeyTable};
+
+    fn key(pool: &LimiterPool, limits: Limits) -> Arc<ApiKey> {
+        let text = format!(
+            "{}requests_per_minute = {}\nburst = {}\nmax_in_flight = {}\n",
+            entry_toml("k", "t", "ogw_x"),
+            limits.requests_per_minute,
+            limits.burst,
+            limits.max_in_flight
+        );
+        let table = KeyTable::parse(&text, std::path::Path::new("k"), limits, pool).unwrap();
+        Arc::clone(table.lookup("ogw_x").unwrap())
+    }
+
+    #[test]
+    fn bucket_is_exact_and_survives_reload() {
+        let pool = LimiterPool::default();
+        let limits = Limits {
+            requests_per_minute: 1,
+            burst: 3,
+            max_in_flight: 1,
+        };
+        let k = key(&pool, limits);
+        let remaining: Vec<u32> = (0..3).map(|_| take(&k).unwrap().remaining).collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let err = take(&k).unwrap_err();
+        let GatewayError::RateLimited { policy, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert!((1..=60).contains(&policy.reset), "{policy:?}");
+        // The same key parsed again (a reload) shares the bucket.
+        let again = key(&pool, limits);
+        assert!(take(&again).is_err());
+    }
+
+    #[test]
+    fn in_flight_slots_are_released_on_drop() {
+        let pool = LimiterPool::default();
+        let k = key(
+            &pool,
+            Limits {
+                requests_per_minute: 60,
+                burst: 60,
+                max_in_flight: 2,
+            },
+        );
+        let a = InFlight::acquire(&k).unwrap();
+        let _b = InFlight::acquire(&k).unwrap();
+        assert!(matches!(
+            InFlight::acquire(&k),
+            Err(GatewayError::TooManyInFlight { limit: 2, .. })
+        ));
+        drop(a);
+        assert!(InFlight::acquire(&k).is_ok());
+    }
+
+    #[test]
+    fn throttle_bans_after_max_failures_then_sweeps() {
+        let t = AuthThrottle::new(3, Duration::from_secs(60), Duration::from_secs(30));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.check(ip).is_ok());
+            assert!(matches!(
+                t.fail(ip, GatewayError::InvalidKey),
+                GatewayError::InvalidKey
+            ));
+        }
+        assert!(matches!(
+            t.fail(ip, GatewayError::InvalidKey),
+            GatewayError::AuthThrottled { retry_after: 30 }
+        ));
+        assert!(matches!(
+            t.check(ip),
+            Err(GatewayError::AuthThrottled { .. })
+        ));
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(t.check(other).is_ok());
+        t.sweep();
+        assert!(t.check(ip).is_err(), "a live ban survives the sweep");
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_between_1_and_60() {
+        assert_eq!(retry_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_secs(Duration::from_secs(3600)), 60);
+    }
+}
