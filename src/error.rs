@@ -4,6 +4,8 @@
 //! Its status comes from an exhaustive `match`, its body is Ollama's `{"error": "..."}`,
 //! and [`GatewayError::kind`] gives a short, bounded label for metrics and logs.
 
+use std::sync::Arc;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
@@ -50,6 +52,41 @@ pub enum GatewayError {
         path: String,
         allow: &'static str,
     },
+    /// The client address is not allowed; says nothing more.
+    #[error("access denied")]
+    IpDenied,
+    /// No API key in `Authorization: Bearer` or `X-API-Key`.
+    #[error("missing API key: send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
+    MissingKey,
+    /// A key that is not in the keys file.
+    #[error("invalid API key")]
+    InvalidKey,
+    /// A key marked `enabled = false`.
+    #[error("API key is disabled")]
+    DisabledKey,
+    /// Too many failed authentications from this address.
+    #[error("too many failed authentications from this address; retry after {retry_after} s")]
+    AuthThrottled { retry_after: u64 },
+    /// The key's model allowlist does not cover the requested model.
+    #[error("model {model:?} is not allowed for this API key")]
+    ModelNotAllowed { model: String },
+    /// The key's token bucket is empty.
+    #[error("rate limit exceeded for API key {key_id}; retry after {} s", .policy.reset)]
+    RateLimited {
+        key_id: Arc<str>,
+        policy: RatePolicy,
+    },
+    /// The key already has its maximum of requests in flight.
+    #[error(
+        "too many requests in flight for API key {key_id} (limit {limit}); retry when one finishes"
+    )]
+    TooManyInFlight { key_id: Arc<str>, limit: u32 },
+    /// Request headers over the configured count or size.
+    #[error("request header fields too large: {0}")]
+    HeadersTooLarge(String),
+    /// The body did not arrive in time (a slow or stalled client).
+    #[error("the request body did not arrive within {0}")]
+    BodyTimeout(String),
     /// The upstream could not be reached (DNS, refused, TLS).
     #[error("upstream {upstream} is unreachable: {detail}")]
     UpstreamConnect { upstream: String, detail: String },
@@ -69,10 +106,44 @@ pub enum GatewayError {
     UpstreamProtocol { upstream: String, detail: String },
 }
 
+/// A key's rate-limit state, sent as the IETF draft `RateLimit` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RatePolicy {
+    /// Requests per 60 s window.
+    pub quota: u32,
+    /// Requests the bucket still allows right now.
+    pub remaining: u32,
+    /// Seconds until the bucket allows another request (1..=60 when empty).
+    pub reset: u64,
+}
+
+impl RatePolicy {
+    /// `RateLimit-Policy: "default";q=120;w=60` (draft-ietf-httpapi-ratelimit-headers-10).
+    pub fn policy_header(&self) -> String {
+        format!("\"default\";q={};w=60", self.quota)
+    }
+
+    /// `RateLimit: "default";r=19;t=1`.
+    pub fn state_header(&self) -> String {
+        format!("\"default\";r={};t={}", self.remaining, self.reset)
+    }
+}
+
+/// The `WWW-Authenticate` challenge sent with every 401.
+pub const AUTH_CHALLENGE: &str = "Bearer realm=\"ollama-gateway\"";
+
 impl GatewayError {
     /// A short, fixed label for metrics and logs (never free text).
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::IpDenied => "ip",
+            Self::MissingKey | Self::InvalidKey | Self::DisabledKey => "auth",
+            Self::AuthThrottled { .. } => "auth_throttled",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::RateLimited { .. } => "rate_limit",
+            Self::TooManyInFlight { .. } => "in_flight",
+            Self::HeadersTooLarge(_) => "header_too_large",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
                 "bad_request"
             }
@@ -90,7 +161,17 @@ impl GatewayError {
     /// Whose fault it is.
     pub fn blame(&self) -> Blame {
         match self {
-            Self::EmptyBody
+            Self::IpDenied
+            | Self::MissingKey
+            | Self::InvalidKey
+            | Self::DisabledKey
+            | Self::AuthThrottled { .. }
+            | Self::ModelNotAllowed { .. }
+            | Self::RateLimited { .. }
+            | Self::TooManyInFlight { .. }
+            | Self::HeadersTooLarge(_)
+            | Self::BodyTimeout(_)
+            | Self::EmptyBody
             | Self::InvalidJson(_)
             | Self::InvalidField(_)
             | Self::MissingModel
@@ -109,6 +190,13 @@ impl GatewayError {
 impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
+            Self::IpDenied | Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::MissingKey | Self::InvalidKey | Self::DisabledKey => StatusCode::UNAUTHORIZED,
+            Self::AuthThrottled { .. }
+            | Self::RateLimited { .. }
+            | Self::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
                 StatusCode::BAD_REQUEST
             }
@@ -127,6 +215,24 @@ impl ResponseError for GatewayError {
         match self {
             Self::MethodNotAllowed { allow, .. } => {
                 builder.insert_header((header::ALLOW, *allow));
+            }
+            Self::MissingKey | Self::InvalidKey | Self::DisabledKey => {
+                builder.insert_header((header::WWW_AUTHENTICATE, AUTH_CHALLENGE));
+            }
+            Self::AuthThrottled { retry_after } => {
+                builder.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            Self::RateLimited { policy, .. } => {
+                builder
+                    .insert_header((header::RETRY_AFTER, policy.reset.to_string()))
+                    .insert_header(("ratelimit-policy", policy.policy_header()))
+                    .insert_header(("ratelimit", policy.state_header()));
+            }
+            Self::TooManyInFlight { .. } => {
+                builder.insert_header((header::RETRY_AFTER, "1"));
+            }
+            Self::BodyTimeout(_) => {
+                builder.insert_header((header::CONNECTION, "close"));
             }
             Self::UpstreamStatus {
                 retry_after: Some(value),
@@ -240,7 +346,49 @@ mod tests {
                 "upstream_protocol",
             ),
         ];
-        for (err, status, kind) in cases {
+        let edge: Vec<(GatewayError, u16, &str)> = vec![
+            (GatewayError::IpDenied, 403, "ip"),
+            (GatewayError::MissingKey, 401, "auth"),
+            (GatewayError::InvalidKey, 401, "auth"),
+            (GatewayError::DisabledKey, 401, "auth"),
+            (
+                GatewayError::AuthThrottled { retry_after: 3 },
+                429,
+                "auth_throttled",
+            ),
+            (
+                GatewayError::ModelNotAllowed { model: "m".into() },
+                403,
+                "model_not_allowed",
+            ),
+            (
+                GatewayError::RateLimited {
+                    key_id: "k".into(),
+                    policy: RatePolicy {
+                        quota: 1,
+                        remaining: 0,
+                        reset: 5,
+                    },
+                },
+                429,
+                "rate_limit",
+            ),
+            (
+                GatewayError::TooManyInFlight {
+                    key_id: "k".into(),
+                    limit: 1,
+                },
+                429,
+                "in_flight",
+            ),
+            (
+                GatewayError::HeadersTooLarge("x".into()),
+                431,
+                "header_too_large",
+            ),
+            (GatewayError::BodyTimeout("1s".into()), 408, "body_timeout"),
+        ];
+        for (err, status, kind) in cases.into_iter().chain(edge) {
             assert_eq!(err.status_code().as_u16(), status, "{err:?}");
             assert_eq!(err.kind(), kind);
             let body = body_of(&err);
@@ -267,6 +415,33 @@ mod tests {
         assert_eq!(
             err.error_response().headers().get(header::ALLOW).unwrap(),
             "POST"
+        );
+    }
+
+    #[test]
+    fn edge_rejections_carry_their_headers() {
+        let resp = GatewayError::InvalidKey.error_response();
+        assert_eq!(
+            resp.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+            AUTH_CHALLENGE
+        );
+        let resp = GatewayError::RateLimited {
+            key_id: "k".into(),
+            policy: RatePolicy {
+                quota: 120,
+                remaining: 0,
+                reset: 7,
+            },
+        }
+        .error_response();
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "7");
+        assert_eq!(
+            resp.headers().get("ratelimit").unwrap(),
+            "\"default\";r=0;t=7"
+        );
+        assert_eq!(
+            resp.headers().get("ratelimit-policy").unwrap(),
+            "\"default\";q=120;w=60"
         );
     }
 

@@ -1,0 +1,149 @@
+//! Credentials: the request must carry a key in `Authorization: Bearer` or `X-API-Key`
+//! (never the query string). Deny by default: every path except liveness needs one.
+//! Also the request-head sanity limits, which apply before credentials are read.
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, Header as _, HeaderMap};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage as _};
+use actix_web_httpauth::headers::authorization::{Authorization, Bearer};
+
+use super::allowlist::ClientIp;
+use crate::error::GatewayError;
+use crate::keys::ApiKey;
+
+/// Paths served without a key: liveness probes only.
+pub fn is_public(method: &Method, path: &str) -> bool {
+    path == "/healthz" && (method == Method::GET || method == Method::HEAD)
+}
+
+/// Refuses request heads over the configured count or size (431).
+pub fn check_headers(
+    headers: &HeaderMap,
+    max_count: usize,
+    max_bytes: usize,
+) -> Result<(), GatewayError> {
+    if headers.len() > max_count {
+        return Err(GatewayError::HeadersTooLarge(format!(
+            "{} header fields, at most {max_count} allowed",
+            headers.len()
+        )));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if bytes > max_bytes {
+        return Err(GatewayError::HeadersTooLarge(format!(
+            "{bytes} bytes of headers, at most {max_bytes} allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// What the client presented: `X-API-Key` first, else a Bearer token.
+enum Presented {
+    None,
+    Malformed,
+    Key(String),
+}
+
+fn presented_key(req: &ServiceRequest) -> Presented {
+    if let Some(value) = req.headers().get("x-api-key") {
+        return match value.to_str().map(str::trim) {
+            Ok(key) if !key.is_empty() => Presented::Key(key.to_string()),
+            _ => Presented::Malformed,
+        };
+    }
+    if !req.headers().contains_key(header::AUTHORIZATION) {
+        return Presented::None;
+    }
+    let token = match Authorization::<Bearer>::parse(req) {
+        Ok(auth) => auth.as_ref().token().trim().to_string(),
+        // RFC 9110 11.1: the scheme name is case-insensitive ("bearer", "BEARER").
+        Err(_) => req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_string())
+            .unwrap_or_default(),
+    };
+    if token.is_empty() {
+        Presented::Malformed
+    } else {
+        Presented::Key(token)
+    }
+}
+
+pub async fn auth(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let state = super::state(&req).ok_or(GatewayError::InvalidKey)?;
+    let server = &state.config.server;
+    check_headers(req.headers(), server.max_headers, server.max_header_bytes)?;
+    if is_public(req.method(), req.path()) {
+        return next.call(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| req.peer_addr().map(|a| a.ip()))
+        .ok_or(GatewayError::InvalidKey)?;
+    state.throttle.check(ip)?;
+    let key: Arc<ApiKey> = match presented_key(&req) {
+        Presented::None => return Err(GatewayError::MissingKey.into()),
+        Presented::Malformed => {
+            return Err(state.throttle.fail(ip, GatewayError::InvalidKey).into())
+        }
+        Presented::Key(secret) => {
+            let table = state.keys.table();
+            match table.lookup(&secret) {
+                None => return Err(state.throttle.fail(ip, GatewayError::InvalidKey).into()),
+                Some(key) if !key.enabled => {
+                    return Err(state.throttle.fail(ip, GatewayError::DisabledKey).into())
+                }
+                Some(key) => Arc::clone(key),
+            }
+        }
+    };
+    req.extensions_mut().insert(key);
+    next.call(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    #[test]
+    fn only_liveness_is_public() {
+        assert!(is_public(&Method::GET, "/healthz"));
+        assert!(is_public(&Method::HEAD, "/healthz"));
+        assert!(!is_public(&Method::POST, "/healthz"));
+        assert!(!is_public(&Method::GET, "/healthz/"));
+        assert!(!is_public(&Method::POST, "/api/chat"));
+        assert!(!is_public(&Method::GET, "/nope"));
+    }
+
+    #[test]
+    fn header_limits() {
+        let mut h = HeaderMap::new();
+        for i in 0..5 {
+            h.append(
+                HeaderName::try_from(format!("x-h{i}")).unwrap(),
+                HeaderValue::from_static("0123456789"),
+            );
+        }
+        assert!(check_headers(&h, 5, 1000).is_ok());
+        assert!(check_headers(&h, 4, 1000).is_err());
+        assert!(check_headers(&h, 5, 60).is_err());
+    }
+}
