@@ -22,7 +22,7 @@ const ENV_SEPARATOR: &str = "__";
 
 /// Short environment names that docker compose users set, and the key each one overrides.
 /// The long form of the same key wins when both are set.
-pub const SHORT_ENV: [(&str, &str); 7] = [
+pub const SHORT_ENV: [(&str, &str); 8] = [
     ("OLLAMA_BASE_URL", "OLLAMA__BASE_URL"),
     ("OPENAI_API_KEY", "UPSTREAMS__OPENAI__API_KEY"),
     ("OPENAI_BASE_URL", "UPSTREAMS__OPENAI__BASE_URL"),
@@ -30,7 +30,11 @@ pub const SHORT_ENV: [(&str, &str); 7] = [
     ("GATEWAY_TLS_CERT", "TLS__CERT"),
     ("GATEWAY_TLS_KEY", "TLS__KEY"),
     ("GATEWAY_LOG_FORMAT", "LOG__FORMAT"),
+    ("GATEWAY_KEYS_FILE", "AUTH__KEYS_FILE"),
 ];
+
+/// Keys whose environment value is a comma-separated list.
+const ENV_LIST_KEYS: [&str; 2] = ["allowlist.cidrs", "allowlist.trusted_proxies"];
 
 /// A configuration problem, reported at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,9 @@ pub struct RawConfig {
     /// OpenAI-compatible upstreams by name; a model `<prefix><model>` goes to that upstream.
     pub upstreams: BTreeMap<String, RawOpenAi>,
     pub timeouts: RawTimeouts,
+    pub auth: RawAuth,
+    pub limits: RawLimits,
+    pub allowlist: RawAllowlist,
     pub log: RawLog,
 }
 
@@ -78,6 +85,9 @@ impl Default for RawConfig {
             ollama: RawOllama::default(),
             upstreams,
             timeouts: RawTimeouts::default(),
+            auth: RawAuth::default(),
+            limits: RawLimits::default(),
+            allowlist: RawAllowlist::default(),
             log: RawLog::default(),
         }
     }
@@ -94,6 +104,27 @@ pub struct RawServer {
     pub workers: usize,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
+    /// Most request headers accepted (the HTTP parser's own hard cap is 96).
+    pub max_headers: usize,
+    /// Most bytes of request headers (names plus values) accepted.
+    pub max_header_bytes: usize,
+    /// Most open client connections, all workers together.
+    pub max_connections: usize,
+    /// Time a client has to send the request head (slowloris guard); 408 after it.
+    #[serde(with = "humantime_serde")]
+    pub request_header_timeout: Duration,
+    /// Time a client has to send the whole request body; 408 after it.
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
+    /// Time a client has to complete the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Idle time after which a keep-alive connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// How often the keys file and the certificate files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Default for RawServer {
@@ -103,6 +134,88 @@ impl Default for RawServer {
             plain_listen: String::new(),
             workers: 0,
             max_body_bytes: 20 * 1024 * 1024,
+            max_headers: 64,
+            max_header_bytes: 32 * 1024,
+            max_connections: 10_000,
+            request_header_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(75),
+            reload_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// The API keys file (TOML, `[[keys]]` entries holding SHA-256 hashes).
+    pub keys_file: String,
+    /// Failed authentications an IP may make within `failure_window` before it is banned.
+    pub max_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long a banned IP gets 429 for every request.
+    #[serde(with = "humantime_serde")]
+    pub ban: Duration,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            keys_file: "config/keys.toml".into(),
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
+            ban: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Per-key defaults; each key may override them in the keys file.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub requests_per_minute: u32,
+    pub burst: u32,
+    pub max_in_flight: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 120,
+            burst: 20,
+            max_in_flight: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAllowlist {
+    /// Serve every address; required to run with an empty `cidrs` list.
+    pub allow_all: bool,
+    /// Client networks allowed in (IPv4 and IPv6 CIDRs).
+    pub cidrs: Vec<String>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawAllowlist {
+    fn default() -> Self {
+        Self {
+            allow_all: false,
+            cidrs: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+            ]
+            .map(String::from)
+            .to_vec(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -222,6 +335,9 @@ pub struct Config {
     /// Sorted by prefix length, longest first, so the most specific prefix wins.
     pub upstreams: Vec<OpenAiConfig>,
     pub timeouts: Timeouts,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub allowlist: AllowlistConfig,
     pub log: RawLog,
     raw: RawConfig,
 }
@@ -232,6 +348,37 @@ pub struct ServerConfig {
     pub plain_listen: Option<SocketAddr>,
     pub workers: usize,
     pub max_body_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub request_header_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub keep_alive: Duration,
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub keys_file: PathBuf,
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    pub ban: Duration,
+}
+
+/// A token bucket and an in-flight cap (all values > 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limits {
+    pub requests_per_minute: u32,
+    pub burst: u32,
+    pub max_in_flight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AllowlistConfig {
+    /// `None` means every address is allowed (`allow_all`).
+    pub cidrs: Option<Vec<ipnet::IpNet>>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,11 +444,15 @@ impl Config {
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        let env_source = config::Environment::with_prefix(ENV_PREFIX)
+        let mut env_source = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator(ENV_SEPARATOR)
             .separator(ENV_SEPARATOR)
             .try_parsing(true)
+            .list_separator(",")
             .source(Some(expand_short_env(env)));
+        for key in ENV_LIST_KEYS {
+            env_source = env_source.with_list_parse_key(key);
+        }
         let raw: RawConfig = builder.add_source(env_source).build()?.try_deserialize()?;
         Self::from_raw(raw)
     }
@@ -315,10 +466,27 @@ impl Config {
                 addr => Some(parse_addr("server.plain_listen", addr)?),
             },
             workers: raw.server.workers,
-            max_body_bytes: match raw.server.max_body_bytes {
-                0 => return Err(invalid("server.max_body_bytes", "must be greater than 0")),
-                n => n,
+            max_body_bytes: positive("server.max_body_bytes", raw.server.max_body_bytes)?,
+            max_headers: match raw.server.max_headers {
+                n @ 1..=96 => n,
+                _ => return Err(invalid("server.max_headers", "must be between 1 and 96")),
             },
+            max_header_bytes: positive("server.max_header_bytes", raw.server.max_header_bytes)?,
+            max_connections: positive("server.max_connections", raw.server.max_connections)?,
+            request_header_timeout: nonzero(
+                "server.request_header_timeout",
+                raw.server.request_header_timeout,
+            )?,
+            request_body_timeout: nonzero(
+                "server.request_body_timeout",
+                raw.server.request_body_timeout,
+            )?,
+            tls_handshake_timeout: nonzero(
+                "server.tls_handshake_timeout",
+                raw.server.tls_handshake_timeout,
+            )?,
+            keep_alive: raw.server.keep_alive,
+            reload_interval: nonzero("server.reload_interval", raw.server.reload_interval)?,
         };
         let tls = match (raw.tls.cert.trim(), raw.tls.key.trim()) {
             ("", "") => TlsConfig::SelfSigned {
@@ -366,21 +534,41 @@ impl Config {
             }
         }
         let t = &raw.timeouts;
-        for (key, value) in [
-            ("timeouts.connect", t.connect),
-            ("timeouts.first_byte", t.first_byte),
-            ("timeouts.idle", t.idle),
-            ("timeouts.total", t.total),
-        ] {
-            if value.is_zero() {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
         let timeouts = Timeouts {
-            connect: t.connect,
-            first_byte: t.first_byte,
-            idle: t.idle,
-            total: t.total,
+            connect: nonzero("timeouts.connect", t.connect)?,
+            first_byte: nonzero("timeouts.first_byte", t.first_byte)?,
+            idle: nonzero("timeouts.idle", t.idle)?,
+            total: nonzero("timeouts.total", t.total)?,
+        };
+        let auth = AuthConfig {
+            keys_file: match raw.auth.keys_file.trim() {
+                "" => return Err(invalid("auth.keys_file", "is required")),
+                path => PathBuf::from(path),
+            },
+            max_failures: positive("auth.max_failures", raw.auth.max_failures)?,
+            failure_window: nonzero("auth.failure_window", raw.auth.failure_window)?,
+            ban: nonzero("auth.ban", raw.auth.ban)?,
+        };
+        let limits = Limits {
+            requests_per_minute: positive(
+                "limits.requests_per_minute",
+                raw.limits.requests_per_minute,
+            )?,
+            burst: positive("limits.burst", raw.limits.burst)?,
+            max_in_flight: positive("limits.max_in_flight", raw.limits.max_in_flight)?,
+        };
+        let allowlist = AllowlistConfig {
+            cidrs: match (raw.allowlist.allow_all, raw.allowlist.cidrs.is_empty()) {
+                (true, _) => None,
+                (false, true) => {
+                    return Err(invalid(
+                        "allowlist.cidrs",
+                        "is empty, which would refuse everyone; list the client networks, or set allowlist.allow_all = true to serve every address",
+                    ))
+                }
+                (false, false) => Some(parse_nets("allowlist.cidrs", &raw.allowlist.cidrs)?),
+            },
+            trusted_proxies: parse_nets("allowlist.trusted_proxies", &raw.allowlist.trusted_proxies)?,
         };
         Ok(Self {
             server,
@@ -388,6 +576,9 @@ impl Config {
             ollama,
             upstreams,
             timeouts,
+            auth,
+            limits,
+            allowlist,
             log: raw.log.clone(),
             raw,
         })
@@ -397,6 +588,36 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+fn positive<T: PartialEq + Default>(key: &str, value: T) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(value)
+}
+
+fn nonzero(key: &str, value: Duration) -> Result<Duration, ConfigError> {
+    positive(key, value)
+}
+
+/// Parses CIDRs; a bare address means a single host (/32 or /128).
+fn parse_nets(key: &str, values: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    values
+        .iter()
+        .map(|v| {
+            let v = v.trim();
+            v.parse::<ipnet::IpNet>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    invalid(
+                        key,
+                        format!("{v:?} is not an IP network like 10.0.0.0/8 or 2001:db8::/32"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Rewrites the short names (`OLLAMA_BASE_URL`, ...) into the long form, which wins if both exist.
@@ -632,6 +853,69 @@ mod tests {
                 "GATEWAY__UPSTREAMS__OPENAI__MAX_TOKENS_PARAM",
                 "n",
                 "max_tokens_param",
+            ),
+        ] {
+            let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(needle), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn allowlist_lists_from_env_and_empty_list_needs_allow_all() {
+        let c = Config::load(
+            None,
+            &env(&[
+                (
+                    "GATEWAY__ALLOWLIST__CIDRS",
+                    "10.0.0.0/8, 2001:db8::/32,192.0.2.1",
+                ),
+                ("GATEWAY__ALLOWLIST__TRUSTED_PROXIES", "172.18.0.2"),
+                ("GATEWAY_KEYS_FILE", "/etc/gateway/keys.toml"),
+            ]),
+        )
+        .unwrap();
+        let cidrs: Vec<String> = c
+            .allowlist
+            .cidrs
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(cidrs, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1/32"]);
+        assert_eq!(c.allowlist.trusted_proxies[0].to_string(), "172.18.0.2/32");
+        assert_eq!(c.auth.keys_file, PathBuf::from("/etc/gateway/keys.toml"));
+
+        let mut raw = RawConfig::default();
+        raw.allowlist.cidrs.clear();
+        let err = Config::from_raw(raw.clone()).unwrap_err().to_string();
+        assert!(
+            err.contains("allowlist.cidrs") && err.contains("allow_all"),
+            "{err}"
+        );
+        raw.allowlist.allow_all = true;
+        assert!(Config::from_raw(raw.clone())
+            .unwrap()
+            .allowlist
+            .cidrs
+            .is_none());
+        raw.allowlist.cidrs = vec!["10.0.0.0/33".into()];
+        raw.allowlist.allow_all = false;
+        assert!(Config::from_raw(raw)
+            .unwrap_err()
+            .to_string()
+            .contains("10.0.0.0/33"));
+    }
+
+    #[test]
+    fn edge_limits_are_validated() {
+        for (k, v, needle) in [
+            ("GATEWAY__LIMITS__BURST", "0", "limits.burst"),
+            ("GATEWAY__SERVER__MAX_HEADERS", "97", "server.max_headers"),
+            ("GATEWAY__AUTH__MAX_FAILURES", "0", "auth.max_failures"),
+            (
+                "GATEWAY__SERVER__REQUEST_HEADER_TIMEOUT",
+                "0s",
+                "request_header_timeout",
             ),
         ] {
             let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();

@@ -3,6 +3,11 @@
 
 pub mod config;
 pub mod error;
+pub mod keys;
+pub mod limits;
+pub mod metrics;
+pub mod middleware;
+pub mod reload;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -1,11 +1,15 @@
 //! The `ollama-gateway` command: wiring only.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ollama_gateway::config::{Config, DEFAULT_CONFIG_PATH};
+use ollama_gateway::keys::{self, Keys};
+use ollama_gateway::limits::LimiterPool;
 use ollama_gateway::{server, telemetry};
 
 #[derive(Parser)]
@@ -25,8 +29,31 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Serve,
-    /// Validate the configuration and print it, secrets redacted.
+    /// Validate the configuration and the keys file; print the configuration, secrets redacted.
     CheckConfig,
+    /// Create and hash API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key: prints the key alone on the first line, then its [[keys]] entry.
+    New {
+        /// The team the key belongs to (a metrics label).
+        #[arg(long)]
+        team: String,
+        /// The key's id (a metrics label); default: <team>-<6 random hex digits>.
+        #[arg(long)]
+        id: Option<String>,
+        /// Also append the entry to this keys file (created if missing).
+        #[arg(long, value_name = "PATH")]
+        append: Option<PathBuf>,
+    },
+    /// Read a key on stdin and print its SHA-256, as the keys file wants it.
+    Hash,
 }
 
 fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -44,26 +71,98 @@ fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+fn keys_new(team: &str, id: Option<String>, append: Option<&Path>) -> anyhow::Result<()> {
+    let id = match id {
+        Some(id) => id,
+        None => format!("{team}-{}", keys::random_suffix()?),
+    };
+    let key = keys::generate_key()?;
+    let entry = keys::entry_toml(&id, team, &key);
+    // Check the entry the way the gateway will read it, before anyone relies on it.
+    keys::KeyTable::parse(
+        &entry,
+        Path::new("new entry"),
+        Config::load(None, &HashMap::new())?.limits,
+        &LimiterPool::default(),
+    )?;
+    if let Some(path) = append {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        writeln!(file, "\n{entry}")?;
+        eprintln!("appended the entry for {id} to {}", path.display());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{key}")?;
+    writeln!(out, "\n{entry}")?;
+    Ok(())
+}
+
+fn keys_hash() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input)?;
+    let key = input.trim();
+    anyhow::ensure!(!key.is_empty(), "no key on stdin");
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        keys::to_hex(&keys::hash_key(key))
+    )?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Keys { command } = &command {
+        return match command {
+            KeysCommand::New { team, id, append } => keys_new(team, id.clone(), append.as_deref()),
+            KeysCommand::Hash => keys_hash(),
+        };
+    }
     let config = load_config(cli.config)?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::CheckConfig => {
-            use std::io::Write as _;
+            let keys = Keys::load(
+                &config.auth.keys_file,
+                config.limits,
+                Arc::new(LimiterPool::default()),
+            )?;
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "# configuration is valid; effective values (secrets redacted):"
+                "# configuration is valid; {} API key(s) in {}; effective values (secrets redacted):",
+                keys.table().len(),
+                config.auth.keys_file.display()
             )?;
             out.write_all(config.to_redacted_toml().as_bytes())?;
             Ok(())
         }
-        Command::Serve => {
+        Command::Serve | Command::Keys { .. } => {
             telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());
             actix_web::rt::System::new().block_on(async move {
                 let running = server::start(config)?;
+                spawn_sighup(Arc::clone(&running.reloader));
                 running.server.await.context("server failed")
             })
         }
     }
+}
+
+/// SIGHUP reloads the keys file and the certificate at once (they are also polled).
+fn spawn_sighup(reloader: Arc<ollama_gateway::reload::Reloader>) {
+    #[cfg(unix)]
+    actix_web::rt::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; relying on periodic reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: checking the keys file and certificate");
+            reloader.check();
+        }
+    });
 }

@@ -1,18 +1,29 @@
-//! The HTTP server: listeners, TLS, and the App with its middleware, written down once.
+//! The HTTP server: listeners, TLS, limits, and the App with its middleware, written down once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Config;
+use crate::keys::Keys;
+use crate::limits::{AuthThrottle, LimiterPool};
+use crate::metrics::Metrics;
+use crate::middleware::allowlist::Allowlist;
+use crate::middleware::{allowlist, auth, observe, rate_limit};
+use crate::reload::Reloader;
 use crate::tls::{self, CertStore};
 use crate::{routes, upstream};
 
 /// State shared by all workers, built once before the server starts.
 pub struct AppState {
     pub config: Arc<Config>,
+    pub keys: Arc<Keys>,
+    pub throttle: Arc<AuthThrottle>,
+    pub allowlist: Allowlist,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A started server and what callers need to know about it.
@@ -22,11 +33,14 @@ pub struct Running {
     /// The bound plain-HTTP address, if one was configured.
     pub plain_addr: Option<SocketAddr>,
     pub cert_store: Arc<CertStore>,
+    pub reloader: Arc<Reloader>,
+    pub metrics: Arc<Metrics>,
     /// Await to run; use `handle()` to stop.
     pub server: actix_web::dev::Server,
 }
 
-/// Binds the listeners and builds the server; it runs when `Running::server` is awaited or spawned.
+/// Binds the listeners and builds the server; it runs when `Running::server` is awaited or
+/// spawned. Must be called inside an actix system (it starts the reload task there).
 pub fn start(config: Config) -> anyhow::Result<Running> {
     // awc's connector builds a default TLS config at construction, which needs a process-wide
     // provider; installing ours is a no-op if one is already there.
@@ -40,13 +54,51 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(path = %cert_path.display(), fingerprint = %loaded.fingerprint, "loaded TLS certificate");
     }
 
+    let pool = Arc::new(LimiterPool::default());
+    let keys = Arc::new(Keys::load(
+        &config.auth.keys_file,
+        config.limits,
+        Arc::clone(&pool),
+    )?);
+    let key_count = keys.table().len();
+    if key_count == 0 {
+        tracing::warn!(
+            path = %config.auth.keys_file.display(),
+            "no API keys configured: every request is refused (401). Create one with: ollama-gateway keys new --team NAME --append {}",
+            config.auth.keys_file.display()
+        );
+    } else {
+        tracing::info!(path = %config.auth.keys_file.display(), keys = key_count, "loaded API keys");
+    }
+    if config.allowlist.cidrs.is_none() {
+        tracing::warn!("allowlist.allow_all is set: every client address is served");
+    }
+    let throttle = Arc::new(AuthThrottle::new(
+        config.auth.max_failures,
+        config.auth.failure_window,
+        config.auth.ban,
+    ));
+    let metrics = Arc::new(Metrics::new());
+    let reloader = Arc::new(Reloader {
+        keys: Arc::clone(&keys),
+        cert: Arc::clone(&loaded.store),
+        pool,
+        throttle: Arc::clone(&throttle),
+    });
+    Arc::clone(&reloader).spawn(config.server.reload_interval);
+
     let config = Arc::new(config);
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
+        keys,
+        throttle,
+        allowlist: Allowlist::new(&config.allowlist),
+        metrics: Arc::clone(&metrics),
     });
     let client_tls = upstream::client_tls();
     let timeouts = config.timeouts;
-    let workers = match config.server.workers {
+    let server_cfg = &config.server;
+    let workers = match server_cfg.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
@@ -54,20 +106,30 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let mut server = HttpServer::new(move || {
         // One upstream client per worker: awc clients are !Send and pool per thread.
         let client = upstream::build_client(&timeouts, Arc::clone(&client_tls));
-        // Middleware order: in actix the last `.wrap()` runs first. Today there is one layer:
-        // the tracing span every request runs in (errors are logged in it).
+        // Middleware order: in actix the last `.wrap()` runs first, so a request meets
+        // TracingLogger (its span), observe, allowlist, auth, rate_limit, then the route.
         App::new()
             .app_data(state.clone())
             .app_data(web::Data::new(client))
+            .wrap(from_fn(rate_limit::rate_limit))
+            .wrap(from_fn(auth::auth))
+            .wrap(from_fn(allowlist::allowlist))
+            .wrap(from_fn(observe::observe))
             .wrap(TracingLogger::default())
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
     })
     .workers(workers)
+    // actix counts connections per worker; split the total between them.
+    .max_connections(server_cfg.max_connections.div_ceil(workers))
+    .client_request_timeout(server_cfg.request_header_timeout)
+    .client_disconnect_timeout(std::time::Duration::from_secs(1))
+    .tls_handshake_timeout(server_cfg.tls_handshake_timeout)
+    .keep_alive(server_cfg.keep_alive)
     // A client that goes away must cancel its request at once, so its upstream work stops.
     .h1_allow_half_closed(false)
-    .bind_rustls_0_23(config.server.listen, (*loaded.server_config).clone())?;
-    if let Some(plain) = config.server.plain_listen {
+    .bind_rustls_0_23(server_cfg.listen, (*loaded.server_config).clone())?;
+    if let Some(plain) = server_cfg.plain_listen {
         tracing::warn!(address = %plain, "plain-HTTP listener enabled: use it only behind a TLS-terminating load balancer");
         server = server.bind(plain)?;
     }
@@ -86,6 +148,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         https_addr,
         plain_addr,
         cert_store: loaded.store,
+        reloader,
+        metrics,
         server: server.run(),
     })
 }

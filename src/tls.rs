@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -50,6 +50,8 @@ pub struct CertStore {
     current: RwLock<Arc<CertifiedKey>>,
     cert_path: PathBuf,
     key_path: PathBuf,
+    /// Digest of the file contents last looked at, so each edit is tried (and logged) once.
+    seen: Mutex<Option<[u8; 32]>>,
 }
 
 impl CertStore {
@@ -58,13 +60,23 @@ impl CertStore {
         (&self.cert_path, &self.key_path)
     }
 
-    /// Re-reads the files; on error the old certificate stays in force.
-    pub fn reload(&self) -> Result<String, TlsError> {
+    /// Re-reads the files if their content changed since last looked at. On error the old
+    /// certificate stays in force. New handshakes use the new certificate; open connections
+    /// keep theirs. Returns the new fingerprint when one was installed.
+    pub fn reload_if_changed(&self) -> Result<Option<String>, TlsError> {
+        let digest = files_digest(&self.cert_path, &self.key_path);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == Some(digest) {
+                return Ok(None);
+            }
+            *seen = Some(digest);
+        }
         let (key, fingerprint) = load_pair(&self.cert_path, &self.key_path)?;
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(key);
         }
-        Ok(fingerprint)
+        Ok(Some(fingerprint))
     }
 }
 
@@ -95,11 +107,13 @@ pub fn load(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
             (cert, key, generated)
         }
     };
+    let seen = files_digest(&cert_path, &key_path);
     let (key, fingerprint) = load_pair(&cert_path, &key_path)?;
     let store = Arc::new(CertStore {
         current: RwLock::new(Arc::new(key)),
         cert_path,
         key_path,
+        seen: Mutex::new(Some(seen)),
     });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -113,6 +127,17 @@ pub fn load(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
         fingerprint,
         generated,
     })
+}
+
+/// SHA-256 over both files (an unreadable file counts as empty).
+fn files_digest(cert: &Path, key: &Path) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for path in [cert, key] {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    h.finalize().into()
 }
 
 fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(CertifiedKey, String), TlsError> {

@@ -1,13 +1,15 @@
 //! `POST /api/chat`: read the body, pick the upstream by model, hand over.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
 use crate::error::GatewayError;
+use crate::keys::ApiKey;
 use crate::server::AppState;
 use crate::translate::ollama::ChatRequest;
 use crate::upstream::{self, openai, Route};
@@ -20,8 +22,22 @@ pub async fn chat(
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
     let config = &state.config;
-    let body = read_body(payload, &req, config.server.max_body_bytes).await?;
+    let body = read_body(
+        payload,
+        &req,
+        config.server.max_body_bytes,
+        config.server.request_body_timeout,
+    )
+    .await?;
     let chat = ChatRequest::parse(&body)?;
+    let key = req.extensions().get::<Arc<ApiKey>>().cloned();
+    if let Some(key) = key {
+        if !key.allows_model(chat.model()) {
+            return Err(GatewayError::ModelNotAllowed {
+                model: chat.model().chars().take(200).collect(),
+            });
+        }
+    }
     match upstream::route(config, chat.model()) {
         Route::Ollama => upstream::ollama::forward(&client, config, &req, body.clone(), None).await,
         Route::OpenAi { upstream, model } => {
@@ -38,8 +54,19 @@ pub async fn chat(
 }
 
 /// Reads the request body, refusing more than `limit` bytes (early, by Content-Length,
-/// when the client declares it).
+/// when the client declares it) and bodies that take longer than `within` to arrive.
 async fn read_body(
+    payload: web::Payload,
+    req: &HttpRequest,
+    limit: usize,
+    within: Duration,
+) -> Result<Bytes, GatewayError> {
+    tokio::time::timeout(within, read_limited(payload, req, limit))
+        .await
+        .map_err(|_| GatewayError::BodyTimeout(humantime::format_duration(within).to_string()))?
+}
+
+async fn read_limited(
     mut payload: web::Payload,
     req: &HttpRequest,
     limit: usize,
