@@ -30,6 +30,10 @@ struct Proc {
 
 impl Proc {
     fn start(dir: &Path, ollama_url: &str) -> Self {
+        Self::start_with(dir, ollama_url, &[])
+    }
+
+    fn start_with(dir: &Path, ollama_url: &str, env: &[(&str, String)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--config", &repo_config()])
             .current_dir(dir)
@@ -39,6 +43,8 @@ impl Proc {
             .env("GATEWAY__SERVER__WORKERS", "1")
             .env("OLLAMA_BASE_URL", ollama_url)
             .env("OPENAI_API_KEY", "sk-never-logged-42")
+            .env("GATEWAY_KEYS_FILE", dir.join("keys.toml"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -59,6 +65,13 @@ impl Proc {
             });
         }
         Self { child, lines }
+    }
+
+    /// Stops the process and returns every line it printed that was not read yet.
+    fn finish(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.lines.iter().collect()
     }
 
     /// Reads log lines until one contains `needle`; returns every line read.
@@ -103,6 +116,11 @@ async fn port_zero_self_signed_certificate_generated_then_reused() {
         )
     });
 
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("bin", "test", common::TEST_KEY, ""),
+    )
+    .unwrap();
     let first = Proc::start(&dir.0, &ollama.url());
     let lines = first.wait_for("listening");
     let generated = lines
@@ -134,6 +152,7 @@ async fn port_zero_self_signed_certificate_generated_then_reused() {
         .finish();
     let mut resp = client
         .post(format!("{address}/api/chat"))
+        .insert_header(("x-api-key", common::TEST_KEY))
         .send_json(&json!({"model":"llama3","messages":[],"stream":false}))
         .await
         .unwrap();
@@ -185,4 +204,84 @@ fn check_config_redacts_secrets_and_names_unknown_keys() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listn"), "{err}");
+}
+
+#[actix_rt::test]
+async fn logs_never_contain_a_key_even_at_trace_level() {
+    const UPSTREAM_KEY: &str = "sk-never-logged-42";
+    const WRONG_KEY: &str = "ogw_wrong_guess_never_logged";
+    let ollama =
+        FakeUpstream::start(|_| Reply::ndjson(&common::ollama_stream_lines("llama3", &["a", "b"])));
+    let openai = FakeUpstream::start(|req| {
+        if req.json()["model"] == "refuse" {
+            return Reply::json(
+                401,
+                &json!({"error":{"message":format!("Incorrect API key provided: {UPSTREAM_KEY}"),"type":"invalid_request_error","param":null,"code":"invalid_api_key"}}),
+            );
+        }
+        Reply::sse(common::openai_sse(&["x"], "stop"))
+    });
+    for format in ["text", "json"] {
+        let dir = TempDir::new("logs");
+        std::fs::write(
+            dir.0.join("keys.toml"),
+            common::key_entry("logs", "test", common::TEST_KEY, ""),
+        )
+        .unwrap();
+        let proc = Proc::start_with(
+            &dir.0,
+            &ollama.url(),
+            &[
+                ("RUST_LOG", "trace".to_string()),
+                ("GATEWAY_LOG_FORMAT", format.to_string()),
+                ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
+            ],
+        );
+        let mut lines = proc.wait_for("listening");
+        let address = lines
+            .iter()
+            .find_map(|l| {
+                let start = l.find("https://127.0.0.1:")?;
+                let rest = &l[start..];
+                let end = rest
+                    .find(|c: char| c == '"' || c.is_whitespace())
+                    .unwrap_or(rest.len());
+                Some(rest[..end].to_string())
+            })
+            .expect("bound address logged");
+        let client = awc::Client::builder()
+            .connector(
+                awc::Connector::new()
+                    .rustls_0_23(client_tls(&dir.0.join("certs/selfsigned-cert.pem"))),
+            )
+            .timeout(Duration::from_secs(30))
+            .finish();
+        let bearer = format!("Bearer {}", common::TEST_KEY);
+        let wrong = format!("Bearer {WRONG_KEY}");
+        for (model, header, value) in [
+            ("llama3", "authorization", bearer.as_str()),
+            ("llama3", "x-api-key", common::TEST_KEY),
+            ("llama3", "authorization", wrong.as_str()),
+            ("openai/gpt-4o-mini", "authorization", bearer.as_str()),
+            ("openai/refuse", "x-api-key", common::TEST_KEY),
+        ] {
+            let mut resp = client
+                .post(format!("{address}/api/chat"))
+                .insert_header((header, value))
+                .send_json(&json!({"model": model, "messages": [{"role":"user","content":"hi"}]}))
+                .await
+                .unwrap();
+            let body = resp.body().await.unwrap();
+            assert!(!String::from_utf8_lossy(&body).contains(UPSTREAM_KEY));
+        }
+        lines.extend(proc.finish());
+        let all = lines.join("\n");
+        assert!(
+            all.contains("/api/chat"),
+            "requests were logged at all: {all}"
+        );
+        for secret in [common::TEST_KEY, WRONG_KEY, UPSTREAM_KEY] {
+            assert!(!all.contains(secret), "{format} log contains {secret}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ndjson, ollama_stream_lines, FakeUpstream, Gateway, Reply};
+use common::{ndjson, ollama_stream_lines, FakeUpstream, Gateway, Reply, TEST_KEY};
 use serde_json::json;
 
 #[actix_rt::test]
@@ -20,8 +20,8 @@ async fn stream_is_relayed_line_exact_and_request_forwarded_as_is() {
             "/api/chat",
             body.as_bytes().to_vec(),
             &[
-                ("x-api-key", "ogw_client_secret"),
-                ("authorization", "Bearer ogw_client_secret"),
+                ("x-api-key", TEST_KEY),
+                ("authorization", &format!("Bearer {TEST_KEY}")),
                 ("user-agent", "ollama-python/0.6.1"),
             ],
         )
@@ -55,10 +55,7 @@ async fn stream_is_relayed_line_exact_and_request_forwarded_as_is() {
         None,
         "client key never goes upstream"
     );
-    assert!(!rec
-        .headers
-        .iter()
-        .any(|(_, v)| v.contains("ogw_client_secret")));
+    assert!(!rec.headers.iter().any(|(_, v)| v.contains(TEST_KEY)));
     gw.stop().await;
 }
 
@@ -73,7 +70,7 @@ async fn non_stream_answer_is_relayed_unchanged() {
     let (status, headers, out) = gw
         .chat(&json!({"model":"llama3:instruct","messages":[{"role":"user","content":"hi"}],"stream":false}))
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
     assert_eq!(
         headers.get("content-type").unwrap(),
         "application/json; charset=utf-8"

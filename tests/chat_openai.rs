@@ -32,7 +32,7 @@ async fn non_stream_is_translated_both_ways() {
                 "format": "json"
             }))
             .unwrap(),
-            &[("x-api-key", "ogw_client_secret")],
+            &[("x-api-key", common::TEST_KEY)],
         )
         .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));

@@ -197,10 +197,7 @@ async fn idle_gap_timeout_mid_stream_ends_with_error_line_and_terminator() {
     // Raw socket: the response must end with a proper chunked terminator (no curl error 18).
     let mut tls = gw.raw_tls().await;
     let body = r#"{"model":"openai/m","messages":[{"role":"user","content":"x"}]}"#;
-    let req = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let req = common::raw_chat_request(body, "");
     tls.write_all(req.as_bytes()).await.unwrap();
     let (raw, terminated) = read_raw_response(&mut tls, Duration::from_secs(20)).await;
     let text = String::from_utf8_lossy(&raw);
@@ -246,10 +243,7 @@ async fn total_timeout_ends_stream_with_error_line() {
 /// Sends a request on a raw TLS connection, waits for `ready`, then vanishes.
 async fn send_and_disconnect(gw: &Gateway, body: &str, read_first: bool, upstream: &FakeUpstream) {
     let mut tls = gw.raw_tls().await;
-    let req = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let req = common::raw_chat_request(body, "");
     tls.write_all(req.as_bytes()).await.unwrap();
     if read_first {
         // Wait for the first streamed line, then vanish.
@@ -328,10 +322,7 @@ async fn successful_stream_has_chunked_terminator() {
     let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
     let mut tls = gw.raw_tls().await;
     let body = r#"{"model":"llama3","messages":[]}"#;
-    let req = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let req = common::raw_chat_request(body, "");
     tls.write_all(req.as_bytes()).await.unwrap();
     let (raw, terminated) = read_raw_response(&mut tls, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&raw);

@@ -12,7 +12,7 @@ use serde_json::json;
 
 const SCRIPT: &str = r#"
 import os, sys, json, ollama
-client = ollama.Client(host=os.environ["GW"], verify=os.environ["GW_CA"])
+client = ollama.Client(host=os.environ["GW"], verify=os.environ["GW_CA"], headers={"Authorization": "Bearer " + os.environ["GW_KEY"]})
 out = {}
 r = client.chat(model="llama3:instruct", messages=[{"role": "user", "content": "用一句話介紹你自己"}])
 out["ollama_whole"] = r.message.content
@@ -85,6 +85,7 @@ async fn ollama_python_client_works_through_the_gateway() {
             .args(["-c", SCRIPT])
             .env("GW", url)
             .env("GW_CA", ca)
+            .env("GW_KEY", common::TEST_KEY)
             .output()
             .unwrap()
     })

@@ -46,9 +46,11 @@ async fn unknown_route_wrong_method_and_too_large() {
     let ollama = FakeUpstream::start(|_| Reply::json(200, &json!({})));
     let gw = Gateway::start(Some(&ollama), None, |raw| raw.server.max_body_bytes = 1024).await;
     let client = gw.client();
+    let bearer = format!("Bearer {}", common::TEST_KEY);
 
     let mut resp = client
         .get(format!("{}/api/tags", gw.url))
+        .insert_header(("authorization", bearer.as_str()))
         .send()
         .await
         .unwrap();
@@ -58,6 +60,7 @@ async fn unknown_route_wrong_method_and_too_large() {
 
     let mut resp = client
         .get(format!("{}/api/chat", gw.url))
+        .insert_header(("authorization", bearer.as_str()))
         .send()
         .await
         .unwrap();

@@ -21,6 +21,17 @@ use tokio::sync::mpsc;
 /// The OpenAI key the tests configure; it must only ever reach the fake OpenAI.
 pub const UPSTREAM_KEY: &str = "sk-test-upstream-0123456789abcdef";
 
+/// The client API key every test gateway accepts (id `test-key`, team `test`).
+pub const TEST_KEY: &str = "ogw_test_client_key_0123456789";
+
+/// A keys-file entry for `key`, with optional extra TOML lines.
+pub fn key_entry(id: &str, team: &str, key: &str, extra: &str) -> String {
+    format!(
+        "{}{extra}\n",
+        ollama_gateway::keys::entry_toml(id, team, key)
+    )
+}
+
 /// A request as a fake upstream received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -71,6 +82,13 @@ pub enum Reply {
     },
     /// Read the request, never answer.
     Hang,
+    /// Chunked: send `before`, wait until the test opens `gate`, send `after`, terminate.
+    Gated {
+        content_type: String,
+        before: Vec<Vec<u8>>,
+        gate: Arc<tokio::sync::Notify>,
+        after: Vec<Vec<u8>>,
+    },
 }
 
 impl Reply {
@@ -274,8 +292,38 @@ async fn serve_connection(
                 wait_for_close(&mut stream).await;
                 return;
             }
+            Reply::Gated {
+                content_type,
+                before,
+                gate,
+                after,
+            } => {
+                let head = format!(
+                    "HTTP/1.1 200 X\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                );
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || write_chunks(&mut stream, before).await.is_err()
+                {
+                    return;
+                }
+                gate.notified().await;
+                if write_chunks(&mut stream, after).await.is_err()
+                    || stream.write_all(b"0\r\n\r\n").await.is_err()
+                {
+                    return;
+                }
+            }
         }
     }
+}
+
+async fn write_chunks(stream: &mut TcpStream, chunks: Vec<Vec<u8>>) -> std::io::Result<()> {
+    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        stream.write_all(&framed).await?;
+        stream.flush().await?;
+    }
+    Ok(())
 }
 
 async fn wait_for_close(stream: &mut TcpStream) {
@@ -339,6 +387,9 @@ pub struct Gateway {
     pub tls: Arc<rustls::ClientConfig>,
     pub handle: ServerHandle,
     pub dir: TempDir,
+    pub reloader: Arc<ollama_gateway::reload::Reloader>,
+    pub metrics: Arc<ollama_gateway::metrics::Metrics>,
+    pub keys_file: PathBuf,
 }
 
 /// A directory removed on drop.
@@ -375,9 +426,18 @@ pub fn test_config(
     if !cert.exists() {
         ollama_gateway::tls::generate_self_signed(&cert, &key).unwrap();
     }
+    let keys_file = dir.0.join("keys.toml");
+    if !keys_file.exists() {
+        std::fs::write(&keys_file, key_entry("test-key", "test", TEST_KEY, "")).unwrap();
+    }
     let mut raw = RawConfig::default();
     raw.server.listen = "127.0.0.1:0".into();
     raw.server.workers = 1;
+    raw.auth.keys_file = keys_file.display().to_string();
+    // Generous defaults so limits only bite in the tests about limits.
+    raw.limits.requests_per_minute = 100_000;
+    raw.limits.burst = 10_000;
+    raw.limits.max_in_flight = 1_000;
     raw.tls.cert = cert.display().to_string();
     raw.tls.key = key.display().to_string();
     raw.ollama.base_url = ollama.map_or_else(closed_port_url, FakeUpstream::url);
@@ -413,6 +473,7 @@ impl Gateway {
 
     pub async fn start_raw(raw: RawConfig, dir: TempDir) -> Self {
         let cert_path = PathBuf::from(&raw.tls.cert);
+        let keys_file = PathBuf::from(&raw.auth.keys_file);
         let config = Config::from_raw(raw).unwrap();
         let running = server::start(config).unwrap();
         let handle = running.server.handle();
@@ -424,7 +485,16 @@ impl Gateway {
             tls: client_tls(&cert_path),
             handle,
             dir,
+            reloader: running.reloader,
+            metrics: running.metrics,
+            keys_file,
         }
+    }
+
+    /// Replaces the keys file and applies it now (what the periodic check or SIGHUP does).
+    pub fn set_keys(&self, text: &str) {
+        std::fs::write(&self.keys_file, text).unwrap();
+        self.reloader.check();
     }
 
     /// An HTTPS client that trusts the test certificate.
@@ -442,7 +512,26 @@ impl Gateway {
             .await
     }
 
+    /// POSTs with the test key as a Bearer token, unless `headers` bring their own credentials.
     pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, awc::http::header::HeaderMap, Vec<u8>) {
+        let own = headers.iter().any(|(k, _)| {
+            k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("x-api-key")
+        });
+        let bearer = format!("Bearer {TEST_KEY}");
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !own {
+            all.push(("authorization", &bearer));
+        }
+        self.post_exact(path, body, &all).await
+    }
+
+    /// POSTs with exactly these headers (no key added).
+    pub async fn post_exact(
         &self,
         path: &str,
         body: Vec<u8>,
@@ -453,7 +542,7 @@ impl Gateway {
             .post(format!("{}{path}", self.url))
             .insert_header(("content-type", "application/json"));
         for (k, v) in headers {
-            req = req.insert_header((*k, *v));
+            req = req.append_header((*k, *v));
         }
         let mut resp = req.send_body(body).await.expect("gateway answers");
         let bytes = resp
@@ -470,7 +559,17 @@ impl Gateway {
 
     /// Opens a raw TLS connection (for byte-level checks and disconnects).
     pub async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        self.raw_tls_from("127.0.0.1".parse().unwrap()).await
+    }
+
+    /// A raw TLS connection from a chosen loopback source address (127.0.0.2, ...).
+    pub async fn raw_tls_from(
+        &self,
+        source: std::net::IpAddr,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let tcp = socket.connect(self.addr).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls));
         connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -563,4 +662,71 @@ pub fn openai_sse(tokens: &[&str], finish: &str) -> Vec<Vec<u8>> {
     out.push(b"data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":12,\"total_tokens\":21}}\n\n".to_vec());
     out.push(b"data: [DONE]\n\n".to_vec());
     out
+}
+
+/// A raw HTTP/1.1 POST /api/chat with the test key (for raw TLS connections).
+pub fn raw_chat_request(body: &str, extra_headers: &str) -> String {
+    format!(
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {TEST_KEY}\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Sends `request` on a new raw TLS connection from `source`; returns the status code and
+/// the raw response text.
+pub async fn raw_exchange(gw: &Gateway, source: &str, request: &str) -> (u16, String) {
+    let mut tls = gw.raw_tls_from(source.parse().unwrap()).await;
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let (status, head, body) = read_response(&mut tls).await;
+    (status, format!("{head}{}", String::from_utf8_lossy(&body)))
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from a raw stream; returns the
+/// status and the body. Leaves the connection usable for the next request.
+pub async fn read_one_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u16, Vec<u8>) {
+    let (status, _, body) = read_response(stream).await;
+    (status, body)
+}
+
+/// Reads one HTTP/1.1 response (Content-Length, or chunked until its terminator); returns
+/// the status, the head as text and the body bytes (chunk framing left in place).
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut tmp))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let lower = head.to_ascii_lowercase();
+    let status = lower.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let len: Option<usize> = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap());
+    let done = |buf: &[u8]| match len {
+        Some(len) => buf.len() >= head_end + len,
+        None => buf[head_end..].ends_with(b"0\r\n\r\n"),
+    };
+    while !done(&buf) {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut tmp))
+            .await
+            .expect("response body in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let end = len.map_or(buf.len(), |l| (head_end + l).min(buf.len()));
+    (status, head, buf[head_end..end].to_vec())
 }
