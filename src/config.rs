@@ -22,7 +22,7 @@ const ENV_SEPARATOR: &str = "__";
 
 /// Short environment names that docker compose users set, and the key each one overrides.
 /// The long form of the same key wins when both are set.
-pub const SHORT_ENV: [(&str, &str); 8] = [
+pub const SHORT_ENV: [(&str, &str); 9] = [
     ("OLLAMA_BASE_URL", "OLLAMA__BASE_URL"),
     ("OPENAI_API_KEY", "UPSTREAMS__OPENAI__API_KEY"),
     ("OPENAI_BASE_URL", "UPSTREAMS__OPENAI__BASE_URL"),
@@ -31,6 +31,7 @@ pub const SHORT_ENV: [(&str, &str); 8] = [
     ("GATEWAY_TLS_KEY", "TLS__KEY"),
     ("GATEWAY_LOG_FORMAT", "LOG__FORMAT"),
     ("GATEWAY_KEYS_FILE", "AUTH__KEYS_FILE"),
+    ("GATEWAY_ADMIN_LISTEN", "ADMIN__LISTEN"),
 ];
 
 /// Keys whose environment value is a comma-separated list.
@@ -65,6 +66,8 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub limits: RawLimits,
     pub allowlist: RawAllowlist,
+    pub admin: RawAdmin,
+    pub metrics: RawMetrics,
     pub log: RawLog,
 }
 
@@ -88,6 +91,8 @@ impl Default for RawConfig {
             auth: RawAuth::default(),
             limits: RawLimits::default(),
             allowlist: RawAllowlist::default(),
+            admin: RawAdmin::default(),
+            metrics: RawMetrics::default(),
             log: RawLog::default(),
         }
     }
@@ -301,6 +306,39 @@ impl Default for RawTimeouts {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Plain-HTTP listener for /metrics, /healthz and /readyz; empty means none.
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Also serve /metrics on the public listener, behind an API key.
+    pub public: bool,
+    /// Distinct model names kept as label values; further models count as `other`.
+    pub max_models: usize,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            public: false,
+            max_models: 50,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -338,6 +376,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: Limits,
     pub allowlist: AllowlistConfig,
+    /// The admin listener (metrics, health), if any.
+    pub admin_listen: Option<SocketAddr>,
+    pub metrics: RawMetrics,
     pub log: RawLog,
     raw: RawConfig,
 }
@@ -391,6 +432,8 @@ pub enum TlsConfig {
 pub struct OllamaConfig {
     /// `{base_url}/api/chat`.
     pub chat_url: String,
+    /// `{base_url}/api/version`, the readiness probe.
+    pub version_url: String,
 }
 
 /// Which OpenAI parameter carries Ollama's `num_predict`.
@@ -412,6 +455,8 @@ impl MaxTokensParam {
 #[derive(Debug, Clone)]
 pub struct OpenAiConfig {
     pub name: String,
+    /// `name`, interned once for metric labels.
+    pub label: std::sync::Arc<str>,
     pub prefix: String,
     /// `{base_url}/chat/completions`.
     pub chat_url: String,
@@ -503,11 +548,10 @@ impl Config {
                 key: PathBuf::from(key),
             },
         };
+        let ollama_base = parse_base_url("ollama.base_url", &raw.ollama.base_url)?;
         let ollama = OllamaConfig {
-            chat_url: format!(
-                "{}/api/chat",
-                parse_base_url("ollama.base_url", &raw.ollama.base_url)?
-            ),
+            chat_url: format!("{ollama_base}/api/chat"),
+            version_url: format!("{ollama_base}/api/version"),
         };
         let mut upstreams = Vec::new();
         for (name, up) in &raw.upstreams {
@@ -570,6 +614,10 @@ impl Config {
             },
             trusted_proxies: parse_nets("allowlist.trusted_proxies", &raw.allowlist.trusted_proxies)?,
         };
+        let admin_listen = match raw.admin.listen.trim() {
+            "" => None,
+            addr => Some(parse_addr("admin.listen", addr)?),
+        };
         Ok(Self {
             server,
             tls,
@@ -579,6 +627,8 @@ impl Config {
             auth,
             limits,
             allowlist,
+            admin_listen,
+            metrics: raw.metrics.clone(),
             log: raw.log.clone(),
             raw,
         })
@@ -704,6 +754,7 @@ fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigErr
     };
     Ok(OpenAiConfig {
         name: name.to_string(),
+        label: name.into(),
         prefix,
         chat_url: format!("{base}/chat/completions"),
         api_key: up.api_key.clone(),

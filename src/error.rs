@@ -64,9 +64,10 @@ pub enum GatewayError {
     /// A key marked `enabled = false`.
     #[error("API key is disabled")]
     DisabledKey,
-    /// Too many failed authentications from this address.
-    #[error("too many failed authentications from this address; retry after {retry_after} s")]
-    AuthThrottled { retry_after: u64 },
+    /// Too many failed authentications from this address: banned for `remaining` seconds.
+    /// `Retry-After` says at most 60 (what clients honour); the message says the truth.
+    #[error("too many failed authentications from this address; banned for another {remaining} s")]
+    AuthThrottled { remaining: u64 },
     /// The key's model allowlist does not cover the requested model.
     #[error("model {model:?} is not allowed for this API key")]
     ModelNotAllowed { model: String },
@@ -219,8 +220,8 @@ impl ResponseError for GatewayError {
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey => {
                 builder.insert_header((header::WWW_AUTHENTICATE, AUTH_CHALLENGE));
             }
-            Self::AuthThrottled { retry_after } => {
-                builder.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            Self::AuthThrottled { remaining } => {
+                builder.insert_header((header::RETRY_AFTER, (*remaining).clamp(1, 60).to_string()));
             }
             Self::RateLimited { policy, .. } => {
                 builder
@@ -232,7 +233,8 @@ impl ResponseError for GatewayError {
                 builder.insert_header((header::RETRY_AFTER, "1"));
             }
             Self::BodyTimeout(_) => {
-                builder.insert_header((header::CONNECTION, "close"));
+                // The rest of the body may still be on its way: do not reuse the connection.
+                builder.force_close();
             }
             Self::UpstreamStatus {
                 retry_after: Some(value),
@@ -352,7 +354,7 @@ mod tests {
             (GatewayError::InvalidKey, 401, "auth"),
             (GatewayError::DisabledKey, 401, "auth"),
             (
-                GatewayError::AuthThrottled { retry_after: 3 },
+                GatewayError::AuthThrottled { remaining: 3 },
                 429,
                 "auth_throttled",
             ),

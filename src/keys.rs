@@ -291,22 +291,26 @@ impl Keys {
         &self.path
     }
 
-    /// Re-reads the file if its content changed. On any error the old keys stay in force.
-    /// Returns the number of keys when a new table was installed.
+    /// Re-reads the file if it changed since last looked at. On any error the old keys
+    /// stay in force; each change (or each new way of failing to read) is tried and reported
+    /// once, not on every check. Returns the number of keys when a new table was installed.
     pub fn reload_if_changed(&self) -> Result<Option<usize>, KeysError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| KeysError::Read {
+        let read = std::fs::read(&self.path);
+        let digest: [u8; 32] = match &read {
+            Ok(bytes) => Sha256::digest(bytes).into(),
+            Err(e) => Sha256::digest(format!("unreadable: {:?}", e.kind())).into(),
+        };
+        {
+            let mut seen = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == Some(digest) {
+                return Ok(None);
+            }
+            *seen = Some(digest);
+        }
+        let bytes = read.map_err(|source| KeysError::Read {
             path: self.path.clone(),
             source,
         })?;
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if self
-            .digest
-            .lock()
-            .map(|d| *d == Some(digest))
-            .unwrap_or(false)
-        {
-            return Ok(None);
-        }
         self.install(&bytes).map(Some)
     }
 

@@ -1,6 +1,7 @@
 //! Shared limiter state, built once for all workers: per-key token buckets (governor),
 //! per-key in-flight counters, and the failed-authentication throttle per client IP.
-//! State outlives keys-file reloads, so editing the file never refills a bucket.
+//! State outlives keys-file reloads: editing the file does not refill a bucket unless the
+//! key's id or its quota (requests_per_minute, burst) changes, which starts a new bucket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -66,10 +67,14 @@ impl LimiterPool {
     }
 }
 
+/// Whole seconds, rounded up.
+fn whole_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// Whole seconds to wait, at least 1, at most 60 (what OpenAI and Ollama clients honour).
 fn retry_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    secs.clamp(1, 60)
+    whole_secs(wait).clamp(1, 60)
 }
 
 /// Takes one request from the key's bucket.
@@ -160,7 +165,7 @@ impl AuthThrottle {
         let now = Instant::now();
         if until > now {
             return Err(GatewayError::AuthThrottled {
-                retry_after: retry_secs(until - now),
+                remaining: whole_secs(until - now),
             });
         }
         self.banned.remove_if(&ip, |_, until| *until <= now);
@@ -176,7 +181,7 @@ impl AuthThrottle {
         self.banned.insert(ip, Instant::now() + self.ban);
         tracing::warn!(client_ip = %ip, ban = %humantime::format_duration(self.ban), "too many failed authentications; address banned");
         GatewayError::AuthThrottled {
-            retry_after: retry_secs(self.ban),
+            remaining: whole_secs(self.ban),
         }
     }
 
@@ -267,7 +272,7 @@ mod tests {
         }
         assert!(matches!(
             t.fail(ip, GatewayError::InvalidKey),
-            GatewayError::AuthThrottled { retry_after: 30 }
+            GatewayError::AuthThrottled { remaining: 30 }
         ));
         assert!(matches!(
             t.check(ip),

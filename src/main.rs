@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
             actix_web::rt::System::new().block_on(async move {
                 let running = server::start(config)?;
                 spawn_sighup(Arc::clone(&running.reloader));
-                running.server.await.context("server failed")
+                running.run().await.context("server failed")
             })
         }
     }

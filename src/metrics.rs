@@ -1,7 +1,24 @@
-//! Prometheus metrics. Handles are resolved once at start-up and cached, so the request
-//! path never hashes label values.
+//! Prometheus metrics and the per-request record that feeds them and the request log.
+//!
+//! Label values come only from configuration (upstream names, key ids, teams) or from a
+//! capped set (models: the first `metrics.max_models` names that an upstream answered
+//! successfully; the rest are `other`). Handles are cached per worker, keyed by the
+//! interned label strings' addresses, so the request path never hashes label text and no
+//! chunk of a stream touches a label at all.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::GatewayError;
+use crate::keys::ApiKey;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
 pub const REJECTION_REASONS: [&str; 14] = [
@@ -21,31 +38,208 @@ pub const REJECTION_REASONS: [&str; 14] = [
     "other",
 ];
 
-/// The gateway's metrics and their registry.
+/// Kinds of upstream failure (the `kind` label of `gateway_upstream_errors_total`).
+pub const UPSTREAM_ERROR_KINDS: [&str; 5] =
+    ["connect", "timeout", "status", "protocol", "mid_stream"];
+
+/// The label used where a dimension does not apply (a request rejected before routing).
+pub const NONE: &str = "none";
+/// The label for models beyond the cap or with names unfit for a label.
+pub const OTHER: &str = "other";
+
+const DURATION_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+const TTFT_BUCKETS: [f64; 15] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+const TPS_BUCKETS: [f64; 13] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0,
+];
+
+/// Model names as metric labels: interned, capped.
+struct ModelLabels {
+    map: RwLock<HashMap<String, Arc<str>>>,
+    cap: usize,
+    other: Arc<str>,
+}
+
+impl ModelLabels {
+    /// The interned label for `model`; new names are admitted only when `admit` (the
+    /// upstream answered, so the model is real) and while under the cap.
+    fn label(&self, model: &str, admit: bool) -> Arc<str> {
+        if let Some(label) = self.map.read().ok().and_then(|m| m.get(model).cloned()) {
+            return label;
+        }
+        let fit = !model.is_empty()
+            && model.len() <= 100
+            && model
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'));
+        if !admit || !fit {
+            return Arc::clone(&self.other);
+        }
+        let Ok(mut map) = self.map.write() else {
+            return Arc::clone(&self.other);
+        };
+        if map.len() >= self.cap {
+            return Arc::clone(&self.other);
+        }
+        Arc::clone(map.entry(model.to_string()).or_insert_with(|| model.into()))
+    }
+}
+
+/// The gateway's metrics and their registry. Shared by all workers.
 pub struct Metrics {
     registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    tokens: IntCounterVec,
+    ollama_load: HistogramVec,
+    ollama_tps: HistogramVec,
+    upstream_errors: IntCounterVec,
+    in_flight: IntGaugeVec,
     rejections: Vec<IntCounter>,
+    models: ModelLabels,
+    none: Arc<str>,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec =
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| bad_metric(name, e));
+    let _ = registry.register(Box::new(vec.clone()));
+    vec
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let vec = HistogramVec::new(opts, labels).unwrap_or_else(|e| bad_metric(name, e));
+    let _ = registry.register(Box::new(vec.clone()));
+    vec
+}
+
+/// Metric definitions are constants, checked by the unit tests; a bad one cannot reach a build.
+fn bad_metric<T>(name: &str, e: prometheus::Error) -> T {
+    tracing::error!(metric = name, error = %e, "invalid metric definition");
+    std::process::abort()
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `upstreams` are the configured upstream names (for pre-resolved handles).
+    pub fn new(max_models: usize, upstreams: &[&str]) -> Self {
         let registry = Registry::new();
-        let vec = IntCounterVec::new(
+        let requests = counter_vec(
+            &registry,
+            "gateway_requests_total",
+            "Requests answered, by route, upstream, model, API key, team and HTTP status code.",
+            &["route", "upstream", "model", "key_id", "team", "code"],
+        );
+        let duration = histogram_vec(
+            &registry,
+            "gateway_request_duration_seconds",
+            "Time from receiving a request to the end of its answer (streams: the last line).",
+            &["upstream", "model"],
+            &DURATION_BUCKETS,
+        );
+        let ttft = histogram_vec(
+            &registry,
+            "gateway_time_to_first_token_seconds",
+            "Time from receiving a streaming request to sending its first line.",
+            &["upstream", "model"],
+            &TTFT_BUCKETS,
+        );
+        let tokens = counter_vec(
+            &registry,
+            "gateway_tokens_total",
+            "Tokens processed as reported by the upstream: kind=prompt (in) or completion (out).",
+            &["kind", "upstream", "model", "key_id", "team"],
+        );
+        let ollama_load = histogram_vec(
+            &registry,
+            "gateway_ollama_load_duration_seconds",
+            "Ollama's reported model load time per answer (load_duration).",
+            &["model"],
+            &DURATION_BUCKETS,
+        );
+        let ollama_tps = histogram_vec(
+            &registry,
+            "gateway_ollama_generation_tokens_per_second",
+            "Ollama's generation speed per answer (eval_count / eval_duration).",
+            &["model"],
+            &TPS_BUCKETS,
+        );
+        let upstream_errors = counter_vec(
+            &registry,
+            "gateway_upstream_errors_total",
+            "Upstream failures by upstream and kind (connect, timeout, status, protocol, mid_stream).",
+            &["upstream", "kind"],
+        );
+        let in_flight_vec = IntGaugeVec::new(
             Opts::new(
-                "gateway_rejections_total",
-                "Requests the gateway refused before any upstream work, by reason.",
+                "gateway_requests_in_flight",
+                "Requests being answered now, by upstream.",
             ),
-            &["reason"],
+            &["upstream"],
         )
-        .unwrap_or_else(|_| unreachable_metric());
+        .unwrap_or_else(|e| bad_metric("gateway_requests_in_flight", e));
+        let _ = registry.register(Box::new(in_flight_vec.clone()));
+        let rejections_vec = counter_vec(
+            &registry,
+            "gateway_rejections_total",
+            "Requests the gateway refused before any upstream work, by reason.",
+            &["reason"],
+        );
         let rejections = REJECTION_REASONS
             .iter()
-            .map(|r| vec.with_label_values(&[r]))
+            .map(|r| rejections_vec.with_label_values(&[r]))
             .collect();
-        let _ = registry.register(Box::new(vec));
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "gateway_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| bad_metric("gateway_build_info", e));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let _ = registry.register(Box::new(build));
+        #[cfg(target_os = "linux")]
+        {
+            let _ = registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        // Pre-create the series every dashboard panel reads, so they exist at zero.
+        for upstream in upstreams {
+            in_flight_vec.with_label_values(&[upstream]).set(0);
+            for kind in UPSTREAM_ERROR_KINDS {
+                upstream_errors.with_label_values(&[upstream, kind]);
+            }
+        }
         Self {
             registry,
+            requests,
+            duration,
+            ttft,
+            tokens,
+            ollama_load,
+            ollama_tps,
+            upstream_errors,
+            in_flight: in_flight_vec,
             rejections,
+            models: ModelLabels {
+                map: RwLock::new(HashMap::new()),
+                cap: max_models,
+                other: OTHER.into(),
+            },
+            none: NONE.into(),
         }
     }
 
@@ -53,7 +247,14 @@ impl Metrics {
         &self.registry
     }
 
-    fn index(reason: &str) -> usize {
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    fn rejection_index(reason: &str) -> usize {
         REJECTION_REASONS
             .iter()
             .position(|r| *r == reason)
@@ -62,7 +263,7 @@ impl Metrics {
 
     /// Counts one rejection; unknown reasons count as `other`.
     pub fn rejected(&self, reason: &str) {
-        if let Some(c) = self.rejections.get(Self::index(reason)) {
+        if let Some(c) = self.rejections.get(Self::rejection_index(reason)) {
             c.inc();
         }
     }
@@ -70,25 +271,382 @@ impl Metrics {
     /// The count for `reason` so far.
     pub fn rejections(&self, reason: &str) -> u64 {
         self.rejections
-            .get(Self::index(reason))
+            .get(Self::rejection_index(reason))
             .map_or(0, IntCounter::get)
     }
-}
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+    /// The label for a model name (see the module docs for the cap).
+    pub fn model_label(&self, model: &str, admit: bool) -> Arc<str> {
+        self.models.label(model, admit)
     }
 }
 
-/// Metric definitions are constants; a failure to build one is a programming error caught
-/// by the unit test below, so at run time this is never reached.
-fn unreachable_metric() -> IntCounterVec {
-    IntCounterVec::new(
-        Opts::new("gateway_invalid_metric", "never used"),
-        &["reason"],
-    )
-    .unwrap_or_else(|_| std::process::abort())
+/// Addresses of interned label strings: cheap to hash, and the strings are kept alive by
+/// the cached entry so an address is never reused for another label.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    route: &'static str,
+    upstream: usize,
+    model: usize,
+    key: usize,
+    code: u16,
+}
+
+fn addr(s: &Arc<str>) -> usize {
+    Arc::as_ptr(s).cast::<u8>() as usize
+}
+
+/// Handles for one (upstream, model, key) combination.
+struct Series {
+    duration: Histogram,
+    ttft: Histogram,
+    prompt: IntCounter,
+    completion: IntCounter,
+    _keep: [Arc<str>; 3],
+}
+
+/// A cached request counter and the label strings whose addresses key it.
+type CountedSeries = (IntCounter, [Arc<str>; 3]);
+/// An upstream's in-flight gauge and error counters (one per kind), and its label.
+type UpstreamHandles = (IntGauge, Vec<IntCounter>, Arc<str>);
+
+/// One worker's cache of resolved handles (workers are single-threaded: no locks).
+pub struct WorkerMetrics {
+    shared: Arc<Metrics>,
+    series: RefCell<HashMap<SeriesKey, Rc<Series>>>,
+    requests: RefCell<HashMap<SeriesKey, CountedSeries>>,
+    upstream: RefCell<HashMap<usize, UpstreamHandles>>,
+}
+
+impl WorkerMetrics {
+    pub fn new(shared: Arc<Metrics>) -> Self {
+        Self {
+            shared,
+            series: RefCell::default(),
+            requests: RefCell::default(),
+            upstream: RefCell::default(),
+        }
+    }
+
+    pub fn shared(&self) -> &Metrics {
+        &self.shared
+    }
+
+    fn series(
+        &self,
+        upstream: &Arc<str>,
+        model: &Arc<str>,
+        key: &Arc<str>,
+        team: &Arc<str>,
+    ) -> Rc<Series> {
+        let k = SeriesKey {
+            route: "",
+            upstream: addr(upstream),
+            model: addr(model),
+            key: addr(key),
+            code: 0,
+        };
+        let mut cache = self.series.borrow_mut();
+        Rc::clone(cache.entry(k).or_insert_with(|| {
+            let m = &self.shared;
+            let (u, md) = (&**upstream, &**model);
+            Rc::new(Series {
+                duration: m.duration.with_label_values(&[u, md]),
+                ttft: m.ttft.with_label_values(&[u, md]),
+                prompt: m.tokens.with_label_values(&["prompt", u, md, key, team]),
+                completion: m
+                    .tokens
+                    .with_label_values(&["completion", u, md, key, team]),
+                _keep: [Arc::clone(upstream), Arc::clone(model), Arc::clone(key)],
+            })
+        }))
+    }
+
+    /// Counts one answered request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn count_request(
+        &self,
+        route: &'static str,
+        upstream: &Arc<str>,
+        model: &Arc<str>,
+        key: &Arc<str>,
+        team: &Arc<str>,
+        code: u16,
+    ) {
+        let k = SeriesKey {
+            route,
+            upstream: addr(upstream),
+            model: addr(model),
+            key: addr(key),
+            code,
+        };
+        let mut cache = self.requests.borrow_mut();
+        let (counter, _) = cache.entry(k).or_insert_with(|| {
+            let code_text = code.to_string();
+            let c = self
+                .shared
+                .requests
+                .with_label_values(&[route, upstream, model, key, team, &code_text]);
+            (
+                c,
+                [Arc::clone(upstream), Arc::clone(model), Arc::clone(key)],
+            )
+        });
+        counter.inc();
+    }
+
+    fn upstream_handles(&self, upstream: &Arc<str>) -> (IntGauge, Vec<IntCounter>) {
+        let mut cache = self.upstream.borrow_mut();
+        let (gauge, errors, _) = cache.entry(addr(upstream)).or_insert_with(|| {
+            let m = &self.shared;
+            (
+                m.in_flight.with_label_values(&[upstream]),
+                UPSTREAM_ERROR_KINDS
+                    .iter()
+                    .map(|k| m.upstream_errors.with_label_values(&[&**upstream, k]))
+                    .collect(),
+                Arc::clone(upstream),
+            )
+        });
+        (gauge.clone(), errors.clone())
+    }
+
+    /// The shared "none" label.
+    pub fn none(&self) -> Arc<str> {
+        Arc::clone(&self.shared.none)
+    }
+}
+
+/// Token counts of one answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// Ollama's own timings of one answer (nanoseconds), when the upstream is Ollama.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OllamaTimings {
+    pub load_duration: u64,
+    pub eval_count: u64,
+    pub eval_duration: u64,
+}
+
+/// How an answer ended, for the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Complete,
+    /// Failed after the first byte (mid-stream).
+    Failed {
+        kind: &'static str,
+        message: String,
+    },
+}
+
+/// Follows one routed request from routing to the end of its answer: keeps the in-flight
+/// gauge, and on completion records metrics and writes the request's log line. Dropped
+/// unfinished (the client went away), it records status 499 as nginx does.
+pub struct RequestRecord {
+    worker: Rc<WorkerMetrics>,
+    started: Instant,
+    request_id: Arc<str>,
+    route: &'static str,
+    upstream: Arc<str>,
+    model: String,
+    key_id: Arc<str>,
+    team: Arc<str>,
+    is_ollama: bool,
+    in_flight: IntGauge,
+    upstream_errors: Vec<IntCounter>,
+    first_byte: Option<Instant>,
+    streaming: bool,
+    done: bool,
+}
+
+impl RequestRecord {
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        worker: Rc<WorkerMetrics>,
+        started: Instant,
+        request_id: Arc<str>,
+        upstream: Arc<str>,
+        is_ollama: bool,
+        model: &str,
+        key: Option<&ApiKey>,
+        streaming: bool,
+    ) -> Self {
+        let (in_flight, upstream_errors) = worker.upstream_handles(&upstream);
+        in_flight.inc();
+        let none = worker.none();
+        Self {
+            started,
+            request_id,
+            route: "/api/chat",
+            model: model.chars().take(200).collect(),
+            key_id: key.map_or_else(|| Arc::clone(&none), |k| Arc::clone(&k.id)),
+            team: key.map_or(none, |k| Arc::clone(&k.team)),
+            is_ollama,
+            in_flight,
+            upstream_errors,
+            first_byte: None,
+            streaming,
+            done: false,
+            upstream,
+            worker,
+        }
+    }
+
+    /// The first byte of a streamed answer is going out.
+    pub fn first_byte(&mut self) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(Instant::now());
+        }
+    }
+
+    fn upstream_error(&self, kind: &str) {
+        if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
+            if let Some(c) = self.upstream_errors.get(i) {
+                c.inc();
+            }
+        }
+    }
+
+    /// The request failed before any byte of an answer: record it, hand the error back.
+    pub fn fail(mut self, error: GatewayError) -> GatewayError {
+        use actix_web::ResponseError as _;
+        let kind = match &error {
+            GatewayError::UpstreamConnect { .. } => Some("connect"),
+            GatewayError::UpstreamTimeout { .. } => Some("timeout"),
+            GatewayError::UpstreamStatus { .. } => Some("status"),
+            GatewayError::UpstreamProtocol { .. } => Some("protocol"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.upstream_error(kind);
+        } else {
+            self.worker.shared.rejected(error.kind());
+        }
+        let status = error.status_code().as_u16();
+        self.complete(
+            status,
+            Tokens::default(),
+            None,
+            &Ending::Failed {
+                kind: error.kind(),
+                message: error.to_string(),
+            },
+        );
+        error
+    }
+
+    /// The answer ended: `status` as sent, the tokens and timings the upstream reported.
+    pub fn finish(
+        mut self,
+        status: u16,
+        tokens: Tokens,
+        ollama: Option<OllamaTimings>,
+        ending: &Ending,
+    ) {
+        match ending {
+            Ending::Failed { kind, .. } => self.upstream_error(if *kind == "timeout" {
+                "timeout"
+            } else {
+                "mid_stream"
+            }),
+            // An upstream's own error status, relayed as is.
+            Ending::Complete if status >= 400 => self.upstream_error("status"),
+            Ending::Complete => {}
+        }
+        self.complete(status, tokens, ollama, ending);
+    }
+
+    fn complete(
+        &mut self,
+        status: u16,
+        tokens: Tokens,
+        ollama: Option<OllamaTimings>,
+        ending: &Ending,
+    ) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.in_flight.dec();
+        let elapsed = self.started.elapsed();
+        let success = (200..300).contains(&status) && *ending == Ending::Complete;
+        let model = self.worker.shared.model_label(&self.model, success);
+        self.worker.count_request(
+            self.route,
+            &self.upstream,
+            &model,
+            &self.key_id,
+            &self.team,
+            status,
+        );
+        let series = self
+            .worker
+            .series(&self.upstream, &model, &self.key_id, &self.team);
+        series.duration.observe(elapsed.as_secs_f64());
+        let ttfb = self.first_byte.map(|t| t - self.started);
+        if let (true, Some(ttfb)) = (self.streaming, ttfb) {
+            series.ttft.observe(ttfb.as_secs_f64());
+        }
+        series.prompt.inc_by(tokens.prompt);
+        series.completion.inc_by(tokens.completion);
+        if let (true, Some(t)) = (self.is_ollama, ollama) {
+            let shared = &self.worker.shared;
+            if t.load_duration > 0 {
+                shared
+                    .ollama_load
+                    .with_label_values(&[&model])
+                    .observe(t.load_duration as f64 / 1e9);
+            }
+            if t.eval_count > 0 && t.eval_duration > 0 {
+                shared
+                    .ollama_tps
+                    .with_label_values(&[&model])
+                    .observe(t.eval_count as f64 * 1e9 / t.eval_duration as f64);
+            }
+        }
+        let outcome = match ending {
+            Ending::Complete => "complete",
+            Ending::Failed { kind, .. } => kind,
+        };
+        let ttfb_ms = ttfb.map(|d| d.as_secs_f64() * 1e3);
+        if let Ending::Failed { message, .. } = ending {
+            tracing::warn!(
+                request_id = %self.request_id, key_id = %self.key_id, team = %self.team,
+                model = %self.model, upstream = %self.upstream, status, outcome,
+                duration_ms = elapsed.as_secs_f64() * 1e3, ttfb_ms,
+                prompt_tokens = tokens.prompt, completion_tokens = tokens.completion,
+                error = %message, "request"
+            );
+        } else {
+            tracing::info!(
+                request_id = %self.request_id, key_id = %self.key_id, team = %self.team,
+                model = %self.model, upstream = %self.upstream, status, outcome,
+                duration_ms = elapsed.as_secs_f64() * 1e3, ttfb_ms,
+                prompt_tokens = tokens.prompt, completion_tokens = tokens.completion,
+                "request"
+            );
+        }
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        if !self.done {
+            self.complete(
+                499,
+                Tokens::default(),
+                None,
+                &Ending::Failed {
+                    kind: "client_closed",
+                    message: "the client went away before the answer ended".into(),
+                },
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -96,15 +654,98 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_by_reason() {
-        let m = Metrics::new();
+    fn counts_by_reason_and_renders() {
+        let m = Metrics::new(2, &["ollama", "openai"]);
         m.rejected("auth");
         m.rejected("auth");
         m.rejected("nonsense");
         assert_eq!(m.rejections("auth"), 2);
         assert_eq!(m.rejections("other"), 1);
         assert_eq!(m.rejections("ip"), 0);
-        let families = m.registry().gather();
-        assert_eq!(families[0].name(), "gateway_rejections_total");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("gateway_rejections_total{reason=\"auth\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_build_info{version="));
+        assert!(text.contains("gateway_requests_in_flight{upstream=\"openai\"} 0"));
+    }
+
+    #[test]
+    fn model_labels_are_capped_and_only_admitted_on_success() {
+        let m = Metrics::new(2, &[]);
+        assert_eq!(
+            &*m.model_label("llama3", false),
+            "other",
+            "not admitted on failure"
+        );
+        assert_eq!(&*m.model_label("llama3", true), "llama3");
+        assert_eq!(
+            &*m.model_label("llama3", false),
+            "llama3",
+            "known names stay"
+        );
+        assert_eq!(&*m.model_label("bad name\n", true), "other");
+        assert_eq!(
+            &*m.model_label("openai/gpt-4o-mini", true),
+            "openai/gpt-4o-mini"
+        );
+        assert_eq!(&*m.model_label("third", true), "other", "cap reached");
+        assert!(Arc::ptr_eq(
+            &m.model_label("llama3", true),
+            &m.model_label("llama3", true)
+        ));
+    }
+
+    #[test]
+    fn record_counts_once_and_client_close_is_499() {
+        let shared = Arc::new(Metrics::new(10, &["ollama"]));
+        let worker = Rc::new(WorkerMetrics::new(Arc::clone(&shared)));
+        let up: Arc<str> = "ollama".into();
+        let r = RequestRecord::start(
+            Rc::clone(&worker),
+            Instant::now(),
+            "id".into(),
+            Arc::clone(&up),
+            true,
+            "llama3",
+            None,
+            true,
+        );
+        r.finish(
+            200,
+            Tokens {
+                prompt: 3,
+                completion: 5,
+            },
+            Some(OllamaTimings {
+                load_duration: 1_000_000_000,
+                eval_count: 10,
+                eval_duration: 500_000_000,
+            }),
+            &Ending::Complete,
+        );
+        let r = RequestRecord::start(
+            Rc::clone(&worker),
+            Instant::now(),
+            "id2".into(),
+            Arc::clone(&up),
+            true,
+            "llama3",
+            None,
+            true,
+        );
+        drop(r);
+        let text = String::from_utf8(shared.render()).unwrap();
+        for needle in [
+            "gateway_requests_total{code=\"200\",key_id=\"none\",model=\"llama3\",route=\"/api/chat\",team=\"none\",upstream=\"ollama\"} 1",
+            "gateway_requests_total{code=\"499\",key_id=\"none\",model=\"llama3\",route=\"/api/chat\",team=\"none\",upstream=\"ollama\"} 1",
+            "gateway_tokens_total{key_id=\"none\",kind=\"completion\",model=\"llama3\",team=\"none\",upstream=\"ollama\"} 5",
+            "gateway_requests_in_flight{upstream=\"ollama\"} 0",
+            "gateway_ollama_generation_tokens_per_second_sum{model=\"llama3\"} 20",
+            "gateway_ollama_load_duration_seconds_sum{model=\"llama3\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle}\n{text}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP server: listeners, TLS, limits, and the App with its middleware, written down once.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix_web::middleware::from_fn;
@@ -10,10 +11,12 @@ use tracing_actix_web::TracingLogger;
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::limits::{AuthThrottle, LimiterPool};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::middleware::allowlist::Allowlist;
 use crate::middleware::{allowlist, auth, observe, rate_limit};
 use crate::reload::Reloader;
+use crate::routes::health::Readiness;
+use crate::telemetry::GatewaySpan;
 use crate::tls::{self, CertStore};
 use crate::{routes, upstream};
 
@@ -24,6 +27,9 @@ pub struct AppState {
     pub throttle: Arc<AuthThrottle>,
     pub allowlist: Allowlist,
     pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
+    /// The Ollama upstream's name, interned once for metric labels.
+    pub ollama_label: Arc<str>,
 }
 
 /// A started server and what callers need to know about it.
@@ -32,11 +38,27 @@ pub struct Running {
     pub https_addr: SocketAddr,
     /// The bound plain-HTTP address, if one was configured.
     pub plain_addr: Option<SocketAddr>,
+    /// The bound admin (metrics, health) address, if one was configured.
+    pub admin_addr: Option<SocketAddr>,
     pub cert_store: Arc<CertStore>,
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
     /// Await to run; use `handle()` to stop.
     pub server: actix_web::dev::Server,
+    /// The admin listener's server, run alongside.
+    pub admin: Option<actix_web::dev::Server>,
+}
+
+impl Running {
+    /// Runs both servers until they stop.
+    pub async fn run(self) -> std::io::Result<()> {
+        match self.admin {
+            Some(admin) => futures_util::future::try_join(self.server, admin)
+                .await
+                .map(|_| ()),
+            None => self.server.await,
+        }
+    }
 }
 
 /// Binds the listeners and builds the server; it runs when `Running::server` is awaited or
@@ -78,7 +100,9 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         config.auth.failure_window,
         config.auth.ban,
     ));
-    let metrics = Arc::new(Metrics::new());
+    let mut upstream_names: Vec<&str> = vec![upstream::OLLAMA];
+    upstream_names.extend(config.upstreams.iter().map(|u| u.name.as_str()));
+    let metrics = Arc::new(Metrics::new(config.metrics.max_models, &upstream_names));
     let reloader = Arc::new(Reloader {
         keys: Arc::clone(&keys),
         cert: Arc::clone(&loaded.store),
@@ -94,6 +118,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         throttle,
         allowlist: Allowlist::new(&config.allowlist),
         metrics: Arc::clone(&metrics),
+        readiness: Readiness::default(),
+        ollama_label: upstream::OLLAMA.into(),
     });
     let client_tls = upstream::client_tls();
     let timeouts = config.timeouts;
@@ -103,20 +129,26 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         n => n,
     };
 
+    let public_metrics = config.metrics.public;
+    let admin_state = state.clone();
+    let admin_tls = Arc::clone(&client_tls);
     let mut server = HttpServer::new(move || {
-        // One upstream client per worker: awc clients are !Send and pool per thread.
+        // Per worker: the upstream client (awc clients are !Send and pool per thread) and
+        // the cache of resolved metric handles.
         let client = upstream::build_client(&timeouts, Arc::clone(&client_tls));
+        let worker_metrics = Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics)));
         // Middleware order: in actix the last `.wrap()` runs first, so a request meets
         // TracingLogger (its span), observe, allowlist, auth, rate_limit, then the route.
         App::new()
             .app_data(state.clone())
             .app_data(web::Data::new(client))
+            .app_data(worker_metrics)
             .wrap(from_fn(rate_limit::rate_limit))
             .wrap(from_fn(auth::auth))
             .wrap(from_fn(allowlist::allowlist))
             .wrap(from_fn(observe::observe))
-            .wrap(TracingLogger::default())
-            .configure(routes::configure)
+            .wrap(TracingLogger::<GatewaySpan>::new())
+            .configure(|cfg| routes::configure(cfg, public_metrics))
             .default_service(web::to(routes::not_found))
     })
     .workers(workers)
@@ -144,12 +176,39 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     }
     let https_addr =
         https_addr.ok_or_else(|| anyhow::anyhow!("the HTTPS listener did not bind"))?;
+
+    // The admin listener: plain HTTP, no key, meant for loopback or an internal network.
+    let (admin, admin_addr) = match config.admin_listen {
+        None => (None, None),
+        Some(listen) => {
+            let admin_timeouts = config.timeouts;
+            let admin = HttpServer::new(move || {
+                App::new()
+                    .app_data(admin_state.clone())
+                    .app_data(web::Data::new(upstream::build_client(
+                        &admin_timeouts,
+                        Arc::clone(&admin_tls),
+                    )))
+                    .configure(routes::configure_admin)
+                    .default_service(web::to(routes::not_found))
+            })
+            .workers(1)
+            .bind(listen)?;
+            let addr = admin.addrs().first().copied();
+            if let Some(addr) = addr {
+                tracing::info!(address = %format!("http://{addr}"), "admin listener (metrics, health)");
+            }
+            (Some(admin.run()), addr)
+        }
+    };
     Ok(Running {
         https_addr,
         plain_addr,
+        admin_addr,
         cert_store: loaded.store,
         reloader,
         metrics,
         server: server.run(),
+        admin,
     })
 }

@@ -44,6 +44,7 @@ impl Proc {
             .env("OLLAMA_BASE_URL", ollama_url)
             .env("OPENAI_API_KEY", "sk-never-logged-42")
             .env("GATEWAY_KEYS_FILE", dir.join("keys.toml"))
+            .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -284,4 +285,131 @@ async fn logs_never_contain_a_key_even_at_trace_level() {
             assert!(!all.contains(secret), "{format} log contains {secret}");
         }
     }
+}
+
+#[test]
+fn keys_new_prints_the_key_then_an_entry_that_hash_agrees_with() {
+    let dir = TempDir::new("keysnew");
+    let file = dir.0.join("keys.toml");
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "new",
+            "--team",
+            "team-a",
+            "--id",
+            "team-a-ci",
+            "--append",
+        ])
+        .arg(&file)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().next().unwrap();
+    assert!(key.starts_with("ogw_") && key.len() > 40, "{key}");
+    assert!(
+        text.contains("[[keys]]")
+            && text.contains("id = \"team-a-ci\"")
+            && text.contains("team = \"team-a\"")
+    );
+    assert!(
+        !text.lines().skip(1).any(|l| l.contains(key)),
+        "the key appears once, alone"
+    );
+    let appended = std::fs::read_to_string(&file).unwrap();
+    assert!(!appended.contains(key), "the keys file holds no key");
+
+    let mut hash = Command::new(BIN)
+        .args(["keys", "hash"])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(hash.stdin.take().unwrap(), "{key}").unwrap();
+    let digest = String::from_utf8(hash.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(digest.trim().len(), 64);
+    assert!(
+        appended.contains(&format!("sha256 = \"{}\"", digest.trim())),
+        "{appended}"
+    );
+
+    // Without --id, ids differ; a second --append keeps the file valid.
+    let out = Command::new(BIN)
+        .args(["keys", "new", "--team", "team-a", "--append"])
+        .arg(&file)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let check = Command::new(BIN)
+        .args(["check-config", "--config", &repo_config()])
+        .env_clear()
+        .env("GATEWAY_KEYS_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("2 API key(s)"));
+}
+
+#[actix_rt::test]
+async fn no_keys_means_nothing_is_served_and_sighup_reloads() {
+    let dir = TempDir::new("nokeys");
+    let ollama = FakeUpstream::start(|_| {
+        Reply::json(
+            200,
+            &json!({"model":"llama3","message":{"role":"assistant","content":"ok"},"done":true}),
+        )
+    });
+    // A long poll interval, so only SIGHUP can make the new key count quickly.
+    let proc = Proc::start_with(
+        &dir.0,
+        &ollama.url(),
+        &[("GATEWAY__SERVER__RELOAD_INTERVAL", "1h".into())],
+    );
+    let lines = proc.wait_for("listening");
+    let all = lines.join("\n");
+    assert!(
+        all.contains("no API keys configured") && all.contains("keys new --team"),
+        "{all}"
+    );
+    let address = field(&lines, "address=").to_string();
+    let client = awc::Client::builder()
+        .connector(
+            awc::Connector::new().rustls_0_23(client_tls(&dir.0.join("certs/selfsigned-cert.pem"))),
+        )
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let send = || {
+        client
+            .post(format!("{address}/api/chat"))
+            .insert_header(("x-api-key", common::TEST_KEY))
+            .send_json(&json!({"model":"llama3","messages":[],"stream":false}))
+    };
+    assert_eq!(send().await.unwrap().status().as_u16(), 401);
+
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("late", "test", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let pid = proc.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    proc.wait_for("reloaded API keys");
+    assert_eq!(send().await.unwrap().status().as_u16(), 200);
 }

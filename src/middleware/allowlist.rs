@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName};
 use actix_web::middleware::Next;
@@ -111,19 +111,20 @@ fn parse_node(v: &str) -> Option<IpAddr> {
 pub async fn allowlist(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let state = super::state(&req).ok_or(GatewayError::IpDenied)?;
-    let peer = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .ok_or(GatewayError::IpDenied)?;
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let Some(state) = super::state(&req) else {
+        return Ok(super::refuse(req, GatewayError::IpDenied));
+    };
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return Ok(super::refuse(req, GatewayError::IpDenied));
+    };
     let ip = state.allowlist.client_ip(peer, req.headers());
     if !state.allowlist.allows(ip) {
         tracing::debug!(client_ip = %ip, "address not in the allowlist");
-        return Err(GatewayError::IpDenied.into());
+        return Ok(super::refuse(req, GatewayError::IpDenied));
     }
     req.extensions_mut().insert(ClientIp(ip));
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 #[cfg(test)]

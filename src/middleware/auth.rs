@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, Header as _, HeaderMap};
 use actix_web::http::Method;
@@ -18,7 +18,7 @@ use crate::keys::ApiKey;
 
 /// Paths served without a key: liveness probes only.
 pub fn is_public(method: &Method, path: &str) -> bool {
-    path == "/healthz" && (method == Method::GET || method == Method::HEAD)
+    matches!(path, "/healthz" | "/readyz") && (method == Method::GET || method == Method::HEAD)
 }
 
 /// Refuses request heads over the configured count or size (431).
@@ -84,12 +84,24 @@ fn presented_key(req: &ServiceRequest) -> Presented {
 pub async fn auth(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let state = super::state(&req).ok_or(GatewayError::InvalidKey)?;
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    match check(&req) {
+        Ok(Some(key)) => {
+            req.extensions_mut().insert(key);
+        }
+        Ok(None) => {}
+        Err(e) => return Ok(super::refuse(req, e)),
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// The key the request may use (`None` on public paths), or why it may not proceed.
+fn check(req: &ServiceRequest) -> Result<Option<Arc<ApiKey>>, GatewayError> {
+    let state = super::state(req).ok_or(GatewayError::InvalidKey)?;
     let server = &state.config.server;
     check_headers(req.headers(), server.max_headers, server.max_header_bytes)?;
     if is_public(req.method(), req.path()) {
-        return next.call(req).await;
+        return Ok(None);
     }
     let ip = req
         .extensions()
@@ -98,24 +110,15 @@ pub async fn auth(
         .or_else(|| req.peer_addr().map(|a| a.ip()))
         .ok_or(GatewayError::InvalidKey)?;
     state.throttle.check(ip)?;
-    let key: Arc<ApiKey> = match presented_key(&req) {
-        Presented::None => return Err(GatewayError::MissingKey.into()),
-        Presented::Malformed => {
-            return Err(state.throttle.fail(ip, GatewayError::InvalidKey).into())
-        }
-        Presented::Key(secret) => {
-            let table = state.keys.table();
-            match table.lookup(&secret) {
-                None => return Err(state.throttle.fail(ip, GatewayError::InvalidKey).into()),
-                Some(key) if !key.enabled => {
-                    return Err(state.throttle.fail(ip, GatewayError::DisabledKey).into())
-                }
-                Some(key) => Arc::clone(key),
-            }
-        }
-    };
-    req.extensions_mut().insert(key);
-    next.call(req).await
+    match presented_key(req) {
+        Presented::None => Err(GatewayError::MissingKey),
+        Presented::Malformed => Err(state.throttle.fail(ip, GatewayError::InvalidKey)),
+        Presented::Key(secret) => match state.keys.table().lookup(&secret) {
+            None => Err(state.throttle.fail(ip, GatewayError::InvalidKey)),
+            Some(key) if !key.enabled => Err(state.throttle.fail(ip, GatewayError::DisabledKey)),
+            Some(key) => Ok(Some(Arc::clone(key))),
+        },
+    }
 }
 
 #[cfg(test)]

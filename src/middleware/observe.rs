@@ -1,29 +1,92 @@
-//! Outermost layer: sees every answer, counts rejections by reason (the metrics hook).
+//! Outermost edge layer: every answer carries `X-Request-Id`; requests that never reached
+//! an upstream (rejections, unknown paths) are counted and logged here, one line each.
+//! Routed requests are counted and logged by their `RequestRecord` when their answer ends.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::Error;
+use actix_web::{Error, HttpMessage as _};
 
 use crate::error::{Blame, GatewayError};
+use crate::keys::ApiKey;
+use crate::metrics::WorkerMetrics;
+use crate::telemetry::RequestId;
 
-fn rejection(error: &Error) -> Option<&'static str> {
-    let e = error.as_error::<GatewayError>()?;
-    (e.blame() == Blame::Client).then(|| e.kind())
+/// Put in a request's extensions when a `RequestRecord` took over its metrics and log line.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Probes and scrapes: not traffic, not counted, logged at debug only.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let state = super::state(&req);
-    let result = next.call(req).await;
-    let reason = match &result {
-        Ok(res) => res.response().error().and_then(rejection),
-        Err(e) => rejection(e),
+    let started = Instant::now();
+    let request_id = match req.extensions().get::<RequestId>() {
+        Some(id) => id.clone(),
+        None => RequestId::generate(),
     };
-    if let (Some(reason), Some(state)) = (reason, state) {
-        state.metrics.rejected(reason);
+    let worker = req.app_data::<Rc<WorkerMetrics>>().cloned();
+    // The edge checks answer refusals as responses (not errors), so every answer passes here.
+    let mut res = next.call(req).await?;
+    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
+        res.headers_mut().insert(X_REQUEST_ID, value);
     }
-    result
+    let path = res.request().path().to_string();
+    if res.request().extensions().get::<Recorded>().is_some() {
+        return Ok(res);
+    }
+    let status = res.status().as_u16();
+    let error = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<GatewayError>());
+    let key = res.request().extensions().get::<Arc<ApiKey>>().cloned();
+    if is_probe(&path) && error.is_none() {
+        tracing::debug!(request_id = %request_id.0, status, path, "probe");
+        return Ok(res);
+    }
+    let reason = error
+        .filter(|e| e.blame() == Blame::Client)
+        .map(GatewayError::kind);
+    if let Some(worker) = &worker {
+        if let Some(reason) = reason {
+            worker.shared().rejected(reason);
+        }
+        let none = worker.none();
+        let route = if res.request().match_pattern().is_some() {
+            "/api/chat"
+        } else {
+            "other"
+        };
+        let (key_id, team) = key.as_ref().map_or_else(
+            || (Arc::clone(&none), Arc::clone(&none)),
+            |k| (Arc::clone(&k.id), Arc::clone(&k.team)),
+        );
+        worker.count_request(route, &none, &none, &key_id, &team, status);
+    }
+    tracing::info!(
+        request_id = %request_id.0,
+        key_id = key.as_ref().map(|k| &*k.id),
+        team = key.as_ref().map(|k| &*k.team),
+        method = %res.request().method(),
+        path = %path.chars().take(200).collect::<String>(),
+        status,
+        outcome = reason.unwrap_or("answered"),
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        error = error.map(|e| e.to_string()),
+        "request"
+    );
+    Ok(res)
 }

@@ -54,8 +54,14 @@ pub async fn rate_limit(
             .map(ServiceResponse::map_into_boxed_body);
     };
     // The slot first: a request refused for concurrency does not spend a token.
-    let slot = InFlight::acquire(&key)?;
-    let policy = limits::take(&key)?;
+    let slot = match InFlight::acquire(&key) {
+        Ok(slot) => slot,
+        Err(e) => return Ok(req.error_response(e)),
+    };
+    let policy = match limits::take(&key) {
+        Ok(policy) => policy,
+        Err(e) => return Ok(req.error_response(e)),
+    };
     let mut res = next.call(req).await?;
     let headers = res.headers_mut();
     if let Ok(v) = HeaderValue::try_from(policy.policy_header()) {

@@ -7,11 +7,12 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::headers::{downstream_response_headers, upstream_request_headers};
-use super::relay::{OnEnd, Relay, Step, Transform};
+use super::relay::{Relay, Step, Transform};
 use super::{read_body, send_error, MAX_ANSWER_BYTES, OLLAMA};
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::translate::ndjson::{Ending, NdjsonRelay};
+use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
+use crate::translate::ndjson::{DoneCounts, Ending, NdjsonRelay};
 
 /// Sends `body` to Ollama's `/api/chat` and relays the answer.
 pub async fn forward(
@@ -19,7 +20,8 @@ pub async fn forward(
     config: &Config,
     req: &HttpRequest,
     body: Bytes,
-    on_end: Option<OnEnd>,
+    request_id: &str,
+    record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let timeouts = &config.timeouts;
     let deadline = Instant::now() + timeouts.total;
@@ -31,10 +33,15 @@ pub async fn forward(
             .headers_mut()
             .append(name.clone(), value.clone());
     }
-    let mut resp = upstream_req
-        .send_body(body)
-        .await
-        .map_err(|e| send_error(OLLAMA, e, timeouts))?;
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        upstream_req
+            .headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), id);
+    }
+    let mut resp = match upstream_req.send_body(body).await {
+        Ok(resp) => resp,
+        Err(e) => return Err(record.fail(send_error(OLLAMA, e, timeouts))),
+    };
 
     let status = resp.status();
     let headers = downstream_response_headers(resp.headers());
@@ -56,14 +63,43 @@ pub async fn forward(
             OLLAMA.to_string(),
             timeouts.idle,
             deadline,
-            on_end,
+            Some(record),
         );
         return Ok(builder.streaming(relay));
     }
     // A whole answer or an error: Ollama writes these in one piece, so buffering them costs
     // nothing and lets a broken answer become a 502 instead of a truncated 200.
-    let body = read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline).await?;
+    let body = match read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline).await {
+        Ok(body) => body,
+        Err(e) => return Err(record.fail(e)),
+    };
+    let counts: DoneCounts = if status.is_success() {
+        serde_json::from_slice(&body).unwrap_or_default()
+    } else {
+        DoneCounts::default()
+    };
+    let (tokens, timings) = report(counts);
+    record.finish(
+        status.as_u16(),
+        tokens,
+        Some(timings),
+        &metrics::Ending::Complete,
+    );
     Ok(builder.body(body))
+}
+
+fn report(c: DoneCounts) -> (Tokens, OllamaTimings) {
+    (
+        Tokens {
+            prompt: c.prompt_eval_count,
+            completion: c.eval_count,
+        },
+        OllamaTimings {
+            load_duration: c.load_duration,
+            eval_count: c.eval_count,
+            eval_duration: c.eval_duration,
+        },
+    )
 }
 
 /// Relays NDJSON lines and checks that the stream really finished.
@@ -72,6 +108,15 @@ struct OllamaLines(NdjsonRelay);
 impl Transform for OllamaLines {
     fn chunk(&mut self, chunk: Bytes) -> Step {
         Step::Forward(self.0.push(chunk))
+    }
+
+    fn report(&self) -> (Tokens, Option<OllamaTimings>) {
+        let counts = match self.0.ending() {
+            Ending::Done(counts) => counts,
+            Ending::UpstreamError | Ending::Truncated => DoneCounts::default(),
+        };
+        let (tokens, timings) = report(counts);
+        (tokens, Some(timings))
     }
 
     fn eof(&mut self) -> Step {

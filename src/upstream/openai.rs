@@ -10,10 +10,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::relay::{OnEnd, Relay, Step, Transform};
+use super::relay::{Relay, Step, Transform};
 use super::{read_body, send_error, MAX_ANSWER_BYTES, MAX_ERROR_BYTES};
 use crate::config::{OpenAiConfig, Timeouts};
 use crate::error::{GatewayError, JSON_UTF8};
+use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::translate::ollama::ChatRequest;
 use crate::translate::openai::{
     from_openai_response, to_openai_request, Progress, RequestShape, SseToNdjson, StreamError,
@@ -31,13 +32,14 @@ pub struct Call<'a> {
     pub model: &'a str,
     /// When the gateway received the request (durations are measured from here).
     pub started: StdInstant,
+    pub request_id: &'a str,
 }
 
 /// Translates and sends the request; answers in Ollama's shape.
 pub async fn forward(
     client: &awc::Client,
     call: Call<'_>,
-    on_end: Option<OnEnd>,
+    record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let up = call.upstream;
     let stream = call.chat.streams();
@@ -45,7 +47,10 @@ pub async fn forward(
         stream_usage: up.stream_usage,
         max_tokens_param: up.max_tokens_param,
     };
-    let body = to_openai_request(call.chat, call.model, shape)?;
+    let body = match to_openai_request(call.chat, call.model, shape) {
+        Ok(body) => body,
+        Err(e) => return Err(record.fail(e)),
+    };
     let deadline = Instant::now() + call.timeouts.total;
     let mut req = client
         .post(&up.chat_url)
@@ -59,17 +64,18 @@ pub async fn forward(
                 "application/json"
             },
         ))
-        .insert_header((header::USER_AGENT, USER_AGENT));
+        .insert_header((header::USER_AGENT, USER_AGENT))
+        .insert_header(("x-request-id", call.request_id));
     if !up.api_key.is_empty() {
         if let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", up.api_key.expose())) {
             value.set_sensitive(true);
             req = req.insert_header((header::AUTHORIZATION, value));
         }
     }
-    let mut resp = req
-        .send_body(body)
-        .await
-        .map_err(|e| send_error(&up.name, e, call.timeouts))?;
+    let mut resp = match req.send_body(body).await {
+        Ok(resp) => resp,
+        Err(e) => return Err(record.fail(send_error(&up.name, e, call.timeouts))),
+    };
 
     let status = resp.status();
     if !status.is_success() {
@@ -77,7 +83,7 @@ pub async fn forward(
         let body = read_body(&mut resp, &up.name, MAX_ERROR_BYTES, deadline)
             .await
             .unwrap_or_default();
-        return Err(status_error(&up.name, status, &body, retry_after));
+        return Err(record.fail(status_error(&up.name, status, &body, retry_after)));
     }
     let client_model = call.chat.model();
     let is_sse = resp
@@ -95,7 +101,7 @@ pub async fn forward(
             up.name.clone(),
             call.timeouts.idle,
             deadline,
-            on_end,
+            Some(record),
         );
         return Ok(HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "application/x-ndjson"))
@@ -103,20 +109,28 @@ pub async fn forward(
             .insert_header(("x-accel-buffering", "no"))
             .streaming(relay));
     }
-    let body = read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline).await?;
+    let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline).await {
+        Ok(body) => body,
+        Err(e) => return Err(record.fail(e)),
+    };
     if stream {
         // Asked for a stream, got something else: an error object with a 200, or garbage.
-        return Err(status_error(&up.name, StatusCode::BAD_GATEWAY, &body, None));
+        return Err(record.fail(status_error(&up.name, StatusCode::BAD_GATEWAY, &body, None)));
     }
-    let translated = from_openai_response(&body, client_model, call.started).map_err(|detail| {
-        GatewayError::UpstreamProtocol {
-            upstream: up.name.clone(),
-            detail,
+    let translated = match from_openai_response(&body, client_model, call.started) {
+        Ok(t) => t,
+        Err(detail) => {
+            return Err(record.fail(GatewayError::UpstreamProtocol {
+                upstream: up.name.clone(),
+                detail,
+            }))
         }
-    })?;
-    if let Some(f) = on_end {
-        f(&super::relay::Outcome::Finished);
-    }
+    };
+    let tokens = Tokens {
+        prompt: translated.usage.prompt_tokens,
+        completion: translated.usage.completion_tokens,
+    };
+    record.finish(200, tokens, None, &metrics::Ending::Complete);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
         .body(translated.body))
@@ -216,6 +230,17 @@ impl SseTransform {
 }
 
 impl Transform for SseTransform {
+    fn report(&self) -> (Tokens, Option<OllamaTimings>) {
+        let usage = self.inner.usage();
+        (
+            Tokens {
+                prompt: usage.prompt_tokens,
+                completion: usage.completion_tokens,
+            },
+            None,
+        )
+    }
+
     fn chunk(&mut self, chunk: Bytes) -> Step {
         let mut out = Vec::new();
         let result = self.inner.feed(&chunk, &mut out);

@@ -14,6 +14,7 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::error_line;
+use crate::metrics::{Ending, OllamaTimings, RequestRecord, Tokens};
 
 /// What a transform does with one piece of the upstream body.
 pub enum Step {
@@ -33,17 +34,9 @@ pub enum Step {
 pub trait Transform {
     fn chunk(&mut self, chunk: Bytes) -> Step;
     fn eof(&mut self) -> Step;
+    /// What the upstream reported about the answer so far (for metrics and the log).
+    fn report(&self) -> (Tokens, Option<OllamaTimings>);
 }
-
-/// How a relayed stream ended, for the log line and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Finished,
-    Failed { kind: &'static str, message: String },
-}
-
-/// Told once when the stream ends (not when the client goes away first).
-pub type OnEnd = Box<dyn FnOnce(&Outcome)>;
 
 pin_project_lite::pin_project! {
     /// The client-facing body of a streamed answer.
@@ -60,7 +53,7 @@ pin_project_lite::pin_project! {
         // Bytes to send after the current ones (an error line after forwarded data).
         queued: Option<Bytes>,
         finished: bool,
-        on_end: Option<OnEnd>,
+        record: Option<RequestRecord>,
     }
 }
 
@@ -71,7 +64,7 @@ impl<S, T> Relay<S, T> {
         upstream_name: String,
         idle_timeout: Duration,
         total_deadline: Instant,
-        on_end: Option<OnEnd>,
+        record: Option<RequestRecord>,
     ) -> Self {
         Self {
             upstream,
@@ -82,7 +75,7 @@ impl<S, T> Relay<S, T> {
             upstream_name,
             queued: None,
             finished: false,
-            on_end,
+            record,
         }
     }
 }
@@ -141,38 +134,38 @@ where
                     }
                 }
             };
-            let (now, later) = match step {
+            let (now, later, ending) = match step {
                 Step::Forward(None) => continue,
-                Step::Forward(Some(bytes)) => (Some(bytes), None),
-                Step::Finish(bytes) => {
-                    *this.finished = true;
-                    end(this.on_end, Outcome::Finished);
-                    (bytes, None)
-                }
+                Step::Forward(Some(bytes)) => (Some(bytes), None, None),
+                Step::Finish(bytes) => (bytes, None, Some(Ending::Complete)),
                 Step::Fail {
                     forward,
                     kind,
                     message,
                 } => {
-                    *this.finished = true;
-                    tracing::warn!(upstream = %this.upstream_name, %message, "stream failed after the first byte");
                     let line = Bytes::from(error_line(&message));
-                    end(this.on_end, Outcome::Failed { kind, message });
-                    join(forward, Some(line))
+                    let (now, later) = join(forward, Some(line));
+                    (now, later, Some(Ending::Failed { kind, message }))
                 }
             };
             let (now, later) = join(now, later);
+            if now.is_some() {
+                if let Some(record) = this.record.as_mut() {
+                    record.first_byte();
+                }
+            }
+            if let Some(ending) = ending {
+                *this.finished = true;
+                if let Some(record) = this.record.take() {
+                    let (tokens, timings) = this.transform.report();
+                    record.finish(200, tokens, timings, &ending);
+                }
+            }
             *this.queued = later;
             match now {
                 Some(bytes) => return Poll::Ready(Some(Ok(bytes))),
                 None => continue,
             }
         }
-    }
-}
-
-fn end(on_end: &mut Option<OnEnd>, outcome: Outcome) {
-    if let Some(f) = on_end.take() {
-        f(&outcome);
     }
 }

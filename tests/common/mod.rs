@@ -390,6 +390,8 @@ pub struct Gateway {
     pub reloader: Arc<ollama_gateway::reload::Reloader>,
     pub metrics: Arc<ollama_gateway::metrics::Metrics>,
     pub keys_file: PathBuf,
+    /// `http://127.0.0.1:PORT` of the admin listener (metrics, health).
+    pub admin_url: String,
 }
 
 /// A directory removed on drop.
@@ -434,6 +436,7 @@ pub fn test_config(
     raw.server.listen = "127.0.0.1:0".into();
     raw.server.workers = 1;
     raw.auth.keys_file = keys_file.display().to_string();
+    raw.admin.listen = "127.0.0.1:0".into();
     // Generous defaults so limits only bite in the tests about limits.
     raw.limits.requests_per_minute = 100_000;
     raw.limits.burst = 10_000;
@@ -477,6 +480,13 @@ impl Gateway {
         let config = Config::from_raw(raw).unwrap();
         let running = server::start(config).unwrap();
         let handle = running.server.handle();
+        let admin_url = running
+            .admin_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
+        if let Some(admin) = running.admin {
+            actix_rt::spawn(admin);
+        }
         actix_rt::spawn(running.server);
         let addr = running.https_addr;
         Self {
@@ -488,6 +498,7 @@ impl Gateway {
             reloader: running.reloader,
             metrics: running.metrics,
             keys_file,
+            admin_url,
         }
     }
 
