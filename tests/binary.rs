@@ -413,3 +413,56 @@ async fn no_keys_means_nothing_is_served_and_sighup_reloads() {
     proc.wait_for("reloaded API keys");
     assert_eq!(send().await.unwrap().status().as_u16(), 200);
 }
+
+#[actix_rt::test]
+async fn one_structured_json_line_per_request() {
+    let dir = TempDir::new("jsonlog");
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("team-a-ci", "team-a", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let ollama =
+        FakeUpstream::start(|_| Reply::ndjson(&common::ollama_stream_lines("llama3", &["a", "b"])));
+    let proc = Proc::start_with(
+        &dir.0,
+        &ollama.url(),
+        &[("GATEWAY_LOG_FORMAT", "json".to_string())],
+    );
+    let lines = proc.wait_for("listening");
+    let address = lines
+        .iter()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["address"]
+                .as_str()
+                .map(String::from)
+        })
+        .expect("bound address logged");
+    let client = awc::Client::builder()
+        .connector(
+            awc::Connector::new().rustls_0_23(client_tls(&dir.0.join("certs/selfsigned-cert.pem"))),
+        )
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut resp = client
+        .post(format!("{address}/api/chat"))
+        .insert_header(("x-api-key", common::TEST_KEY))
+        .insert_header(("x-request-id", "req-77"))
+        .send_json(&json!({"model":"llama3","messages":[]}))
+        .await
+        .unwrap();
+    let _ = resp.body().await.unwrap();
+    let line = proc.wait_for("req-77");
+    let v: serde_json::Value = serde_json::from_str(line.last().unwrap()).unwrap();
+    assert_eq!(v["message"], "request");
+    assert_eq!(v["request_id"], "req-77");
+    assert_eq!(v["key_id"], "team-a-ci");
+    assert_eq!(v["team"], "team-a");
+    assert_eq!(v["model"], "llama3");
+    assert_eq!(v["upstream"], "ollama");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["outcome"], "complete");
+    assert_eq!(v["completion_tokens"], 2);
+    assert_eq!(v["prompt_tokens"], 5);
+    assert!(v["duration_ms"].as_f64().unwrap() >= v["ttfb_ms"].as_f64().unwrap());
+}

@@ -1,0 +1,131 @@
+//! A fast mock of Ollama and OpenAI for load tests and demos: instant JSON answers and
+//! paced NDJSON / SSE streams. Not a test fake (those live in tests/common); this one is
+//! built to be cheap per request so it can be measured and stay out of the way.
+//!
+//! ```text
+//! cargo run --release --example mock_upstream -- --listen 127.0.0.1:11434 \
+//!     --tokens 64 --interval-ms 20 --first-token-ms 0 --workers 1
+//! ```
+//! Serves `GET /api/version`, `GET /`, `POST /api/chat` (Ollama) and
+//! `POST /v1/chat/completions` (OpenAI). The request's `stream` picks streaming (Ollama's
+//! default is to stream, OpenAI's is not). Prints `listening on http://ADDR` once bound.
+#![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::stream;
+use serde_json::Value;
+
+#[derive(Parser, Clone, Copy)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:11434")]
+    listen: std::net::SocketAddr,
+    /// Tokens per streamed answer.
+    #[arg(long, default_value_t = 64)]
+    tokens: u32,
+    /// Gap between streamed tokens, in milliseconds (0 = all at once).
+    #[arg(long, default_value_t = 20)]
+    interval_ms: u64,
+    /// Delay before the first token (and before a whole answer), in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    first_token_ms: u64,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+const OLLAMA_WHOLE: &str = r#"{"model":"mock","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"Hello from the mock."},"done":true,"done_reason":"stop","total_duration":1000000,"load_duration":1000,"prompt_eval_count":9,"eval_count":5,"eval_duration":900000}"#;
+const OPENAI_WHOLE: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1735689600,"model":"mock","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}"#;
+const OLLAMA_TOKEN: &str = "{\"model\":\"mock\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"tok \"},\"done\":false}\n";
+const OLLAMA_DONE: &str = "{\"model\":\"mock\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"total_duration\":1000000,\"prompt_eval_count\":9,\"eval_count\":64,\"eval_duration\":900000}\n";
+const SSE_TOKEN: &str = "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok \"},\"finish_reason\":null}]}\n\n";
+const SSE_END: &str = "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":64,\"total_tokens\":73}}\n\ndata: [DONE]\n\n";
+
+fn wants_stream(body: &[u8], default: bool) -> bool {
+    // Cheap: only the top-level "stream" matters.
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("stream").and_then(Value::as_bool))
+        .unwrap_or(default)
+}
+
+fn paced(
+    args: Args,
+    token: &'static str,
+    end: &'static str,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    stream::unfold(0u32, move |n| async move {
+        if n > args.tokens {
+            return None;
+        }
+        let delay = if n == 0 {
+            args.first_token_ms
+        } else {
+            args.interval_ms
+        };
+        if delay > 0 {
+            actix_web::rt::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let chunk = if n == args.tokens { end } else { token };
+        Some((Ok(Bytes::from_static(chunk.as_bytes())), n + 1))
+    })
+}
+
+async fn whole(args: Args, content_type: &'static str, body: &'static str) -> HttpResponse {
+    if args.first_token_ms > 0 {
+        actix_web::rt::time::sleep(Duration::from_millis(args.first_token_ms)).await;
+    }
+    HttpResponse::Ok().content_type(content_type).body(body)
+}
+
+async fn ollama_chat(args: web::Data<Args>, body: web::Bytes) -> HttpResponse {
+    if wants_stream(&body, true) {
+        HttpResponse::Ok()
+            .content_type("application/x-ndjson")
+            .streaming(paced(**args, OLLAMA_TOKEN, OLLAMA_DONE))
+    } else {
+        whole(**args, "application/json; charset=utf-8", OLLAMA_WHOLE).await
+    }
+}
+
+async fn openai_chat(args: web::Data<Args>, body: web::Bytes) -> HttpResponse {
+    if wants_stream(&body, false) {
+        HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(paced(**args, SSE_TOKEN, SSE_END))
+    } else {
+        whole(**args, "application/json", OPENAI_WHOLE).await
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    actix_web::rt::System::new().block_on(async move {
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(args))
+                .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+                .route("/", web::get().to(|| async { "Ollama is running" }))
+                .route(
+                    "/api/version",
+                    web::get().to(|| async {
+                        HttpResponse::Ok()
+                            .content_type("application/json")
+                            .body(r#"{"version":"0.5.1"}"#)
+                    }),
+                )
+                .route("/api/chat", web::post().to(ollama_chat))
+                .route("/v1/chat/completions", web::post().to(openai_chat))
+        })
+        .workers(args.workers)
+        .backlog(4096)
+        .max_connections(100_000)
+        .bind(args.listen)?;
+        for addr in server.addrs() {
+            println!("listening on http://{addr}");
+        }
+        server.run().await
+    })
+}
