@@ -36,6 +36,33 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Make TLS certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Exit 0 when the gateway at URL answers 200 (for container health checks).
+    Health {
+        /// A plain-HTTP URL, by default the admin listener's liveness endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
+        url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make a local CA and a server certificate signed by it.
+    New {
+        /// Directory to write ca.pem, ca-key.pem, server.pem (chain) and server-key.pem.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Names the server answers to (DNS names or IPs); repeat the flag.
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        names: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +127,50 @@ fn keys_new(team: &str, id: Option<String>, append: Option<&Path>) -> anyhow::Re
     Ok(())
 }
 
+fn certs_new(out: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
+    let files = ollama_gateway::tls::generate_ca_and_server(out, names, force)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "CA certificate (give it to clients, e.g. GATEWAY_CA): {}",
+        files.ca.display()
+    )?;
+    writeln!(
+        stdout,
+        "server chain (tls.cert / GATEWAY_TLS_CERT): {}",
+        files.server_cert.display()
+    )?;
+    writeln!(
+        stdout,
+        "server key (tls.key / GATEWAY_TLS_KEY): {}",
+        files.server_key.display()
+    )?;
+    writeln!(stdout, "server certificate SHA-256: {}", files.fingerprint)?;
+    Ok(())
+}
+
+/// A liveness probe without curl in the image: GET `url`, succeed on 200.
+fn health(url: &str) -> anyhow::Result<()> {
+    // awc's connector wants a process-wide TLS provider even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    actix_web::rt::System::new().block_on(async {
+        let client = awc::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .finish();
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "{url} answered {}",
+            resp.status()
+        );
+        Ok(())
+    })
+}
+
 fn keys_hash() -> anyhow::Result<()> {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
@@ -116,11 +187,20 @@ fn keys_hash() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
-    if let Command::Keys { command } = &command {
-        return match command {
-            KeysCommand::New { team, id, append } => keys_new(team, id.clone(), append.as_deref()),
-            KeysCommand::Hash => keys_hash(),
-        };
+    match &command {
+        Command::Keys { command } => {
+            return match command {
+                KeysCommand::New { team, id, append } => {
+                    keys_new(team, id.clone(), append.as_deref())
+                }
+                KeysCommand::Hash => keys_hash(),
+            }
+        }
+        Command::Certs {
+            command: CertsCommand::New { out, names, force },
+        } => return certs_new(out, names, *force),
+        Command::Health { url } => return health(url),
+        Command::Serve | Command::CheckConfig => {}
     }
     let config = load_config(cli.config)?;
     match command {
@@ -140,7 +220,7 @@ fn main() -> anyhow::Result<()> {
             out.write_all(config.to_redacted_toml().as_bytes())?;
             Ok(())
         }
-        Command::Serve | Command::Keys { .. } => {
+        Command::Serve | Command::Keys { .. } | Command::Certs { .. } | Command::Health { .. } => {
             telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());
             actix_web::rt::System::new().block_on(async move {
                 let running = server::start(config)?;

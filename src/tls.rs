@@ -198,6 +198,86 @@ pub fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), Tls
     })
 }
 
+/// What [`generate_ca_and_server`] wrote.
+pub struct IssuedFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub fingerprint: String,
+}
+
+/// Makes a local CA and a server certificate for `names` (DNS names or IP addresses) in
+/// `dir`: `ca.pem` (distribute to clients), `ca-key.pem`, `server.pem` (server certificate
+/// then the CA, the chain to configure as tls.cert) and `server-key.pem` (tls.key). Keys are
+/// ECDSA P-256, written mode 0600. Refuses to overwrite unless `force`.
+pub fn generate_ca_and_server(
+    dir: &Path,
+    names: &[String],
+    force: bool,
+) -> Result<IssuedFiles, TlsError> {
+    let files = IssuedFiles {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+        fingerprint: String::new(),
+    };
+    let ca_key_path = dir.join("ca-key.pem");
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Write { path, source }
+    };
+    for path in [
+        &files.ca,
+        &ca_key_path,
+        &files.server_cert,
+        &files.server_key,
+    ] {
+        if path.exists() && !force {
+            return Err(TlsError::Write {
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists; pass --force to replace it",
+                ),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ollama-gateway local CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+
+    let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().map_or("ollama-gateway", String::as_str),
+    );
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = params.signed_by(&server_key, &issuer)?;
+
+    write_private(&ca_key_path, ca_key.serialize_pem().as_bytes())?;
+    write_private(&files.server_key, server_key.serialize_pem().as_bytes())?;
+    std::fs::write(&files.ca, ca_cert.pem()).map_err(write_err(&files.ca))?;
+    let chain = format!("{}{}", server_cert.pem(), ca_cert.pem());
+    std::fs::write(&files.server_cert, chain).map_err(write_err(&files.server_cert))?;
+    Ok(IssuedFiles {
+        fingerprint: fingerprint(server_cert.der()),
+        ..files
+    })
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();

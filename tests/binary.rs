@@ -466,3 +466,73 @@ async fn one_structured_json_line_per_request() {
     assert_eq!(v["prompt_tokens"], 5);
     assert!(v["duration_ms"].as_f64().unwrap() >= v["ttfb_ms"].as_f64().unwrap());
 }
+
+#[actix_rt::test]
+async fn certs_new_makes_a_ca_that_clients_trust_for_the_served_chain() {
+    let dir = TempDir::new("certsnew");
+    let out = Command::new(BIN)
+        .args(["certs", "new", "--out"])
+        .arg(dir.0.join("certs"))
+        .args(["--name", "localhost", "--name", "127.0.0.1"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = Command::new(BIN)
+        .args(["certs", "new", "--out"])
+        .arg(dir.0.join("certs"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "existing files are not overwritten without --force"
+    );
+
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("c", "t", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let ollama = FakeUpstream::start(|_| {
+        Reply::json(
+            200,
+            &json!({"model":"m","message":{"role":"assistant","content":"ok"},"done":true}),
+        )
+    });
+    let proc = Proc::start_with(
+        &dir.0,
+        &ollama.url(),
+        &[
+            (
+                "GATEWAY_TLS_CERT",
+                dir.0.join("certs/server.pem").display().to_string(),
+            ),
+            (
+                "GATEWAY_TLS_KEY",
+                dir.0.join("certs/server-key.pem").display().to_string(),
+            ),
+        ],
+    );
+    let lines = proc.wait_for("listening");
+    let address = field(&lines, "address=").to_string();
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(client_tls(&dir.0.join("certs/ca.pem"))))
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let resp = client
+        .post(format!("{address}/api/chat"))
+        .insert_header(("x-api-key", common::TEST_KEY))
+        .send_json(&json!({"model":"m","messages":[],"stream":false}))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "a client trusting only the CA accepts the chain"
+    );
+}

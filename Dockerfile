@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# ollama-gateway container image.
+#
+# Build stage: dependencies are compiled once and cached (a dummy main is built first, then
+# the real sources; BuildKit cache mounts keep the registry and target/ between builds), so
+# a change to src/ recompiles only the gateway itself.
+FROM rust:1-slim-bookworm AS builder
+WORKDIR /build
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches examples \
+    && echo 'fn main() {}' > src/main.rs \
+    && : > src/lib.rs
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    cargo build --release --locked --bin ollama-gateway
+COPY src ./src
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin ollama-gateway \
+    && install -m 0755 target/release/ollama-gateway /usr/local/bin/ollama-gateway
+
+# Runtime stage: the binary and the default configuration, nothing else. Upstream TLS uses
+# the root certificates compiled into the binary, so no CA package is needed.
+FROM debian:bookworm-slim
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/ollama-gateway --shell /usr/sbin/nologin gateway \
+    && mkdir -p /etc/ollama-gateway /var/lib/ollama-gateway/certs \
+    && chown -R gateway:gateway /var/lib/ollama-gateway
+COPY --from=builder /usr/local/bin/ollama-gateway /usr/local/bin/ollama-gateway
+COPY config/gateway.toml /etc/ollama-gateway/gateway.toml
+USER gateway
+WORKDIR /var/lib/ollama-gateway
+# Inside the container: listen on all interfaces; keys and generated certificates in
+# their usual places. docker compose (or -e) can override any of these.
+ENV GATEWAY_LISTEN=0.0.0.0:8443 \
+    GATEWAY_ADMIN_LISTEN=0.0.0.0:9464 \
+    GATEWAY_KEYS_FILE=/etc/ollama-gateway/keys.toml \
+    GATEWAY__TLS__SELF_SIGNED_DIR=/var/lib/ollama-gateway/certs \
+    GATEWAY_LOG_FORMAT=json
+EXPOSE 8443
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["ollama-gateway", "health", "--url", "http://127.0.0.1:9464/healthz"]
+ENTRYPOINT ["ollama-gateway"]
+CMD ["serve", "--config", "/etc/ollama-gateway/gateway.toml"]
