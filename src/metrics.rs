@@ -609,11 +609,16 @@ impl RequestRecord {
             }
         }
         let outcome = match ending {
+            Ending::Complete if status >= 400 => "upstream_status",
             Ending::Complete => "complete",
             Ending::Failed { kind, .. } => kind,
         };
         let ttfb_ms = ttfb.map(|d| d.as_secs_f64() * 1e3);
-        if let Ending::Failed { message, .. } = ending {
+        if !success {
+            let message = match ending {
+                Ending::Failed { message, .. } => message.as_str(),
+                Ending::Complete => "the upstream answered with an error status",
+            };
             tracing::warn!(
                 request_id = %self.request_id, key_id = %self.key_id, team = %self.team,
                 model = %self.model, upstream = %self.upstream, status, outcome,

@@ -21,6 +21,12 @@ fn ollama_fake() -> FakeUpstream {
         let done = json!({"model":"llama3","created_at":"2025-01-01T00:00:00Z",
             "message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",
             "load_duration":1_000_000_000u64,"prompt_eval_count":5,"eval_count":2,"eval_duration":500_000_000u64});
+        if body["messages"][0]["content"] == "break" {
+            let mut lines = ollama_stream_lines("llama3", &["a"]);
+            lines.truncate(1);
+            lines.push(json!({"error": "an error was encountered while running the model"}));
+            return Reply::ndjson(&lines);
+        }
         match (body["model"].as_str().unwrap(), body["stream"].as_bool()) {
             ("missing", _) => Reply::json(
                 404,
@@ -144,6 +150,11 @@ async fn metrics_move_exactly_after_a_scripted_set_of_requests() {
         )
         .await;
     assert_eq!(got, 401);
+    // Ollama's own error line in a stream: a failed answer, not a complete one.
+    let broken = json!({"model": "llama3", "messages": [{"role":"user","content":"break"}]});
+    let (got, _, body) = gw.chat(&broken).await;
+    assert_eq!(got, 200);
+    assert!(String::from_utf8_lossy(&body).contains("an error was encountered"));
     let mut health = gw
         .client()
         .get(format!("{}/healthz", gw.url))
@@ -156,7 +167,14 @@ async fn metrics_move_exactly_after_a_scripted_set_of_requests() {
     let ok_llama = r#"{code="200",key_id="team-a-ci",model="llama3",route="/api/chat",team="team-a",upstream="ollama"}"#;
     assert_eq!(
         value(&text, &format!("gateway_requests_total{ok_llama}")),
-        3.0
+        4.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"gateway_upstream_errors_total{kind="mid_stream",upstream="ollama"}"#
+        ),
+        1.0
     );
     assert_eq!(
         value(
@@ -215,7 +233,7 @@ async fn metrics_move_exactly_after_a_scripted_set_of_requests() {
             &text,
             r#"gateway_time_to_first_token_seconds_count{model="llama3",upstream="ollama"}"#
         ),
-        2.0
+        3.0
     );
     assert_eq!(
         value(
@@ -229,7 +247,7 @@ async fn metrics_move_exactly_after_a_scripted_set_of_requests() {
             &text,
             r#"gateway_request_duration_seconds_count{model="llama3",upstream="ollama"}"#
         ),
-        3.0
+        4.0
     );
     assert_eq!(
         value(
@@ -328,6 +346,18 @@ async fn health_readiness_and_where_metrics_are_served() {
         }
     };
     assert_eq!(get(&gw, format!("{}/healthz", gw.url), false).await.0, 200);
+    let mut head = gw
+        .client()
+        .head(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    let _ = head.body().await;
+    let (status, _, _) = gw
+        .post_exact("/readyz", Vec::new(), &[("x-api-key", TEST_KEY)])
+        .await;
+    assert_eq!(status, 405);
     assert_eq!(
         get(&gw, format!("{}/readyz", gw.url), false).await,
         (200, r#"{"status":"ready"}"#.to_string())

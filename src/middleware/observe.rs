@@ -28,6 +28,17 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
+/// The `route` label: one of the gateway's own routes, or `other` (never the raw path).
+fn route_label(pattern: Option<&str>) -> &'static str {
+    match pattern {
+        Some("/api/chat") => "/api/chat",
+        Some("/healthz") => "/healthz",
+        Some("/readyz") => "/readyz",
+        Some("/metrics") => "/metrics",
+        _ => "other",
+    }
+}
+
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -65,11 +76,7 @@ pub async fn observe(
             worker.shared().rejected(reason);
         }
         let none = worker.none();
-        let route = if res.request().match_pattern().is_some() {
-            "/api/chat"
-        } else {
-            "other"
-        };
+        let route = route_label(res.request().match_pattern().as_deref());
         let (key_id, team) = key.as_ref().map_or_else(
             || (Arc::clone(&none), Arc::clone(&none)),
             |k| (Arc::clone(&k.id), Arc::clone(&k.team)),

@@ -13,20 +13,28 @@ pub fn configure(cfg: &mut web::ServiceConfig, public_metrics: bool) {
     if public_metrics {
         cfg.route("/metrics", web::get().to(health::metrics));
     }
-    cfg.route("/readyz", web::get().to(health::readyz));
     cfg.service(
         web::resource("/api/chat")
             .route(web::post().to(chat::chat))
             .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
     )
-    .service(
-        web::resource("/healthz")
-            .route(web::get().to(health::healthz))
-            .route(web::head().to(health::healthz))
-            .default_service(web::to(|req: HttpRequest| {
-                method_not_allowed(req, "GET, HEAD")
-            })),
-    );
+    .service(probe("/healthz", health::healthz))
+    .service(probe("/readyz", health::readyz));
+}
+
+/// A GET/HEAD-only resource; other methods get 405 with `Allow`.
+fn probe<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|req: HttpRequest| {
+            method_not_allowed(req, "GET, HEAD")
+        }))
 }
 
 async fn method_not_allowed(
@@ -44,8 +52,8 @@ async fn method_not_allowed(
 /// The admin listener: metrics and probes, nothing else.
 pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(health::metrics))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz));
+        .service(probe("/healthz", health::healthz))
+        .service(probe("/readyz", health::readyz));
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {

@@ -122,7 +122,13 @@ impl Transform for OllamaLines {
     fn eof(&mut self) -> Step {
         let rest = self.0.finish();
         match self.0.ending() {
-            Ending::Done(_) | Ending::UpstreamError => Step::Finish(rest),
+            Ending::Done(_) => Step::Finish(rest),
+            // Ollama reported its own failure in a last {"error"} line, already relayed.
+            Ending::UpstreamError => Step::Relayed {
+                forward: rest,
+                kind: "upstream_error",
+                message: format!("upstream {OLLAMA} reported an error in the stream"),
+            },
             Ending::Truncated => Step::Fail {
                 forward: rest,
                 kind: "truncated",

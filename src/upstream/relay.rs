@@ -22,6 +22,13 @@ pub enum Step {
     Forward(Option<Bytes>),
     /// Forward these bytes (if any); the answer is complete.
     Finish(Option<Bytes>),
+    /// Forward these bytes (if any), which already end with the upstream's own error line;
+    /// the answer failed.
+    Relayed {
+        forward: Option<Bytes>,
+        kind: &'static str,
+        message: String,
+    },
     /// Forward these bytes (if any), then an error line with `message`; the answer failed.
     Fail {
         forward: Option<Bytes>,
@@ -138,6 +145,11 @@ where
                 Step::Forward(None) => continue,
                 Step::Forward(Some(bytes)) => (Some(bytes), None, None),
                 Step::Finish(bytes) => (bytes, None, Some(Ending::Complete)),
+                Step::Relayed {
+                    forward,
+                    kind,
+                    message,
+                } => (forward, None, Some(Ending::Failed { kind, message })),
                 Step::Fail {
                     forward,
                     kind,
