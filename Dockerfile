@@ -9,7 +9,8 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs \
-    && : > src/lib.rs
+    && : > src/lib.rs \
+    && for bench in translate gate; do echo 'fn main() {}' > "benches/$bench.rs"; done
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
     cargo build --release --locked --bin ollama-gateway
