@@ -113,15 +113,15 @@ pub async fn allowlist(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let Some(state) = super::state(&req) else {
-        return Ok(super::refuse(req, GatewayError::IpDenied));
+        return Ok(super::refuse(req, GatewayError::IpDenied).await);
     };
     let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
-        return Ok(super::refuse(req, GatewayError::IpDenied));
+        return Ok(super::refuse(req, GatewayError::IpDenied).await);
     };
     let ip = state.allowlist.client_ip(peer, req.headers());
     if !state.allowlist.allows(ip) {
         tracing::debug!(client_ip = %ip, "address not in the allowlist");
-        return Ok(super::refuse(req, GatewayError::IpDenied));
+        return Ok(super::refuse(req, GatewayError::IpDenied).await);
     }
     req.extensions_mut().insert(ClientIp(ip));
     Ok(next.call(req).await?.map_into_left_body())

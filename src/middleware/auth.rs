@@ -90,7 +90,7 @@ pub async fn auth(
             req.extensions_mut().insert(key);
         }
         Ok(None) => {}
-        Err(e) => return Ok(super::refuse(req, e)),
+        Err(e) => return Ok(super::refuse(req, e).await),
     }
     Ok(next.call(req).await?.map_into_left_body())
 }

@@ -56,11 +56,11 @@ pub async fn rate_limit(
     // The slot first: a request refused for concurrency does not spend a token.
     let slot = match InFlight::acquire(&key) {
         Ok(slot) => slot,
-        Err(e) => return Ok(req.error_response(e)),
+        Err(e) => return Ok(super::refuse::<()>(req, e).await.map_into_boxed_body()),
     };
     let policy = match limits::take(&key) {
         Ok(policy) => policy,
-        Err(e) => return Ok(req.error_response(e)),
+        Err(e) => return Ok(super::refuse::<()>(req, e).await.map_into_boxed_body()),
     };
     let mut res = next.call(req).await?;
     let headers = res.headers_mut();
