@@ -1,0 +1,230 @@
+//! The load harness's streaming client (scripts/bench.sh drives it).
+//!
+//! `stream`: runs `--concurrency` streams at once, `--count` in all, and reports the time
+//! to the first line and the gaps between lines (p50/p99/max, microseconds), checking that
+//! every answer has exactly `--lines` lines and that none arrived merged with another.
+//! `hold`: opens `--count` streams, waits until each has its first line, prints the RSS of
+//! `--pid`, drops them all and prints the RSS again once it has settled.
+//! Output is one JSON object on stdout.
+#![allow(
+    clippy::print_stdout,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt as _;
+use rustls::pki_types::pem::PemObject;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// Full URL of the chat endpoint.
+    #[arg(long)]
+    url: String,
+    /// JSON request body.
+    #[arg(long)]
+    body: String,
+    /// Extra header, `Name: value`; repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// CA certificate (PEM) to trust for https URLs.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Stream {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Lines each answer must have.
+        #[arg(long)]
+        lines: usize,
+    },
+    Hold {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        pid: u32,
+    },
+}
+
+fn client(target: &Target, connections: usize) -> awc::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &target.ca {
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = awc::Connector::new()
+        .rustls_0_23(Arc::new(tls))
+        .limit(connections.max(1))
+        .timeout(Duration::from_secs(30));
+    awc::Client::builder()
+        .connector(connector)
+        .disable_timeout()
+        .finish()
+}
+
+fn request(c: &awc::Client, t: &Target) -> awc::ClientRequest {
+    let mut req = c
+        .post(&t.url)
+        .insert_header(("content-type", "application/json"));
+    for h in &t.headers {
+        let (k, v) = h.split_once(':').expect("Name: value");
+        req = req.insert_header((k.trim().to_string(), v.trim().to_string()));
+    }
+    req
+}
+
+/// One streamed answer: (time to first line, gaps between lines, lines, merged reads).
+async fn one_stream(c: &awc::Client, t: &Target) -> (Duration, Vec<Duration>, usize, usize) {
+    let start = Instant::now();
+    let mut resp = request(c, t)
+        .send_body(t.body.clone())
+        .await
+        .expect("response");
+    assert!(resp.status().is_success(), "status {}", resp.status());
+    let mut first = None;
+    let mut last = None;
+    let mut gaps = Vec::new();
+    let mut lines = 0;
+    let mut merged = 0;
+    while let Some(chunk) = resp.next().await {
+        let chunk = chunk.expect("body");
+        let now = Instant::now();
+        let complete = chunk.iter().filter(|b| **b == b'\n').count();
+        if complete > 1 {
+            merged += complete - 1;
+        }
+        if complete > 0 {
+            if first.is_none() {
+                first = Some(now - start);
+            }
+            if let Some(prev) = last {
+                gaps.push(now - prev);
+            }
+            last = Some(now);
+        }
+        lines += complete;
+    }
+    (first.unwrap_or_default(), gaps, lines, merged)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> u128 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_micros()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    actix_rt::System::new().block_on(async move {
+        match cli.command {
+            Cmd::Stream {
+                target,
+                concurrency,
+                count,
+                lines,
+            } => {
+                let c = client(&target, concurrency);
+                let mut ttft = Vec::new();
+                let mut gaps = Vec::new();
+                let (mut bad, mut merged_total, mut slow) = (0, 0, 0);
+                let mut done = 0;
+                while done < count {
+                    let batch = concurrency.min(count - done);
+                    let results = futures_util::future::join_all((0..batch).map(|_| one_stream(&c, &target))).await;
+                    for (first, g, n, merged) in results {
+                        ttft.push(first);
+                        slow += g.iter().filter(|d| **d >= Duration::from_millis(40) + Duration::from_millis(25)).count();
+                        gaps.extend(g);
+                        bad += usize::from(n != lines);
+                        merged_total += merged;
+                    }
+                    done += batch;
+                }
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "streams": count,
+                        "ttft_p50_us": pct(&mut ttft, 0.5), "ttft_p99_us": pct(&mut ttft, 0.99),
+                        "gap_p50_us": pct(&mut gaps, 0.5), "gap_p99_us": pct(&mut gaps, 0.99),
+                        "gap_max_us": gaps.iter().max().map_or(0, |d| d.as_micros()),
+                        "wrong_line_count": bad, "merged_lines": merged_total, "gaps_over_interval_plus_40ms": slow,
+                    })
+                );
+            }
+            Cmd::Hold { target, count, pid } => {
+                let idle = rss_kib(pid);
+                let c = client(&target, count);
+                let mut open = Vec::with_capacity(count);
+                for _ in 0..count {
+                    open.push(request(&c, &target).send_body(target.body.clone()));
+                }
+                let mut responses = Vec::with_capacity(count);
+                for chunk in open.chunks_mut(256) {
+                    let batch = futures_util::future::join_all(chunk.iter_mut()).await;
+                    for r in batch {
+                        let mut resp = r.expect("response");
+                        // Hold each stream open once its first line is in.
+                        let _ = resp.next().await;
+                        responses.push(resp);
+                    }
+                }
+                let held = rss_kib(pid);
+                drop(responses);
+                drop(c);
+                // Let the server notice the closed connections and free them (bounded).
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut after = rss_kib(pid);
+                while Instant::now() < deadline {
+                    actix_rt::time::sleep(Duration::from_millis(250)).await;
+                    let now = rss_kib(pid);
+                    if now == after {
+                        break;
+                    }
+                    after = now;
+                }
+                println!("{}", serde_json::json!({"streams": count, "rss_idle_kib": idle, "rss_held_kib": held, "rss_after_kib": after}));
+            }
+        }
+    });
+}

@@ -1,0 +1,572 @@
+#!/usr/bin/env python3
+"""The load harness: the gateway against nginx and the bare mock, on one machine over loopback.
+
+Run it with scripts/bench.sh (which builds with --release first). It starts the mock upstream
+(examples/mock_upstream.rs), nginx (one worker, the same ECDSA certificate, upstream keep-alive,
+proxy buffering and logging off) and the gateway (one worker, every feature on, logs at info
+to a file), pins the proxy under test to CPU 0 and the load tools and mock to CPU 1, runs the
+scenarios S1-S7 of issue "Performance" as interleaved rounds (direct / nginx / gateway), and
+writes BENCHMARKS.md with medians, spread (min-max over rounds), the commands, the machine and
+the commit.
+
+Standard library only. Needs nginx, wrk and taskset (Debian: nginx-light or nginx, wrk,
+util-linux).
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+BENCH_KEY = "ogw_bench_key_0000000000000000000000"
+LIMITED_KEY = "ogw_bench_limited_key_000000000000000"
+LIMITED_RPM = 600
+LIMITED_BURST = 100
+CHAT_BODY = '{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":false}'
+COMMANDS = []  # every load command run, for BENCHMARKS.md
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def pinned(cpu, cmd):
+    return ["taskset", "-c", cpu] + cmd
+
+
+class Proc:
+    def __init__(self, name, cmd, log_path, cpu, env=None):
+        self.name = name
+        self.log = open(log_path, "wb")
+        self.p = subprocess.Popen(pinned(cpu, cmd), stdout=self.log, stderr=subprocess.STDOUT,
+                                  env=env, preexec_fn=raise_nofile)
+        self.pid = self.p.pid
+
+    def stop(self):
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+        self.log.close()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="ogw-bench-"))
+        profile = "debug" if args.debug else "release"
+        self.gateway_bin = ROOT / "target" / profile / "ollama-gateway"
+        self.mock_bin = ROOT / "target" / profile / "examples" / "mock_upstream"
+        self.client_bin = ROOT / "target" / profile / "examples" / "bench_client"
+        for b in (self.gateway_bin, self.mock_bin, self.client_bin):
+            if not b.exists():
+                sys.exit(f"missing {b}: build first (scripts/bench.sh does)")
+        self.procs = []
+        self.results = {}
+
+    # ---- processes -------------------------------------------------------------------
+    def start(self, name, cmd, cpu, port, env=None):
+        proc = Proc(name, cmd, self.work / f"{name}.log", cpu, env)
+        self.procs.append(proc)
+        wait_port(port)
+        return proc
+
+    def stop(self, proc):
+        proc.stop()
+        self.procs.remove(proc)
+
+    def stop_all(self):
+        for p in list(self.procs):
+            self.stop(p)
+
+    def setup(self):
+        certs = self.work / "certs"
+        subprocess.run([str(self.gateway_bin), "certs", "new", "--out", str(certs), "--name", "localhost",
+                        "--name", "127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+        self.ca = certs / "ca.pem"
+        self.cert = certs / "server.pem"
+        self.key = certs / "server-key.pem"
+        self.keys_1 = self.work / "keys-1.toml"
+        self.keys_10k = self.work / "keys-10k.toml"
+        self.keys_1.write_text(self.entry("bench", BENCH_KEY, 60_000_000, 1_000_000)
+                               + self.entry("limited", LIMITED_KEY, LIMITED_RPM, LIMITED_BURST))
+        with open(self.keys_10k, "w") as f:
+            f.write(self.keys_1.read_text())
+            for i in range(10_000):
+                f.write(self.entry(f"team-{i}", f"ogw_bench_other_{i:05d}", 120, 20))
+        self.mock_port = free_port()
+        self.mock = self.start("mock", [str(self.mock_bin), "--listen", f"127.0.0.1:{self.mock_port}",
+                                        "--tokens", "64", "--interval-ms", "20", "--workers", "1"],
+                               LOAD_CPU, self.mock_port)
+        self.slow_mock_port = free_port()
+        self.start("mock-long", [str(self.mock_bin), "--listen", f"127.0.0.1:{self.slow_mock_port}",
+                                 "--tokens", "100000", "--interval-ms", "1000", "--workers", "1"],
+                   LOAD_CPU, self.slow_mock_port)
+        self.nginx_port = free_port()
+        self.nginx = self.start_nginx()
+
+    @staticmethod
+    def entry(key_id, key, rpm, burst):
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return (f'[[keys]]\nid = "{key_id}"\nteam = "bench"\nsha256 = "{digest}"\n'
+                f"requests_per_minute = {rpm}\nburst = {burst}\nmax_in_flight = 100000\n\n")
+
+    def start_nginx(self):
+        prefix = self.work / "nginx"
+        (prefix / "logs").mkdir(parents=True, exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(f"""
+worker_processes 1;
+master_process off;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log error;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    upstream mock {{ server 127.0.0.1:{self.mock_port}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{self.nginx_port} ssl;
+        ssl_certificate {self.cert};
+        ssl_certificate_key {self.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+""")
+        return self.start("nginx", ["nginx", "-p", str(prefix), "-c", str(conf)], PROXY_CPU, self.nginx_port)
+
+    def start_gateway(self, variant="all-on", keys=None, upstream_port=None):
+        port = free_port()
+        admin = free_port()
+        conf = self.work / f"gateway-{variant}.toml"
+        all_on = variant != "all-off"
+        conf.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+max_connections = 100000
+[tls]
+cert = "{self.cert}"
+key = "{self.key}"
+[ollama]
+base_url = "http://127.0.0.1:{upstream_port or self.mock_port}"
+[upstreams.openai]
+base_url = "http://127.0.0.1:{upstream_port or self.mock_port}/v1"
+api_key = "sk-bench"
+[auth]
+keys_file = "{keys or self.keys_1}"
+[allowlist]
+{'cidrs = ["127.0.0.0/8", "10.0.0.0/8"]' if all_on else 'allow_all = true'}
+[admin]
+listen = "{f'127.0.0.1:{admin}' if all_on else ''}"
+[log]
+level = "{'info' if all_on else 'error'}"
+format = "json"
+""")
+        env = dict(os.environ, RUST_LOG="")
+        env.pop("RUST_LOG")
+        proc = self.start(f"gateway-{variant}", [str(self.gateway_bin), "serve", "--config", str(conf)],
+                          PROXY_CPU, port, env)
+        proc.port = port
+        proc.admin = admin if all_on else None
+        return proc
+
+    # ---- load tools ------------------------------------------------------------------
+    def wrk(self, url, connections, duration, key=None, body=CHAT_BODY):
+        script = self.work / f"post-{abs(hash((key, body)))}.lua"
+        headers = 'wrk.headers["Content-Type"] = "application/json"\n'
+        if key:
+            headers += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+        script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n{headers}')
+        cmd = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+                                "-s", str(script), url])
+        COMMANDS.append(" ".join(cmd).replace(str(self.work), "$WORK"))
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return parse_wrk(out)
+
+    def client(self, *args):
+        cmd = pinned(LOAD_CPU, [str(self.client_bin)] + list(args))
+        COMMANDS.append(" ".join(cmd).replace(str(self.work), "$WORK"))
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def targets(self, gateway):
+        return {
+            "direct": (f"http://127.0.0.1:{self.mock_port}", None, None),
+            "nginx": (f"https://127.0.0.1:{self.nginx_port}", None, self.nginx),
+            "gateway": (f"https://127.0.0.1:{gateway.port}", BENCH_KEY, gateway),
+        }
+
+    # ---- scenarios -------------------------------------------------------------------
+    def s1_s2(self, gateway):
+        d = self.args.duration
+        for rnd in range(self.args.rounds):
+            for name, (base, key, proc) in self.targets(gateway).items():
+                log(f"S1 round {rnd + 1} {name}")
+                r = self.wrk(base + "/api/chat", 1, d, key)
+                self.add("S1", name, "p50_us", r["p50_us"])
+                self.add("S1", name, "p99_us", r["p99_us"])
+                log(f"S2 round {rnd + 1} {name}")
+                cpu0 = cpu_seconds((proc or self.mock).pid)
+                r = self.wrk(base + "/api/chat", 64, d, key)
+                cpu1 = cpu_seconds((proc or self.mock).pid)
+                self.add("S2", name, "rps", r["rps"])
+                self.add("S2", name, "cpu_us_per_req", (cpu1 - cpu0) / max(r["requests"], 1) * 1e6)
+                self.add("S2", name, "errors", r["errors"])
+
+    def s3(self):
+        d = self.args.duration
+        for rnd in range(self.args.rounds):
+            for variant, keys in (("all-on", self.keys_1), ("all-off", self.keys_1), ("10k-keys", self.keys_10k)):
+                log(f"S3 round {rnd + 1} {variant}")
+                gw = self.start_gateway(variant, keys)
+                r = self.wrk(f"https://127.0.0.1:{gw.port}/api/chat", 64, d, BENCH_KEY)
+                self.add("S3", variant, "rps", r["rps"])
+                self.stop(gw)
+
+    def s4(self, gateway):
+        count_1 = 5 if self.args.quick else 10
+        count_64 = 64 if self.args.quick else 128
+        for rnd in range(self.args.rounds):
+            for kind in ("ollama", "openai"):
+                for conc, count in ((1, count_1), (64, count_64)):
+                    for name, (base, key, _) in self.targets(gateway).items():
+                        if kind == "ollama" or name == "gateway":
+                            path, model = "/api/chat", ("openai/mock" if kind == "openai" else "llama3")
+                        else:
+                            path, model = "/v1/chat/completions", "mock"
+                        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}],
+                                           "stream": True})
+                        args = ["stream", "--url", base + path, "--body", body, "--concurrency", str(conc),
+                                "--count", str(count), "--lines", "65", "--ca", str(self.ca)]
+                        if key:
+                            args += ["--header", f"Authorization: Bearer {key}"]
+                        if kind == "openai" and name != "gateway":
+                            # The raw SSE: 64 token events and 3 closing events, each ending in a blank line.
+                            args[args.index("--lines") + 1] = str(64 * 2 + 6)
+                        log(f"S4 round {rnd + 1} {kind} x{conc} {name}")
+                        r = self.client(*args)
+                        tag = f"{kind} x{conc}"
+                        for k in ("ttft_p99_us", "gap_p99_us", "gap_max_us", "wrong_line_count", "merged_lines",
+                                  "gaps_over_interval_plus_40ms"):
+                            self.add("S4", name, f"{tag} {k}", r[k])
+
+    def s5(self):
+        gw = self.start_gateway("memory", upstream_port=self.slow_mock_port)
+        body = json.dumps({"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        counts = [50] if self.args.quick else [500, 1000, 2000]
+        idle = None
+        for n in counts:
+            log(f"S5 {n} open streams")
+            r = self.client("hold", "--url", f"https://127.0.0.1:{gw.port}/api/chat", "--body", body,
+                            "--count", str(n), "--pid", str(gw.pid), "--ca", str(self.ca),
+                            "--header", f"Authorization: Bearer {BENCH_KEY}")
+            idle = r["rss_idle_kib"] if idle is None else idle
+            self.add("S5", "gateway", f"{n} held_kib", r["rss_held_kib"])
+            self.add("S5", "gateway", f"{n} after_kib", r["rss_after_kib"])
+        self.add("S5", "gateway", "idle_kib", idle)
+        self.stop(gw)
+
+    def s6(self):
+        if self.args.quick:
+            return
+        log("S6 criterion translate bench")
+        cmd = ["cargo", "bench", "--bench", "translate", "--", "--noplot"]
+        COMMANDS.append(" ".join(cmd))
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        for name, value in re.findall(r"sse_to_ndjson/(\w+)\s+time:.*?\n\s+thrpt:\s+\[[^\]]*?\s([\d.]+ \w+/s)", out):
+            self.results.setdefault("S6", {}).setdefault(name, {})["thrpt"] = [value]
+
+    def s7(self, gateway):
+        d = self.args.duration
+        log("S7 one key far over its limit")
+        metrics0 = self.allowed(gateway)
+        t0 = time.time()
+        r = self.wrk(f"https://127.0.0.1:{gateway.port}/api/chat", 64, d, LIMITED_KEY)
+        elapsed = time.time() - t0
+        allowed = self.allowed(gateway) - metrics0
+        self.add("S7", "gateway", "responses_per_s", r["rps"])
+        self.add("S7", "gateway", "non_2xx", r["non2xx"])
+        self.add("S7", "gateway", "allowed", allowed)
+        # The bucket: burst, plus the refill over the run (bounded by wrk's measured time).
+        self.add("S7", "gateway", "bucket", LIMITED_BURST + LIMITED_RPM * elapsed / 60)
+        self.add("S7", "gateway", "bucket_min", LIMITED_BURST + LIMITED_RPM * d / 60)
+
+    def allowed(self, gateway):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{gateway.admin}/metrics").read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("gateway_requests_total{") and 'key_id="limited"' in line and 'code="200"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def add(self, scenario, target, metric, value):
+        self.results.setdefault(scenario, {}).setdefault(target, {}).setdefault(metric, []).append(value)
+
+    def run(self):
+        try:
+            self.setup()
+            log("mock ceiling: direct runs double as the mock's own ceiling")
+            gateway = self.start_gateway("all-on")
+            self.s1_s2(gateway)
+            self.s4(gateway)
+            self.s7(gateway)
+            self.stop(gateway)
+            self.s3()
+            self.s5()
+            self.s6()
+        finally:
+            self.stop_all()
+        return self.results
+
+
+def parse_wrk(out):
+    def dur(text):
+        m = re.match(r"([\d.]+)(us|ms|s)", text)
+        value, unit = float(m.group(1)), m.group(2)
+        return value * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "p50_us": dur(lat["50"]), "p99_us": dur(lat["99"]), "rps": rps, "requests": requests,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": sum(map(int, errors.groups())) if errors else 0,
+    }
+
+
+def med(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values):
+    return f"{min(values):.0f}–{max(values):.0f}" if len(values) > 1 else ""
+
+
+def machine():
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    return {
+        "cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nginx": nginx, "wrk": (wrk[0] if wrk else "wrk"),
+    }
+
+
+def verdict(ok):
+    return "**pass**" if ok else "**MISS**"
+
+
+def report(results, args):
+    m = machine()
+    r = results
+    rows = []
+
+    def v(s, t, k):
+        return med(r.get(s, {}).get(t, {}).get(k, []))
+
+    def vs(s, t, k):
+        return r.get(s, {}).get(t, {}).get(k, [])
+
+    # S1
+    for q in ("p50_us", "p99_us"):
+        g_add = v("S1", "gateway", q) - v("S1", "direct", q)
+        n_add = v("S1", "nginx", q) - v("S1", "direct", q)
+        ok = q == "p50_us" or (g_add <= 1.5 * max(n_add, 1) and g_add <= 250)
+        rows.append(("S1", f"added latency {q[:3]} @1 in flight (µs)", f"{v('S1', 'direct', q):.0f}",
+                     f"{n_add:+.0f} ({spread(vs('S1', 'nginx', q))})",
+                     f"{g_add:+.0f} ({spread(vs('S1', 'gateway', q))})",
+                     "p99: ≤1.5× nginx and ≤250 µs" if q == "p99_us" else "(reported)",
+                     verdict(ok) if q == "p99_us" else ""))
+    # S2
+    g, n, d = v("S2", "gateway", "rps"), v("S2", "nginx", "rps"), v("S2", "direct", "rps")
+    rows.append(("S2", "requests/s, 64 connections, keep-alive TLS", f"{d:.0f} (mock ceiling)",
+                 f"{n:.0f} ({spread(vs('S2', 'nginx', 'rps'))})", f"{g:.0f} ({spread(vs('S2', 'gateway', 'rps'))})",
+                 "≥0.8× nginx", verdict(g >= 0.8 * n)))
+    gc, nc = v("S2", "gateway", "cpu_us_per_req"), v("S2", "nginx", "cpu_us_per_req")
+    rows.append(("S2", "CPU µs per request (proxy process, /proc)", f"{v('S2', 'direct', 'cpu_us_per_req'):.1f}",
+                 f"{nc:.1f}", f"{gc:.1f}", "≤1.3× nginx", verdict(gc <= 1.3 * nc)))
+    mock_bound = g >= 0.8 * d
+    # S3
+    on, off, k10 = v("S3", "all-on", "rps"), v("S3", "all-off", "rps"), v("S3", "10k-keys", "rps")
+    rows.append(("S3", "feature tax: all on / all off (requests/s)", "", "", f"{on:.0f} / {off:.0f} = {on / off:.2f}",
+                 "≥0.9", verdict(on / off >= 0.9)))
+    rows.append(("S3", "10,000 keys / 1 key (requests/s)", "", "", f"{k10:.0f} / {on:.0f} = {k10 / on:.2f}",
+                 "within 5%", verdict(abs(k10 / on - 1) <= 0.05)))
+    # S4
+    for kind in ("ollama", "openai"):
+        for conc in (1, 64):
+            tag = f"{kind} x{conc}"
+            for k, label, limit in (("ttft_p99_us", "added TTFT p99", 1000), ("gap_p99_us", "added gap p99", 100)):
+                gd = v("S4", "gateway", f"{tag} {k}") - v("S4", "direct", f"{tag} {k}")
+                nd = v("S4", "nginx", f"{tag} {k}") - v("S4", "direct", f"{tag} {k}")
+                rows.append(("S4", f"{tag}: {label} (µs)", f"{v('S4', 'direct', f'{tag} {k}'):.0f}", f"{nd:+.0f}",
+                             f"{gd:+.0f}", f"≤{limit} µs", verdict(gd <= limit)))
+            bad = sum(v("S4", "gateway", f"{tag} {k}") for k in ("wrong_line_count", "merged_lines",
+                                                                  "gaps_over_interval_plus_40ms"))
+            rows.append(("S4", f"{tag}: lines lost / merged / delayed ≥40 ms", "", "", f"{bad:.0f}", "0",
+                         verdict(bad == 0)))
+    # S5
+    idle = v("S5", "gateway", "idle_kib")
+    counts = [50] if args.quick else [500, 1000, 2000]
+    for c in counts:
+        held, after = v("S5", "gateway", f"{c} held_kib"), v("S5", "gateway", f"{c} after_kib")
+        per_1000 = (held - idle) / 1024 / c * 1000
+        rows.append(("S5", f"RSS with {c} open TLS streams (MiB; per 1,000)", f"idle {idle / 1024:.1f}", "",
+                     f"{held / 1024:.1f} ({per_1000:.1f} per 1,000)", "≤40 MiB per 1,000", verdict(per_1000 <= 40)))
+        rows.append(("S5", f"RSS after the {c} streams ended (MiB)", "", "", f"{after / 1024:.1f}",
+                     "≤1.5× idle", verdict(after <= 1.5 * idle)))
+    # S6
+    s6 = r.get("S6", {})
+    if s6:
+        ours = s6.get("gateway_translate", {}).get("thrpt", ["?"])[0]
+        base = s6.get("serde_json_value_baseline", {}).get("thrpt", ["?"])[0]
+        ratio = to_mib(ours) / to_mib(base) if "?" not in (ours, base) else float("nan")
+        rows.append(("S6", "SSE→NDJSON throughput vs serde_json::Value parse", "", base, f"{ours} ({ratio:.2f}×)",
+                     "≥1.0×", verdict(ratio >= 1.0)))
+    # S7
+    rej = v("S7", "gateway", "responses_per_s")
+    allowed, bucket = v("S7", "gateway", "allowed"), v("S7", "gateway", "bucket")
+    rows.append(("S7", "429 path: responses/s for one key far over its limit", "", "", f"{rej:.0f} ({rej / g:.2f}× proxied)",
+                 "≥1.5× proxied", verdict(rej >= 1.5 * g)))
+    rows.append(("S7", "allowed vs bucket (burst + refill over the run)", "", "",
+                 f"{allowed:.0f} vs {bucket:.0f} ({(allowed / bucket - 1) * 100:+.1f}%)", "within 1%",
+                 verdict(abs(allowed / bucket - 1) <= 0.01)))
+
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `scripts/bench.sh` (the harness: scripts/bench.py, examples/mock_upstream.rs,",
+        "examples/bench_client.rs, benches/). Re-run it to reproduce; every figure below comes from",
+        "the run described here.",
+        "",
+        "## Machine and run",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; kernel {m['kernel']}",
+        f"- commit {m['commit']}, {m['date']}",
+        f"- {m['nginx']}; {m['wrk']}",
+        f"- rounds: {args.rounds} (interleaved direct / nginx / gateway), {args.duration} s per load run;"
+        + (" **quick smoke run: figures not meaningful**" if args.quick else ""),
+        f"- proxy under test pinned to CPU {PROXY_CPU}; load tools and the mock pinned to CPU {LOAD_CPU}",
+        "- nginx: one worker, master_process off, the same ECDSA P-256 certificate, upstream keep-alive 128,",
+        "  proxy_buffering and request buffering off, access_log off",
+        "- gateway: one worker, every feature on: TLS, API key (Bearer), per-key limits high enough not to",
+        "  reject, allowlist, metrics (admin listener), request log at info (JSON) to a file",
+        "- direct: the same requests to the mock over plain HTTP (so the proxy columns include TLS)",
+        "",
+        "## Results",
+        "",
+        "Medians over rounds; spread (min–max over rounds) in parentheses where there were several.",
+        "\"direct\" is the mock alone: its S2 figure is the mock's own ceiling.",
+        f"S2 gateway throughput is {'within 20% of' if mock_bound else 'clear of'} the mock's ceiling"
+        + (" (mock-bound: read with care)." if mock_bound else "."),
+        "",
+        "| # | measure | direct | nginx (added) | gateway (added) | target | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {' | '.join(str(c) for c in row)} |" for row in rows]
+    lines += ["", "## Commands", "", "```"]
+    seen = []
+    for c in COMMANDS:
+        generic = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", c)
+        if generic not in seen:
+            seen.append(generic)
+    lines += seen
+    lines += ["```", "", "## Raw results", "", "```json", json.dumps(results, indent=1, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def to_mib(text):
+    value, unit = text.split()
+    return float(value) * {"KiB/s": 1 / 1024, "MiB/s": 1, "GiB/s": 1024}[unit]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per load run")
+    ap.add_argument("--quick", action="store_true", help="a few seconds: checks the harness works, not its figures")
+    ap.add_argument("--debug", action="store_true", help="use target/debug binaries")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration = 1, 1
+    for tool in ("nginx", "wrk", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is required (Debian: apt-get install nginx-light wrk util-linux)")
+    raise_nofile()
+    bench = Bench(args)
+    results = bench.run()
+    Path(args.out).write_text(report(results, args))
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
