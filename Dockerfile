@@ -34,13 +34,14 @@ USER gateway
 WORKDIR /var/lib/ollama-gateway
 # Inside the container: listen on all interfaces; keys and generated certificates in
 # their usual places. docker compose (or -e) can override any of these.
-ENV GATEWAY_LISTEN=0.0.0.0:8443 \
+ENV GATEWAY_CONFIG=/etc/ollama-gateway/gateway.toml \
+    GATEWAY_LISTEN=0.0.0.0:8443 \
     GATEWAY_ADMIN_LISTEN=0.0.0.0:9464 \
     GATEWAY_KEYS_FILE=/etc/ollama-gateway/keys.toml \
     GATEWAY__TLS__SELF_SIGNED_DIR=/var/lib/ollama-gateway/certs \
     GATEWAY_LOG_FORMAT=json
 EXPOSE 8443
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["ollama-gateway", "health", "--url", "http://127.0.0.1:9464/healthz"]
+    CMD ["ollama-gateway", "health"]
 ENTRYPOINT ["ollama-gateway"]
-CMD ["serve", "--config", "/etc/ollama-gateway/gateway.toml"]
+CMD ["serve"]

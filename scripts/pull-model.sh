@@ -4,14 +4,18 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# A value from .env (read as data, never run), unless the environment has it.
+from_env_file() {
+  local name="$1" line
+  if [[ -z "${!name:-}" && -r .env ]]; then
+    line="$(grep -E "^${name}=" .env | tail -n 1 || true)"
+    printf -v "$name" '%s' "${line#*=}"
+  fi
+}
 models=("$@")
 if [[ ${#models[@]} -eq 0 ]]; then
-  if [[ -r .env ]]; then
-    set -a
-    # shellcheck disable=SC1091
-    . ./.env
-    set +a
-  fi
+  from_env_file DEFAULT_MODEL
+  from_env_file EXTRA_MODELS
   read -r -a models <<<"${DEFAULT_MODEL:-llama3:instruct} ${EXTRA_MODELS:-}"
 fi
 for model in "${models[@]}"; do

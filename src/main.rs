@@ -18,8 +18,8 @@ use ollama_gateway::{server, telemetry};
     about = "A hardened HTTPS gateway in front of Ollama and OpenAI-compatible upstreams"
 )]
 struct Cli {
-    /// Configuration file (TOML).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Configuration file (TOML); default config/gateway.toml when it exists.
+    #[arg(long, global = true, value_name = "PATH", env = "GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,11 +41,12 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Exit 0 when the gateway at URL answers 200 (for container health checks).
+    /// Exit 0 when the gateway at URL answers 2xx (for container health checks).
     Health {
-        /// A plain-HTTP URL, by default the admin listener's liveness endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
-        url: String,
+        /// A plain-HTTP URL; default: /healthz on the admin listener (GATEWAY_ADMIN_LISTEN,
+        /// an unspecified address such as 0.0.0.0 probed on loopback; 127.0.0.1:9464 if unset).
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -149,7 +150,29 @@ fn certs_new(out: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A liveness probe without curl in the image: GET `url`, succeed on 200.
+/// Where `health` looks by default: the admin listener's /healthz.
+fn health_url(url: Option<String>) -> String {
+    if let Some(url) = url {
+        return url;
+    }
+    let listen = std::env::var("GATEWAY_ADMIN_LISTEN")
+        .ok()
+        .and_then(|v| v.trim().parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9464)));
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!(
+        "http://{}/healthz",
+        std::net::SocketAddr::new(ip, listen.port())
+    )
+}
+
+/// A liveness probe without curl in the image: GET `url`, succeed on 2xx.
 fn health(url: &str) -> anyhow::Result<()> {
     // awc's connector wants a process-wide TLS provider even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -199,7 +222,7 @@ fn main() -> anyhow::Result<()> {
         Command::Certs {
             command: CertsCommand::New { out, names, force },
         } => return certs_new(out, names, *force),
-        Command::Health { url } => return health(url),
+        Command::Health { url } => return health(&health_url(url.clone())),
         Command::Serve | Command::CheckConfig => {}
     }
     let config = load_config(cli.config)?;

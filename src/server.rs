@@ -86,7 +86,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     if key_count == 0 {
         tracing::warn!(
             path = %config.auth.keys_file.display(),
-            "no API keys configured: every request is refused (401). Create one with: ollama-gateway keys new --team NAME --append {}",
+            "no API keys configured: every request is refused (401). Create one with `ollama-gateway keys new --team NAME` and add the printed [[keys]] entry to {}",
             config.auth.keys_file.display()
         );
     } else {

@@ -33,7 +33,10 @@ const OLLAMA_ENV: [&str; 10] = [
 /// Variables the gateway binary reads: the short names, RUST_LOG, or a long-form key the
 /// configuration accepts.
 fn gateway_reads(name: &str, value: &str) -> bool {
-    if name == "RUST_LOG" || SHORT_ENV.iter().any(|(short, _)| *short == name) {
+    if name == "RUST_LOG"
+        || name == "GATEWAY_CONFIG"
+        || SHORT_ENV.iter().any(|(short, _)| *short == name)
+    {
         return true;
     }
     name.starts_with("GATEWAY__")
@@ -194,7 +197,7 @@ fn every_variable_the_compose_file_uses_is_in_env_example() {
     let mut rest = compose_text.as_str();
     while let Some(start) = rest.find("${") {
         let inner = &rest[start + 2..];
-        let end = inner.find(['}', ':']).unwrap();
+        let end = inner.find(['}', ':', '-']).unwrap();
         let name = &inner[..end];
         assert!(
             documented.contains(name),
