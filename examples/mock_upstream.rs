@@ -120,6 +120,7 @@ fn main() -> std::io::Result<()> {
                 .route("/v1/chat/completions", web::post().to(openai_chat))
         })
         .workers(args.workers)
+        .tcp_nodelay(true)
         .backlog(4096)
         .max_connections(100_000)
         .bind(args.listen)?;

@@ -158,6 +158,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     .client_disconnect_timeout(std::time::Duration::from_secs(1))
     .tls_handshake_timeout(server_cfg.tls_handshake_timeout)
     .keep_alive(server_cfg.keep_alive)
+    // Small writes (one NDJSON line) go out at once, not after Nagle's 40 ms.
+    .tcp_nodelay(true)
     // A client that goes away must cancel its request at once, so its upstream work stops.
     .h1_allow_half_closed(false)
     .bind_rustls_0_23(server_cfg.listen, (*loaded.server_config).clone())?;
