@@ -432,6 +432,8 @@ pub enum TlsConfig {
 pub struct OllamaConfig {
     /// `{base_url}/api/chat`.
     pub chat_url: String,
+    /// `chat_url`, parsed once.
+    pub chat_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
     pub version_url: String,
 }
@@ -460,6 +462,8 @@ pub struct OpenAiConfig {
     pub prefix: String,
     /// `{base_url}/chat/completions`.
     pub chat_url: String,
+    /// `chat_url`, parsed once.
+    pub chat_uri: awc::http::Uri,
     pub api_key: Secret,
     pub stream_usage: bool,
     pub max_tokens_param: MaxTokensParam,
@@ -549,8 +553,10 @@ impl Config {
             },
         };
         let ollama_base = parse_base_url("ollama.base_url", &raw.ollama.base_url)?;
+        let chat_url = format!("{ollama_base}/api/chat");
         let ollama = OllamaConfig {
-            chat_url: format!("{ollama_base}/api/chat"),
+            chat_uri: parse_uri("ollama.base_url", &chat_url)?,
+            chat_url,
             version_url: format!("{ollama_base}/api/version"),
         };
         let mut upstreams = Vec::new();
@@ -722,6 +728,11 @@ fn parse_base_url(key: &str, value: &str) -> Result<String, ConfigError> {
     Ok(trimmed.to_string())
 }
 
+fn parse_uri(key: &str, url: &str) -> Result<awc::http::Uri, ConfigError> {
+    url.parse()
+        .map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))
+}
+
 fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigError> {
     let key = |field: &str| format!("upstreams.{name}.{field}");
     if name.is_empty()
@@ -756,6 +767,7 @@ fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigErr
         name: name.to_string(),
         label: name.into(),
         prefix,
+        chat_uri: parse_uri(&key("base_url"), &format!("{base}/chat/completions"))?,
         chat_url: format!("{base}/chat/completions"),
         api_key: up.api_key.clone(),
         stream_usage: up.stream_usage.unwrap_or(true),

@@ -19,7 +19,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// client's credentials (`Authorization`, `X-API-Key`, cookies), framing (`Content-Length`,
 /// `Host`, `Expect`, `Upgrade`) and `Accept-Encoding` (the relay needs identity bodies to
 /// flush line by line).
-const NOT_FORWARDED_UPSTREAM: [HeaderName; 8] = [
+static NOT_FORWARDED_UPSTREAM: [HeaderName; 8] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     header::COOKIE,
@@ -31,7 +31,7 @@ const NOT_FORWARDED_UPSTREAM: [HeaderName; 8] = [
 ];
 
 /// Response headers recomputed by the gateway's own HTTP layer.
-const NOT_FORWARDED_DOWNSTREAM: [HeaderName; 3] =
+static NOT_FORWARDED_DOWNSTREAM: [HeaderName; 3] =
     [header::CONTENT_LENGTH, header::UPGRADE, header::DATE];
 
 /// Names listed in `Connection` (RFC 9110 7.6.1: they are hop-by-hop too).
@@ -44,34 +44,34 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-fn copy_except<'a>(
+/// The headers of `from` that pass: not hop-by-hop, not in `skip`, not named in
+/// `Connection`. Allocates only when a `Connection` header names extra headers.
+fn passing<'a>(
     from: &'a HeaderMap,
-    skip: &'a [HeaderName],
+    skip: &'static [HeaderName],
 ) -> impl Iterator<Item = (&'a HeaderName, &'a header::HeaderValue)> + 'a {
-    from.iter()
-        .filter(move |(name, _)| !HOP_BY_HOP.contains(name) && !skip.contains(name))
+    let listed = if from.contains_key(header::CONNECTION) {
+        connection_listed(from)
+    } else {
+        Vec::new()
+    };
+    from.iter().filter(move |(name, _)| {
+        !HOP_BY_HOP.contains(name) && !skip.contains(name) && !listed.contains(name)
+    })
 }
 
 /// The client's request headers that may go to an Ollama upstream.
-pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
-    let mut skip = connection_listed(client);
-    skip.extend(NOT_FORWARDED_UPSTREAM);
-    let mut out = HeaderMap::with_capacity(client.len());
-    for (name, value) in copy_except(client, &skip) {
-        out.append(name.clone(), value.clone());
-    }
-    out
+pub fn upstream_request_headers(
+    client: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &header::HeaderValue)> + '_ {
+    passing(client, &NOT_FORWARDED_UPSTREAM)
 }
 
 /// The upstream's response headers that may go back to the client.
-pub fn downstream_response_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut skip = connection_listed(upstream);
-    skip.extend(NOT_FORWARDED_DOWNSTREAM);
-    let mut out = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in copy_except(upstream, &skip) {
-        out.append(name.clone(), value.clone());
-    }
-    out
+pub fn downstream_response_headers(
+    upstream: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &header::HeaderValue)> + '_ {
+    passing(upstream, &NOT_FORWARDED_DOWNSTREAM)
 }
 
 #[cfg(test)]
@@ -87,9 +87,17 @@ mod tests {
         m
     }
 
+    fn collect<'a>(it: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        for (k, v) in it {
+            out.append(k.clone(), v.clone());
+        }
+        out
+    }
+
     #[test]
     fn credentials_and_hop_by_hop_never_go_upstream() {
-        let out = upstream_request_headers(&map(&[
+        let client = map(&[
             ("authorization", "Bearer ogw_secret"),
             ("x-api-key", "ogw_secret"),
             ("connection", "keep-alive, x-hop"),
@@ -104,7 +112,8 @@ mod tests {
             ("content-type", "application/json"),
             ("user-agent", "ollama-python/0.6"),
             ("x-request-id", "abc"),
-        ]));
+        ]);
+        let out = collect(upstream_request_headers(&client));
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(names.len(), 3, "{names:?}");
         for kept in ["content-type", "user-agent", "x-request-id"] {
@@ -114,13 +123,14 @@ mod tests {
 
     #[test]
     fn hop_by_hop_never_come_back() {
-        let out = downstream_response_headers(&map(&[
+        let upstream = map(&[
             ("connection", "close, x-internal"),
             ("x-internal", "1"),
             ("transfer-encoding", "chunked"),
             ("content-length", "5"),
             ("content-type", "application/x-ndjson"),
-        ]));
+        ]);
+        let out = collect(downstream_response_headers(&upstream));
         assert_eq!(out.len(), 1);
         assert!(out.contains_key("content-type"));
     }

@@ -26,9 +26,9 @@ pub async fn forward(
     let timeouts = &config.timeouts;
     let deadline = Instant::now() + timeouts.total;
     let mut upstream_req = client
-        .post(&config.ollama.chat_url)
+        .post(config.ollama.chat_uri.clone())
         .timeout(timeouts.first_byte);
-    for (name, value) in &upstream_request_headers(req.headers()) {
+    for (name, value) in upstream_request_headers(req.headers()) {
         upstream_req
             .headers_mut()
             .append(name.clone(), value.clone());
@@ -44,12 +44,12 @@ pub async fn forward(
     };
 
     let status = resp.status();
-    let headers = downstream_response_headers(resp.headers());
     let mut builder = HttpResponse::build(status);
-    for (name, value) in &headers {
+    for (name, value) in downstream_response_headers(resp.headers()) {
         builder.append_header((name.clone(), value.clone()));
     }
-    let is_ndjson = headers
+    let is_ndjson = resp
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));

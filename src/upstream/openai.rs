@@ -53,7 +53,7 @@ pub async fn forward(
     };
     let deadline = Instant::now() + call.timeouts.total;
     let mut req = client
-        .post(&up.chat_url)
+        .post(up.chat_uri.clone())
         .timeout(call.timeouts.first_byte)
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((
