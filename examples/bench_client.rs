@@ -165,6 +165,9 @@ fn main() {
                 lines,
             } => {
                 let c = client(&target, concurrency);
+                // Warm-up, not measured: opens (and TLS-handshakes) every connection, so the
+                // figures below are about answers, not about connection set-up.
+                futures_util::future::join_all((0..concurrency).map(|_| one_stream(&c, &target))).await;
                 let mut ttft = Vec::new();
                 let mut gaps = Vec::new();
                 let (mut bad, mut merged_total, mut slow) = (0, 0, 0);

@@ -342,9 +342,10 @@ format = "json"
         self.add("S7", "gateway", "responses_per_s", r["rps"])
         self.add("S7", "gateway", "non_2xx", r["non2xx"])
         self.add("S7", "gateway", "allowed", allowed)
-        # The bucket: burst, plus the refill over the run (bounded by wrk's measured time).
-        self.add("S7", "gateway", "bucket", LIMITED_BURST + LIMITED_RPM * elapsed / 60)
-        self.add("S7", "gateway", "bucket_min", LIMITED_BURST + LIMITED_RPM * d / 60)
+        # The bucket: the burst, plus what refills during the load (wrk's -d; the wall time
+        # around wrk, which includes its start and stop, is recorded too).
+        self.add("S7", "gateway", "bucket", LIMITED_BURST + LIMITED_RPM * d / 60)
+        self.add("S7", "gateway", "bucket_wall", LIMITED_BURST + LIMITED_RPM * elapsed / 60)
 
     def allowed(self, gateway):
         text = urllib.request.urlopen(f"http://127.0.0.1:{gateway.admin}/metrics").read().decode()
@@ -503,7 +504,7 @@ def report(results, args):
     allowed, bucket = v("S7", "gateway", "allowed"), v("S7", "gateway", "bucket")
     rows.append(("S7", "429 path: responses/s for one key far over its limit", "", "", f"{rej:.0f} ({rej / g:.2f}× proxied)",
                  "≥1.5× proxied", verdict(rej >= 1.5 * g)))
-    rows.append(("S7", "allowed vs bucket (burst + refill over the run)", "", "",
+    rows.append(("S7", "allowed vs bucket (burst + refill over wrk's -d)", "", "",
                  f"{allowed:.0f} vs {bucket:.0f} ({(allowed / bucket - 1) * 100:+.1f}%)", "within 1%",
                  verdict(abs(allowed / bucket - 1) <= 0.01)))
 
