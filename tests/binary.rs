@@ -100,6 +100,14 @@ impl Drop for Proc {
     }
 }
 
+/// An HTTPS client that trusts the certificate (or CA) at `ca`.
+fn https_client(ca: &Path) -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(client_tls(ca)))
+        .timeout(Duration::from_secs(30))
+        .finish()
+}
+
 fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
     lines
         .iter()
@@ -146,11 +154,7 @@ async fn port_zero_self_signed_certificate_generated_then_reused() {
     }
 
     // A client trusting the generated certificate gets through, to the fake Ollama.
-    let tls = client_tls(&cert);
-    let client = awc::Client::builder()
-        .connector(awc::Connector::new().rustls_0_23(tls))
-        .timeout(Duration::from_secs(30))
-        .finish();
+    let client = https_client(&cert);
     let mut resp = client
         .post(format!("{address}/api/chat"))
         .insert_header(("x-api-key", common::TEST_KEY))
@@ -250,13 +254,7 @@ async fn logs_never_contain_a_key_even_at_trace_level() {
                 Some(rest[..end].to_string())
             })
             .expect("bound address logged");
-        let client = awc::Client::builder()
-            .connector(
-                awc::Connector::new()
-                    .rustls_0_23(client_tls(&dir.0.join("certs/selfsigned-cert.pem"))),
-            )
-            .timeout(Duration::from_secs(30))
-            .finish();
+        let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
         let bearer = format!("Bearer {}", common::TEST_KEY);
         let wrong = format!("Bearer {WRONG_KEY}");
         for (model, header, value) in [
@@ -385,12 +383,7 @@ async fn no_keys_means_nothing_is_served_and_sighup_reloads() {
         "{all}"
     );
     let address = field(&lines, "address=").to_string();
-    let client = awc::Client::builder()
-        .connector(
-            awc::Connector::new().rustls_0_23(client_tls(&dir.0.join("certs/selfsigned-cert.pem"))),
-        )
-        .timeout(Duration::from_secs(30))
-        .finish();
+    let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
     let send = || {
         client
             .post(format!("{address}/api/chat"))
@@ -438,12 +431,7 @@ async fn one_structured_json_line_per_request() {
                 .map(String::from)
         })
         .expect("bound address logged");
-    let client = awc::Client::builder()
-        .connector(
-            awc::Connector::new().rustls_0_23(client_tls(&dir.0.join("certs/selfsigned-cert.pem"))),
-        )
-        .timeout(Duration::from_secs(30))
-        .finish();
+    let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
     let mut resp = client
         .post(format!("{address}/api/chat"))
         .insert_header(("x-api-key", common::TEST_KEY))
@@ -520,10 +508,7 @@ async fn certs_new_makes_a_ca_that_clients_trust_for_the_served_chain() {
     );
     let lines = proc.wait_for("listening");
     let address = field(&lines, "address=").to_string();
-    let client = awc::Client::builder()
-        .connector(awc::Connector::new().rustls_0_23(client_tls(&dir.0.join("certs/ca.pem"))))
-        .timeout(Duration::from_secs(30))
-        .finish();
+    let client = https_client(&dir.0.join("certs/ca.pem"));
     let resp = client
         .post(format!("{address}/api/chat"))
         .insert_header(("x-api-key", common::TEST_KEY))
