@@ -118,12 +118,7 @@ fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
 #[actix_rt::test]
 async fn port_zero_self_signed_certificate_generated_then_reused() {
     let dir = TempDir::new("bin");
-    let ollama = FakeUpstream::start(|_| {
-        Reply::json(
-            200,
-            &json!({"model":"llama3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"ok"},"done":true}),
-        )
-    });
+    let ollama = FakeUpstream::ollama_ok();
 
     std::fs::write(
         dir.0.join("keys.toml"),
@@ -364,12 +359,7 @@ fn keys_new_prints_the_key_then_an_entry_that_hash_agrees_with() {
 #[actix_rt::test]
 async fn no_keys_means_nothing_is_served_and_sighup_reloads() {
     let dir = TempDir::new("nokeys");
-    let ollama = FakeUpstream::start(|_| {
-        Reply::json(
-            200,
-            &json!({"model":"llama3","message":{"role":"assistant","content":"ok"},"done":true}),
-        )
-    });
+    let ollama = FakeUpstream::ollama_ok();
     // A long poll interval, so only SIGHUP can make the new key count quickly.
     let proc = Proc::start_with(
         &dir.0,
@@ -486,12 +476,7 @@ async fn certs_new_makes_a_ca_that_clients_trust_for_the_served_chain() {
         common::key_entry("c", "t", common::TEST_KEY, ""),
     )
     .unwrap();
-    let ollama = FakeUpstream::start(|_| {
-        Reply::json(
-            200,
-            &json!({"model":"m","message":{"role":"assistant","content":"ok"},"done":true}),
-        )
-    });
+    let ollama = FakeUpstream::ollama_ok();
     let proc = Proc::start_with(
         &dir.0,
         &ollama.url(),

@@ -17,16 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const BODY: &str =
     r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":false}"#;
 
-fn ollama_ok() -> FakeUpstream {
-    FakeUpstream::start(|_| {
-        Reply::json(
-            200,
-            &json!({"model":"llama3","created_at":"2025-01-01T00:00:00Z",
-            "message":{"role":"assistant","content":"ok"},"done":true}),
-        )
-    })
-}
-
 fn error_of(body: &[u8]) -> String {
     let v: Value = serde_json::from_slice(body)
         .unwrap_or_else(|_| panic!("JSON body: {:?}", String::from_utf8_lossy(body)));
@@ -43,7 +33,7 @@ async fn post_with(
 
 #[actix_rt::test]
 async fn keys_from_either_header_everything_else_is_401() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |raw| raw.auth.max_failures = 100).await;
     gw.set_keys(&format!(
         "{}{}",
@@ -137,7 +127,7 @@ async fn keys_from_either_header_everything_else_is_401() {
 
 #[actix_rt::test]
 async fn model_allowlist_is_403() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let openai = FakeUpstream::start(|_| {
         Reply::json(
             200,
@@ -173,7 +163,7 @@ async fn model_allowlist_is_403() {
 
 #[actix_rt::test]
 async fn bucket_is_exact_under_50_concurrent_requests_across_workers() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |raw| raw.server.workers = 2).await;
     gw.set_keys(&key_entry(
         "burst",
@@ -237,7 +227,7 @@ async fn bucket_is_exact_under_50_concurrent_requests_across_workers() {
 
 #[actix_rt::test]
 async fn retry_after_follows_the_rate() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
     gw.set_keys(&key_entry(
         "slow",
@@ -330,7 +320,7 @@ async fn in_flight_cap_is_held_by_open_streams() {
 
 #[actix_rt::test]
 async fn repeated_bad_keys_ban_the_address_even_for_good_keys() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |raw| {
         raw.auth.max_failures = 3;
         raw.auth.ban = Duration::from_secs(120);
@@ -363,7 +353,7 @@ async fn repeated_bad_keys_ban_the_address_even_for_good_keys() {
 
 #[actix_rt::test]
 async fn allowlist_checks_the_peer_and_ignores_spoofed_headers() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |raw| {
         raw.allowlist.cidrs = vec!["127.0.0.1/32".into()];
     })
@@ -399,7 +389,7 @@ async fn allowlist_checks_the_peer_and_ignores_spoofed_headers() {
 
 #[actix_rt::test]
 async fn forwarded_headers_count_only_from_trusted_proxies() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |raw| {
         raw.allowlist.cidrs = vec!["10.0.0.0/8".into()];
         raw.allowlist.trusted_proxies = vec!["127.0.0.2".into()];
@@ -431,7 +421,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
 
 #[actix_rt::test]
 async fn header_limits_are_431() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |raw| {
         raw.server.max_headers = 20;
         raw.server.max_header_bytes = 2048;
@@ -452,7 +442,7 @@ async fn header_limits_are_431() {
 
 #[actix_rt::test]
 async fn slow_clients_are_cut_off() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |raw| {
         raw.server.request_header_timeout = Duration::from_millis(300);
     })
@@ -571,7 +561,7 @@ async fn keys_file_reloads_without_restart_or_dropping_streams() {
 
 #[actix_rt::test]
 async fn certificate_reloads_without_dropping_connections() {
-    let ollama = ollama_ok();
+    let ollama = FakeUpstream::ollama_ok();
     let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
     let cert = gw.dir.0.join("cert.pem");
     let key = gw.dir.0.join("key.pem");

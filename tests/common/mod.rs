@@ -185,6 +185,17 @@ impl FakeUpstream {
         }
     }
 
+    /// A fake Ollama that answers every request with a whole answer "ok".
+    pub fn ollama_ok() -> Self {
+        Self::start(|_| {
+            Reply::json(
+                200,
+                &serde_json::json!({"model":"llama3","created_at":"2025-01-01T00:00:00Z",
+                    "message":{"role":"assistant","content":"ok"},"done":true}),
+            )
+        })
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
