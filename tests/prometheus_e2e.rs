@@ -31,7 +31,7 @@ fn free_port() -> u16 {
 /// Every `expr` of every panel (rows included), with the dashboard variables filled in.
 fn dashboard_queries() -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("monitoring/grafana/dashboards/ollama-gateway.json");
+        .join("config/monitoring/grafana/dashboards/ollama-gateway.json");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut out = Vec::new();
     fn walk(panels: &Value, out: &mut Vec<String>) {
