@@ -54,17 +54,17 @@ pub async fn observe(
     if let Ok(value) = HeaderValue::from_str(&request_id.0) {
         res.headers_mut().insert(X_REQUEST_ID, value);
     }
-    let path = res.request().path().to_string();
     if res.request().extensions().get::<Recorded>().is_some() {
         return Ok(res);
     }
+    let path = res.request().path();
     let status = res.status().as_u16();
     let error = res
         .response()
         .error()
         .and_then(|e| e.as_error::<GatewayError>());
     let key = res.request().extensions().get::<Arc<ApiKey>>().cloned();
-    if is_probe(&path) && error.is_none() {
+    if is_probe(path) && error.is_none() {
         tracing::debug!(request_id = %request_id.0, status, path, "probe");
         return Ok(res);
     }
