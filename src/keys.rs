@@ -270,6 +270,8 @@ impl Keys {
         match std::fs::read(path) {
             Ok(bytes) => {
                 keys.install(&bytes)?;
+                *keys.digest.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Sha256::digest(&bytes).into());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -322,9 +324,6 @@ impl Keys {
         let table = KeyTable::parse(text, &self.path, self.defaults, &self.pool)?;
         let n = table.len();
         self.current.store(Arc::new(table));
-        if let Ok(mut d) = self.digest.lock() {
-            *d = Some(Sha256::digest(bytes).into());
-        }
         Ok(n)
     }
 }
