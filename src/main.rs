@@ -244,7 +244,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve | Command::Keys { .. } | Command::Certs { .. } | Command::Health { .. } => {
-            telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());
+            let _log_writer =
+                telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());
             actix_web::rt::System::new().block_on(async move {
                 let running = server::start(config)?;
                 spawn_sighup(Arc::clone(&running.reloader));
