@@ -5,6 +5,10 @@
 # the real sources; BuildKit cache mounts keep the registry and target/ between builds), so
 # a change to src/ recompiles only the gateway itself.
 FROM rust:1-slim-bookworm AS builder
+# make: the jemalloc allocator (tikv-jemalloc-sys) is built from C with configure + make.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches examples \

@@ -60,6 +60,10 @@ enum Cmd {
         target: Target,
         #[arg(long)]
         count: usize,
+        /// Seconds to wait after closing the streams before reading the server's RSS
+        /// (jemalloc's freed pages decay over 10 s).
+        #[arg(long, default_value_t = 15)]
+        settle_secs: u64,
         #[arg(long)]
         pid: u32,
     },
@@ -195,7 +199,7 @@ fn main() {
                     })
                 );
             }
-            Cmd::Hold { target, count, pid } => {
+            Cmd::Hold { target, count, settle_secs, pid } => {
                 let idle = rss_kib(pid);
                 let c = client(&target, count);
                 let mut open = Vec::with_capacity(count);
@@ -215,17 +219,10 @@ fn main() {
                 let held = rss_kib(pid);
                 drop(responses);
                 drop(c);
-                // Let the server notice the closed connections and free them (bounded).
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let mut after = rss_kib(pid);
-                while Instant::now() < deadline {
-                    actix_rt::time::sleep(Duration::from_millis(250)).await;
-                    let now = rss_kib(pid);
-                    if now == after {
-                        break;
-                    }
-                    after = now;
-                }
+                // Let the server notice the closed connections and its allocator return the
+                // pages, then read its RSS once.
+                actix_rt::time::sleep(Duration::from_secs(settle_secs)).await;
+                let after = rss_kib(pid);
                 println!("{}", serde_json::json!({"streams": count, "rss_idle_kib": idle, "rss_held_kib": held, "rss_after_kib": after}));
             }
         }

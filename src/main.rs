@@ -12,6 +12,12 @@ use ollama_gateway::keys::{self, Keys};
 use ollama_gateway::limits::LimiterPool;
 use ollama_gateway::{server, telemetry};
 
+/// jemalloc, with its background thread purging freed pages (dirty pages decay over 10 s):
+/// RSS comes back down after a burst of streams (measured with glibc's malloc: it stayed at
+/// the peak; scenario S5 in BENCHMARKS.md), and less memory per open stream.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -244,6 +250,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve | Command::Keys { .. } | Command::Certs { .. } | Command::Health { .. } => {
+            if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+                eprintln!("warning: jemalloc background thread not started ({e}); freed memory returns to the OS more slowly");
+            }
             let _log_writer =
                 telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());
             actix_web::rt::System::new().block_on(async move {
