@@ -268,6 +268,13 @@ async fn logs_never_contain_a_key_even_at_trace_level() {
             let body = resp.body().await.unwrap();
             assert!(!String::from_utf8_lossy(&body).contains(UPSTREAM_KEY));
         }
+        if format == "json" {
+            // A request's line is written once its answer is done, by the writer thread: read
+            // until all five are there (`finish` kills the process, losing what is queued).
+            for _ in 0..5 {
+                lines.extend(proc.wait_for("\"message\":\"request\",\"request_id\""));
+            }
+        }
         lines.extend(proc.finish());
         let all = lines.join("\n");
         assert!(
@@ -276,6 +283,23 @@ async fn logs_never_contain_a_key_even_at_trace_level() {
         );
         for secret in [common::TEST_KEY, WRONG_KEY, UPSTREAM_KEY] {
             assert!(!all.contains(secret), "{format} log contains {secret}");
+        }
+        if format == "json" {
+            // Every event, the gateway's and its libraries' at trace level, is one JSON object.
+            let events: Vec<serde_json::Value> = lines
+                .iter()
+                .filter(|l| l.starts_with('{'))
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+            assert!(events.len() > 10, "{all}");
+            assert!(events
+                .iter()
+                .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
+            let requests: Vec<_> = events
+                .iter()
+                .filter(|e| e["message"] == "request" && e["status"].is_u64())
+                .collect();
+            assert_eq!(requests.len(), 5, "{all}");
         }
     }
 }
