@@ -130,6 +130,27 @@ async fn stream_is_translated_to_ndjson_with_usage() {
 }
 
 #[actix_rt::test]
+async fn the_upstream_connection_is_reused_after_a_complete_stream() {
+    // `[DONE]` comes just before the end of the chunked body: a gateway that stops reading
+    // there drops (closes) the connection, and every stream pays a new one.
+    let reply = Reply::sse(openai_sse(&["a", "b"], "stop"));
+    let openai = FakeUpstream::start(move |_| reply.clone());
+    let gw = Gateway::start(None, Some(&openai), |_| {}).await;
+    for _ in 0..3 {
+        let (status, _, out) = gw
+            .chat(
+                &json!({"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(ndjson(&out).last().unwrap()["done"], true);
+    }
+    assert_eq!(openai.requests().len(), 3);
+    assert_eq!(openai.connections(), 1);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
 async fn tool_calls_round_trip() {
     let sse = vec![
         b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{\"index\":0,\"id\":\"call_abc\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n".to_vec(),

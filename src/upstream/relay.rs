@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::error_line;
@@ -45,11 +45,52 @@ pub trait Transform {
     fn report(&self) -> (Tokens, Option<OllamaTimings>);
 }
 
+/// Most of an upstream body read after its answer was complete (and dropped), so that its
+/// connection can go back to the pool: the SSE `[DONE]` event comes just before the end of
+/// the chunked body, and a body dropped before its end closes the connection.
+const TAIL_LIMIT: usize = 64 * 1024;
+/// Longest wait for that end.
+const TAIL_TIME: Duration = Duration::from_secs(1);
+
+/// Reads what is left of a complete answer's upstream body, bounded in size and time, so the
+/// client's stream can end now and the upstream connection still be reused. Whatever is
+/// already buffered is read here; only a body whose end is still on the way gets a task.
+fn release_upstream<S, E>(mut upstream: S, cx: &mut Context<'_>)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
+{
+    let mut seen = 0;
+    loop {
+        match Pin::new(&mut upstream).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                seen += chunk.len();
+                if seen > TAIL_LIMIT {
+                    return;
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => return,
+            Poll::Pending => break,
+        }
+    }
+    actix_rt::spawn(async move {
+        let tail = async {
+            while let Some(Ok(chunk)) = upstream.next().await {
+                seen += chunk.len();
+                if seen > TAIL_LIMIT {
+                    return;
+                }
+            }
+        };
+        // Past the limits the connection is dropped (closed), as before.
+        let _ = tokio::time::timeout(TAIL_TIME, tail).await;
+    });
+}
+
 pin_project_lite::pin_project! {
     /// The client-facing body of a streamed answer.
     pub struct Relay<S, T> {
-        #[pin]
-        upstream: S,
+        // Taken when the answer ends: dropped on failure, drained to its end on success.
+        upstream: Option<S>,
         #[pin]
         idle: Sleep,
         #[pin]
@@ -59,7 +100,6 @@ pin_project_lite::pin_project! {
         upstream_name: String,
         // Bytes to send after the current ones (an error line after forwarded data).
         queued: Option<Bytes>,
-        finished: bool,
         record: Option<RequestRecord>,
     }
 }
@@ -74,14 +114,13 @@ impl<S, T> Relay<S, T> {
         record: Option<RequestRecord>,
     ) -> Self {
         Self {
-            upstream,
+            upstream: Some(upstream),
             idle: tokio::time::sleep(idle_timeout),
             total: tokio::time::sleep_until(total_deadline),
             idle_timeout,
             transform,
             upstream_name,
             queued: None,
-            finished: false,
             record,
         }
     }
@@ -96,7 +135,7 @@ fn join(first: Option<Bytes>, second: Option<Bytes>) -> (Option<Bytes>, Option<B
 
 impl<S, T, E> Stream for Relay<S, T>
 where
-    S: Stream<Item = Result<Bytes, E>>,
+    S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
     E: std::fmt::Display,
     T: Transform,
 {
@@ -108,10 +147,10 @@ where
             return Poll::Ready(Some(Ok(bytes)));
         }
         loop {
-            if *this.finished {
+            let Some(upstream) = this.upstream.as_mut() else {
                 return Poll::Ready(None);
-            }
-            let step = match this.upstream.as_mut().poll_next(cx) {
+            };
+            let step = match Pin::new(upstream).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let deadline = Instant::now() + *this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
@@ -122,7 +161,11 @@ where
                     kind: "mid_stream",
                     message: format!("upstream {} failed mid-stream: {e}", this.upstream_name),
                 },
-                Poll::Ready(None) => this.transform.eof(),
+                Poll::Ready(None) => {
+                    // Ended by the upstream itself: nothing left to read.
+                    this.upstream.take();
+                    this.transform.eof()
+                }
                 Poll::Pending => {
                     let which = if this.total.as_mut().poll(cx).is_ready() {
                         "the total time limit"
@@ -167,7 +210,11 @@ where
                 }
             }
             if let Some(ending) = ending {
-                *this.finished = true;
+                match (&ending, this.upstream.take()) {
+                    (Ending::Complete, Some(upstream)) => release_upstream(upstream, cx),
+                    // A failed answer's connection is not reused: dropping it closes it.
+                    (_, upstream) => drop(upstream),
+                }
                 if let Some(record) = this.record.take() {
                     let (tokens, timings) = this.transform.report();
                     record.finish(200, tokens, timings, &ending);
