@@ -3,6 +3,10 @@
 //! `stream`: runs `--concurrency` streams at once, `--count` in all, and reports the time
 //! to the first line and the gaps between lines (p50/p99/max, microseconds), checking that
 //! every answer has exactly `--lines` lines and that none arrived merged with another.
+//! Lines carrying the mock's `@t<micros>` stamp are also timed from the mock's write to this
+//! client's read (`line_delay`), and each gap is compared with the gap at which the mock
+//! wrote the two lines (`gap_stretch`: what the path added, free of the mock's own timer
+//! jitter).
 //! `hold`: opens `--count` streams, waits until each has its first line, prints the RSS of
 //! `--pid`, drops them all and prints the RSS again once it has settled.
 //! Output is one JSON object on stdout.
@@ -104,8 +108,34 @@ fn request(c: &awc::Client, t: &Target) -> awc::ClientRequest {
     req
 }
 
-/// One streamed answer: (time to first line, gaps between lines, lines, merged reads).
-async fn one_stream(c: &awc::Client, t: &Target) -> (Duration, Vec<Duration>, usize, usize) {
+/// What one streamed answer looked like from the client.
+struct Streamed {
+    first: Duration,
+    gaps: Vec<Duration>,
+    lines: usize,
+    merged: usize,
+    /// Per stamped line (the mock's `@t<micros>`): microseconds from the mock's write to
+    /// this client's read.
+    delays: Vec<i64>,
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The mock's stamp in a line, if it has one.
+fn stamp(line: &[u8]) -> Option<i64> {
+    let at = line.windows(2).position(|w| w == b"@t")? + 2;
+    let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&line[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn one_stream(c: &awc::Client, t: &Target) -> Streamed {
     let start = Instant::now();
     let mut resp = request(c, t)
         .send_body(t.body.clone())
@@ -114,28 +144,50 @@ async fn one_stream(c: &awc::Client, t: &Target) -> (Duration, Vec<Duration>, us
     assert!(resp.status().is_success(), "status {}", resp.status());
     let mut first = None;
     let mut last = None;
-    let mut gaps = Vec::new();
-    let mut lines = 0;
-    let mut merged = 0;
+    let mut s = Streamed {
+        first: Duration::ZERO,
+        gaps: Vec::new(),
+        lines: 0,
+        merged: 0,
+        delays: Vec::new(),
+    };
+    let mut partial = Vec::new();
     while let Some(chunk) = resp.next().await {
         let chunk = chunk.expect("body");
         let now = Instant::now();
+        let now_us = now_micros();
         let complete = chunk.iter().filter(|b| **b == b'\n').count();
         if complete > 1 {
-            merged += complete - 1;
+            s.merged += complete - 1;
         }
         if complete > 0 {
             if first.is_none() {
                 first = Some(now - start);
             }
             if let Some(prev) = last {
-                gaps.push(now - prev);
+                s.gaps.push(now - prev);
             }
             last = Some(now);
         }
-        lines += complete;
+        s.lines += complete;
+        partial.extend_from_slice(&chunk);
+        while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+            if let Some(sent) = stamp(&partial[..end]) {
+                s.delays.push(now_us - sent);
+            }
+            partial.drain(..=end);
+        }
     }
-    (first.unwrap_or_default(), gaps, lines, merged)
+    s.first = first.unwrap_or_default();
+    s
+}
+
+fn pct_i64(v: &mut [i64], p: f64) -> i64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn pct(v: &mut [Duration], p: f64) -> u128 {
@@ -174,17 +226,22 @@ fn main() {
                 futures_util::future::join_all((0..concurrency).map(|_| one_stream(&c, &target))).await;
                 let mut ttft = Vec::new();
                 let mut gaps = Vec::new();
+                let (mut delays, mut steps) = (Vec::new(), Vec::new());
                 let (mut bad, mut merged_total, mut slow) = (0, 0, 0);
                 let mut done = 0;
                 while done < count {
                     let batch = concurrency.min(count - done);
                     let results = futures_util::future::join_all((0..batch).map(|_| one_stream(&c, &target))).await;
-                    for (first, g, n, merged) in results {
-                        ttft.push(first);
-                        slow += g.iter().filter(|d| **d >= Duration::from_millis(40) + Duration::from_millis(25)).count();
-                        gaps.extend(g);
-                        bad += usize::from(n != lines);
-                        merged_total += merged;
+                    for r in results {
+                        ttft.push(r.first);
+                        slow += r.gaps.iter().filter(|d| **d >= Duration::from_millis(40) + Duration::from_millis(25)).count();
+                        gaps.extend(r.gaps);
+                        bad += usize::from(r.lines != lines);
+                        merged_total += r.merged;
+                        // How much longer (or shorter) each gap was here than when the mock
+                        // wrote the two lines: what the path added to it.
+                        steps.extend(r.delays.windows(2).map(|w| w[1] - w[0]));
+                        delays.extend(r.delays);
                     }
                     done += batch;
                 }
@@ -195,6 +252,8 @@ fn main() {
                         "ttft_p50_us": pct(&mut ttft, 0.5), "ttft_p99_us": pct(&mut ttft, 0.99),
                         "gap_p50_us": pct(&mut gaps, 0.5), "gap_p99_us": pct(&mut gaps, 0.99),
                         "gap_max_us": gaps.iter().max().map_or(0, |d| d.as_micros()),
+                        "line_delay_p50_us": pct_i64(&mut delays, 0.5), "line_delay_p99_us": pct_i64(&mut delays, 0.99),
+                        "gap_stretch_p99_us": pct_i64(&mut steps, 0.99), "stamped_lines": delays.len(),
                         "wrong_line_count": bad, "merged_lines": merged_total, "gaps_over_interval_plus_40ms": slow,
                     })
                 );

@@ -9,6 +9,8 @@
 //! Serves `GET /api/version`, `GET /`, `POST /api/chat` (Ollama) and
 //! `POST /v1/chat/completions` (OpenAI). The request's `stream` picks streaming (Ollama's
 //! default is to stream, OpenAI's is not). Prints `listening on http://ADDR` once bound.
+//! Each streamed token's content is `@t<microseconds since the epoch> `, stamped as the mock
+//! writes it, so a client on the same machine can time every line from the mock to itself.
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -38,9 +40,17 @@ struct Args {
 
 const OLLAMA_WHOLE: &str = r#"{"model":"mock","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"Hello from the mock."},"done":true,"done_reason":"stop","total_duration":1000000,"load_duration":1000,"prompt_eval_count":9,"eval_count":5,"eval_duration":900000}"#;
 const OPENAI_WHOLE: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1735689600,"model":"mock","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}"#;
-const OLLAMA_TOKEN: &str = "{\"model\":\"mock\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"tok \"},\"done\":false}\n";
+/// A streamed token is `<head>@t<micros since the epoch when the mock wrote it> <tail>`: the
+/// client reads the stamp back to time each line from the mock's write to its own read.
+const OLLAMA_TOKEN: (&str, &str) = (
+    "{\"model\":\"mock\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"@t",
+    " \"},\"done\":false}\n",
+);
 const OLLAMA_DONE: &str = "{\"model\":\"mock\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"total_duration\":1000000,\"prompt_eval_count\":9,\"eval_count\":64,\"eval_duration\":900000}\n";
-const SSE_TOKEN: &str = "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok \"},\"finish_reason\":null}]}\n\n";
+const SSE_TOKEN: (&str, &str) = (
+    "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"@t",
+    " \"},\"finish_reason\":null}]}\n\n",
+);
 const SSE_END: &str = "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":64,\"total_tokens\":73}}\n\ndata: [DONE]\n\n";
 
 fn wants_stream(body: &[u8], default: bool) -> bool {
@@ -51,9 +61,16 @@ fn wants_stream(body: &[u8], default: bool) -> bool {
         .unwrap_or(default)
 }
 
+fn stamped((head, tail): (&str, &str)) -> Bytes {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    Bytes::from(format!("{head}{micros}{tail}"))
+}
+
 fn paced(
     args: Args,
-    token: &'static str,
+    token: (&'static str, &'static str),
     end: &'static str,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
     stream::unfold(0u32, move |n| async move {
@@ -68,8 +85,12 @@ fn paced(
         if delay > 0 {
             actix_web::rt::time::sleep(Duration::from_millis(delay)).await;
         }
-        let chunk = if n == args.tokens { end } else { token };
-        Some((Ok(Bytes::from_static(chunk.as_bytes())), n + 1))
+        let chunk = if n == args.tokens {
+            Bytes::from_static(end.as_bytes())
+        } else {
+            stamped(token)
+        };
+        Some((Ok(chunk), n + 1))
     })
 }
 
