@@ -130,8 +130,9 @@ where
     }
 }
 
-/// Appends `,"name":value` per field. `log.*` fields (records bridged from the `log` crate)
-/// are left out, as tracing-subscriber does.
+/// Appends `,"name":value` per field. Records bridged from the `log` crate keep their
+/// `log.target`, `log.module_path`, `log.file` and `log.line` fields: with no `target` on a
+/// line, they are all that says where such a line came from.
 struct JsonFields<'a> {
     line: &'a mut Vec<u8>,
     scratch: &'a mut String,
@@ -141,9 +142,6 @@ struct JsonFields<'a> {
 impl JsonFields<'_> {
     fn put<T: serde::Serialize + ?Sized>(&mut self, field: &Field, value: &T) {
         let name = field.name();
-        if name.starts_with("log.") {
-            return;
-        }
         self.line.push(b',');
         let written = serde_json::to_writer(&mut *self.line, name).and_then(|()| {
             self.line.push(b':');

@@ -40,6 +40,8 @@ pub enum Step {
 /// Turns the upstream's body into the client's, one chunk at a time.
 pub trait Transform {
     fn chunk(&mut self, chunk: Bytes) -> Step;
+    /// The upstream body ended: the answer is complete or failed (a `Forward` here is
+    /// treated as a truncated answer).
     fn eof(&mut self) -> Step;
     /// What the upstream reported about the answer so far (for metrics and the log).
     fn report(&self) -> (Tokens, Option<OllamaTimings>);
@@ -164,7 +166,17 @@ where
                 Poll::Ready(None) => {
                     // Ended by the upstream itself: nothing left to read.
                     this.upstream.take();
-                    this.transform.eof()
+                    match this.transform.eof() {
+                        Step::Forward(forward) => Step::Fail {
+                            forward,
+                            kind: "truncated",
+                            message: format!(
+                                "upstream {} ended the answer before finishing it",
+                                this.upstream_name
+                            ),
+                        },
+                        step => step,
+                    }
                 }
                 Poll::Pending => {
                     let which = if this.total.as_mut().poll(cx).is_ready() {
@@ -226,5 +238,160 @@ where
                 None => continue,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// An upstream body fed by the test, which notes when it was read to its end.
+    struct Upstream {
+        rx: UnboundedReceiver<Result<Bytes, std::io::Error>>,
+        ended: Rc<Cell<bool>>,
+        end: Rc<Notify>,
+    }
+
+    impl Stream for Upstream {
+        type Item = Result<Bytes, std::io::Error>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            let next = self.rx.poll_recv(cx);
+            if let Poll::Ready(None) = next {
+                self.ended.set(true);
+                self.end.notify_one();
+            }
+            next
+        }
+    }
+
+    /// `done` completes the answer, `fail` fails it, anything else is forwarded.
+    struct Script;
+
+    impl Transform for Script {
+        fn chunk(&mut self, chunk: Bytes) -> Step {
+            match &chunk[..] {
+                b"done" => Step::Finish(Some(chunk)),
+                b"fail" => Step::Fail {
+                    forward: None,
+                    kind: "test",
+                    message: "failed".into(),
+                },
+                _ => Step::Forward(Some(chunk)),
+            }
+        }
+
+        fn eof(&mut self) -> Step {
+            Step::Forward(None)
+        }
+
+        fn report(&self) -> (Tokens, Option<OllamaTimings>) {
+            (Tokens::default(), None)
+        }
+    }
+
+    type Fed = (
+        UnboundedSender<Result<Bytes, std::io::Error>>,
+        Pin<Box<Relay<Upstream, Script>>>,
+        Rc<Cell<bool>>,
+        Rc<Notify>,
+    );
+
+    fn fed() -> Fed {
+        let (tx, rx) = unbounded_channel();
+        let ended = Rc::new(Cell::new(false));
+        let end = Rc::new(Notify::new());
+        let upstream = Upstream {
+            rx,
+            ended: Rc::clone(&ended),
+            end: Rc::clone(&end),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let relay = Relay::new(
+            upstream,
+            Script,
+            "test".into(),
+            Duration::from_secs(60),
+            deadline,
+            None,
+        );
+        (tx, Box::pin(relay), ended, end)
+    }
+
+    fn send(tx: &UnboundedSender<Result<Bytes, std::io::Error>>, bytes: &'static [u8]) {
+        tx.send(Ok(Bytes::from_static(bytes))).unwrap();
+    }
+
+    async fn body(relay: &mut Pin<Box<Relay<Upstream, Script>>>) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Some(Ok(bytes)) = relay.next().await {
+            out.push(bytes);
+        }
+        out
+    }
+
+    #[actix_rt::test]
+    async fn a_complete_answer_ends_at_once_and_its_upstream_is_read_to_the_end_later() {
+        let (tx, mut relay, ended, end) = fed();
+        send(&tx, b"a");
+        send(&tx, b"done");
+        assert_eq!(body(&mut relay).await, ["a", "done"]);
+        drop(relay);
+        // The client's stream is over; the upstream's end is still on its way.
+        assert!(!ended.get() && !tx.is_closed());
+        send(&tx, b"tail");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), end.notified())
+            .await
+            .expect("the rest of the upstream body is read");
+        assert!(ended.get());
+    }
+
+    #[actix_rt::test]
+    async fn a_tail_already_there_is_read_in_place() {
+        let (tx, mut relay, ended, _) = fed();
+        send(&tx, b"done");
+        send(&tx, b"tail");
+        drop(tx);
+        assert_eq!(body(&mut relay).await, ["done"]);
+        assert!(ended.get());
+    }
+
+    #[actix_rt::test]
+    async fn a_long_tail_and_a_failed_answer_drop_their_upstream() {
+        let (tx, mut relay, ended, _) = fed();
+        send(&tx, b"done");
+        tx.send(Ok(Bytes::from(vec![b'x'; TAIL_LIMIT + 1])))
+            .unwrap();
+        assert_eq!(body(&mut relay).await, ["done"]);
+        assert!(tx.is_closed() && !ended.get());
+
+        let (tx, mut relay, ended, _) = fed();
+        send(&tx, b"fail");
+        let out = body(&mut relay).await;
+        assert_eq!(out.len(), 1);
+        assert!(out[0].starts_with(b"{\"error\":"), "{:?}", out[0]);
+        assert!(tx.is_closed() && !ended.get());
+    }
+
+    #[actix_rt::test]
+    async fn an_upstream_that_ends_without_finishing_gets_an_error_line() {
+        let (tx, mut relay, _, _) = fed();
+        send(&tx, b"a");
+        drop(tx);
+        let out = body(&mut relay).await;
+        assert_eq!(out[0], "a");
+        assert!(
+            out[1].starts_with(b"{\"error\":\"upstream test ended the answer"),
+            "{:?}",
+            out[1]
+        );
+        assert_eq!(out.len(), 2);
     }
 }
