@@ -430,9 +430,7 @@ pub enum TlsConfig {
 
 #[derive(Debug, Clone)]
 pub struct OllamaConfig {
-    /// `{base_url}/api/chat`.
-    pub chat_url: String,
-    /// `chat_url`, parsed once.
+    /// `{base_url}/api/chat`, parsed once.
     pub chat_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
     pub version_url: String,
@@ -460,9 +458,7 @@ pub struct OpenAiConfig {
     /// `name`, interned once for metric labels.
     pub label: std::sync::Arc<str>,
     pub prefix: String,
-    /// `{base_url}/chat/completions`.
-    pub chat_url: String,
-    /// `chat_url`, parsed once.
+    /// `{base_url}/chat/completions`, parsed once.
     pub chat_uri: awc::http::Uri,
     pub api_key: Secret,
     pub stream_usage: bool,
@@ -553,10 +549,8 @@ impl Config {
             },
         };
         let ollama_base = parse_base_url("ollama.base_url", &raw.ollama.base_url)?;
-        let chat_url = format!("{ollama_base}/api/chat");
         let ollama = OllamaConfig {
-            chat_uri: parse_uri("ollama.base_url", &chat_url)?,
-            chat_url,
+            chat_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/chat"))?,
             version_url: format!("{ollama_base}/api/version"),
         };
         let mut upstreams = Vec::new();
@@ -768,7 +762,6 @@ fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigErr
         label: name.into(),
         prefix,
         chat_uri: parse_uri(&key("base_url"), &format!("{base}/chat/completions"))?,
-        chat_url: format!("{base}/chat/completions"),
         api_key: up.api_key.clone(),
         stream_usage: up.stream_usage.unwrap_or(true),
         max_tokens_param,
@@ -825,11 +818,11 @@ mod tests {
         let c = Config::load(None, &HashMap::new()).unwrap();
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
         assert!(c.server.plain_listen.is_none());
-        assert_eq!(c.ollama.chat_url, "http://127.0.0.1:11434/api/chat");
+        assert_eq!(c.ollama.chat_uri, "http://127.0.0.1:11434/api/chat");
         assert_eq!(c.upstreams.len(), 1);
         assert_eq!(c.upstreams[0].prefix, "openai/");
         assert_eq!(
-            c.upstreams[0].chat_url,
+            c.upstreams[0].chat_uri,
             "https://api.openai.com/v1/chat/completions"
         );
         assert!(matches!(c.tls, TlsConfig::SelfSigned { .. }));
@@ -859,16 +852,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.listen.port(), 9100);
         assert_eq!(c.timeouts.idle, Duration::from_secs(7));
-        assert_eq!(c.ollama.chat_url, "http://ollama:11434/api/chat");
+        assert_eq!(c.ollama.chat_uri, "http://ollama:11434/api/chat");
         let groq = c.upstreams.iter().find(|u| u.name == "groq").unwrap();
         assert_eq!(groq.prefix, "groq/");
         assert_eq!(
-            groq.chat_url,
+            groq.chat_uri,
             "http://127.0.0.1:1/openai/v1/chat/completions"
         );
         let openai = c.upstreams.iter().find(|u| u.name == "openai").unwrap();
         assert_eq!(openai.api_key.expose(), "sk-test-1234");
-        assert_eq!(openai.chat_url, "http://127.0.0.1:2/v1/chat/completions");
+        assert_eq!(openai.chat_uri, "http://127.0.0.1:2/v1/chat/completions");
         let printed = c.to_redacted_toml();
         assert!(!printed.contains("sk-test-1234"), "{printed}");
         assert!(printed.contains("*****"));
