@@ -56,36 +56,28 @@ const TAIL_TIME: Duration = Duration::from_secs(1);
 
 /// Reads what is left of a complete answer's upstream body, bounded in size and time, so the
 /// client's stream can end now and the upstream connection still be reused. Whatever is
-/// already buffered is read here; only a body whose end is still on the way gets a task.
+/// already buffered is read here, in place; only a body whose end is still on the way gets
+/// a task.
 fn release_upstream<S, E>(mut upstream: S, cx: &mut Context<'_>)
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
 {
-    let mut seen = 0;
-    loop {
-        match Pin::new(&mut upstream).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                seen += chunk.len();
-                if seen > TAIL_LIMIT {
-                    return;
-                }
+    let tail = async move {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = upstream.next().await {
+            seen += chunk.len();
+            if seen > TAIL_LIMIT {
+                return;
             }
-            Poll::Ready(Some(Err(_)) | None) => return,
-            Poll::Pending => break,
         }
-    }
-    actix_rt::spawn(async move {
-        let tail = async {
-            while let Some(Ok(chunk)) = upstream.next().await {
-                seen += chunk.len();
-                if seen > TAIL_LIMIT {
-                    return;
-                }
-            }
-        };
-        // Past the limits the connection is dropped (closed), as before.
+    };
+    // Past the limits the connection is dropped (closed), as before.
+    let mut drain = Box::pin(async move {
         let _ = tokio::time::timeout(TAIL_TIME, tail).await;
     });
+    if drain.as_mut().poll(cx).is_pending() {
+        actix_rt::spawn(drain);
+    }
 }
 
 pin_project_lite::pin_project! {
