@@ -139,15 +139,21 @@ struct JsonFields<'a> {
     failed: bool,
 }
 
+/// Appends `,"name":value` to `line`.
+fn put<T: serde::Serialize + ?Sized>(
+    line: &mut Vec<u8>,
+    field: &Field,
+    value: &T,
+) -> serde_json::Result<()> {
+    line.push(b',');
+    serde_json::to_writer(&mut *line, field.name())?;
+    line.push(b':');
+    serde_json::to_writer(line, value)
+}
+
 impl JsonFields<'_> {
     fn put<T: serde::Serialize + ?Sized>(&mut self, field: &Field, value: &T) {
-        let name = field.name();
-        self.line.push(b',');
-        let written = serde_json::to_writer(&mut *self.line, name).and_then(|()| {
-            self.line.push(b':');
-            serde_json::to_writer(&mut *self.line, value)
-        });
-        self.failed |= written.is_err();
+        self.failed |= put(self.line, field, value).is_err();
     }
 }
 
@@ -174,11 +180,9 @@ impl Visit for JsonFields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let mut scratch = std::mem::take(self.scratch);
-        scratch.clear();
-        self.failed |= write!(scratch, "{value:?}").is_err();
-        self.put(field, scratch.as_str());
-        *self.scratch = scratch;
+        self.scratch.clear();
+        self.failed |= write!(self.scratch, "{value:?}").is_err();
+        self.failed |= put(self.line, field, self.scratch.as_str()).is_err();
     }
 }
 
