@@ -182,21 +182,13 @@ async fn one_stream(c: &awc::Client, t: &Target) -> Streamed {
     s
 }
 
-fn pct_i64(v: &mut [i64], p: f64) -> i64 {
+/// The `p` quantile of `v` (nearest rank), or the default (zero) when `v` is empty.
+fn pct<T: Ord + Copy + Default>(v: &mut [T], p: f64) -> T {
     if v.is_empty() {
-        return 0;
+        return T::default();
     }
     v.sort_unstable();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn pct(v: &mut [Duration], p: f64) -> u128 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort_unstable();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i].as_micros()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -249,11 +241,11 @@ fn main() {
                     "{}",
                     serde_json::json!({
                         "streams": count,
-                        "ttft_p50_us": pct(&mut ttft, 0.5), "ttft_p99_us": pct(&mut ttft, 0.99),
-                        "gap_p50_us": pct(&mut gaps, 0.5), "gap_p99_us": pct(&mut gaps, 0.99),
+                        "ttft_p50_us": pct(&mut ttft, 0.5).as_micros(), "ttft_p99_us": pct(&mut ttft, 0.99).as_micros(),
+                        "gap_p50_us": pct(&mut gaps, 0.5).as_micros(), "gap_p99_us": pct(&mut gaps, 0.99).as_micros(),
                         "gap_max_us": gaps.iter().max().map_or(0, |d| d.as_micros()),
-                        "line_delay_p50_us": pct_i64(&mut delays, 0.5), "line_delay_p99_us": pct_i64(&mut delays, 0.99),
-                        "gap_stretch_p99_us": pct_i64(&mut steps, 0.99), "stamped_lines": delays.len(),
+                        "line_delay_p50_us": pct(&mut delays, 0.5), "line_delay_p99_us": pct(&mut delays, 0.99),
+                        "gap_stretch_p99_us": pct(&mut steps, 0.99), "stamped_lines": delays.len(),
                         "wrong_line_count": bad, "merged_lines": merged_total, "gaps_over_interval_plus_40ms": slow,
                     })
                 );
