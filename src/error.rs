@@ -120,13 +120,25 @@ pub struct RatePolicy {
 
 impl RatePolicy {
     /// `RateLimit-Policy: "default";q=120;w=60` (draft-ietf-httpapi-ratelimit-headers-10).
+    /// (Both are written on every answer: itoa, not the formatting machinery.)
     pub fn policy_header(&self) -> String {
-        format!("\"default\";q={};w=60", self.quota)
+        let mut n = itoa::Buffer::new();
+        let mut h = String::with_capacity(24);
+        h.push_str("\"default\";q=");
+        h.push_str(n.format(self.quota));
+        h.push_str(";w=60");
+        h
     }
 
     /// `RateLimit: "default";r=19;t=1`.
     pub fn state_header(&self) -> String {
-        format!("\"default\";r={};t={}", self.remaining, self.reset)
+        let mut n = itoa::Buffer::new();
+        let mut h = String::with_capacity(32);
+        h.push_str("\"default\";r=");
+        h.push_str(n.format(self.remaining));
+        h.push_str(";t=");
+        h.push_str(n.format(self.reset));
+        h
     }
 }
 
@@ -275,6 +287,17 @@ fn error_body(message: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use actix_web::body::MessageBody;
+
+    #[test]
+    fn ratelimit_headers_follow_the_draft() {
+        let p = RatePolicy {
+            quota: 120_000,
+            remaining: 0,
+            reset: 60,
+        };
+        assert_eq!(p.policy_header(), "\"default\";q=120000;w=60");
+        assert_eq!(p.state_header(), "\"default\";r=0;t=60");
+    }
 
     fn body_of(err: &GatewayError) -> serde_json::Value {
         let resp = err.error_response();

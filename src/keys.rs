@@ -87,10 +87,11 @@ impl ApiKey {
     }
 }
 
-/// The keys in force, by hash.
+/// The keys in force, by hash. The digests are already uniform, and the table holds only
+/// configured keys, so a fast hasher is enough (no presented key can lengthen a probe).
 #[derive(Debug, Default)]
 pub struct KeyTable {
-    by_hash: HashMap<[u8; 32], Arc<ApiKey>>,
+    by_hash: HashMap<[u8; 32], Arc<ApiKey>, foldhash::fast::RandomState>,
 }
 
 impl KeyTable {
@@ -106,7 +107,10 @@ impl KeyTable {
             reason,
         };
         let file: KeysFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        let mut by_hash = HashMap::with_capacity(file.keys.len());
+        let mut by_hash = HashMap::with_capacity_and_hasher(
+            file.keys.len(),
+            foldhash::fast::RandomState::default(),
+        );
         let mut ids = std::collections::HashSet::new();
         for (n, entry) in file.keys.into_iter().enumerate() {
             let label = format!("key #{} ({:?})", n + 1, entry.id);

@@ -6,8 +6,7 @@
 //! interned label strings' addresses, so the request path never hashes label text and no
 //! chunk of a stream touches a label at all.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -19,6 +18,10 @@ use prometheus::{
 
 use crate::error::GatewayError;
 use crate::keys::ApiKey;
+
+/// Maps on the request path: foldhash instead of SipHash (their keys are addresses or
+/// label text the gateway admitted; a lookup cannot be steered into a long probe).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
 pub const REJECTION_REASONS: [&str; 14] = [
@@ -235,7 +238,7 @@ impl Metrics {
             in_flight: in_flight_vec,
             rejections,
             models: ModelLabels {
-                map: RwLock::new(HashMap::new()),
+                map: RwLock::new(HashMap::default()),
                 cap: max_models,
                 other: OTHER.into(),
             },
@@ -302,13 +305,17 @@ struct Series {
     ttft: Histogram,
     prompt: IntCounter,
     completion: IntCounter,
+    /// Ollama's own timings, by model; made on first use, so that a model that never
+    /// reported them has no empty series.
+    ollama_load: OnceCell<Histogram>,
+    ollama_tps: OnceCell<Histogram>,
     _keep: [Arc<str>; 3],
 }
 
 /// A cached request counter and the label strings whose addresses key it.
 type CountedSeries = (IntCounter, [Arc<str>; 3]);
 /// An upstream's in-flight gauge and error counters (one per kind), and its label.
-type UpstreamHandles = (IntGauge, Vec<IntCounter>, Arc<str>);
+type UpstreamHandles = (IntGauge, Rc<[IntCounter]>, Arc<str>);
 
 /// One worker's cache of resolved handles (workers are single-threaded: no locks).
 pub struct WorkerMetrics {
@@ -357,6 +364,8 @@ impl WorkerMetrics {
                 completion: m
                     .tokens
                     .with_label_values(&["completion", u, md, key, team]),
+                ollama_load: OnceCell::new(),
+                ollama_tps: OnceCell::new(),
                 _keep: [Arc::clone(upstream), Arc::clone(model), Arc::clone(key)],
             })
         }))
@@ -395,7 +404,7 @@ impl WorkerMetrics {
         counter.inc();
     }
 
-    fn upstream_handles(&self, upstream: &Arc<str>) -> (IntGauge, Vec<IntCounter>) {
+    fn upstream_handles(&self, upstream: &Arc<str>) -> (IntGauge, Rc<[IntCounter]>) {
         let mut cache = self.upstream.borrow_mut();
         let (gauge, errors, _) = cache.entry(addr(upstream)).or_insert_with(|| {
             let m = &self.shared;
@@ -408,7 +417,7 @@ impl WorkerMetrics {
                 Arc::clone(upstream),
             )
         });
-        (gauge.clone(), errors.clone())
+        (gauge.clone(), Rc::clone(errors))
     }
 
     /// The shared "none" label.
@@ -457,7 +466,7 @@ pub struct RequestRecord {
     team: Arc<str>,
     is_ollama: bool,
     in_flight: IntGauge,
-    upstream_errors: Vec<IntCounter>,
+    upstream_errors: Rc<[IntCounter]>,
     first_byte: Option<Instant>,
     streaming: bool,
     done: bool,
@@ -596,15 +605,15 @@ impl RequestRecord {
         if let (true, Some(t)) = (self.is_ollama, ollama) {
             let shared = &self.worker.shared;
             if t.load_duration > 0 {
-                shared
+                series
                     .ollama_load
-                    .with_label_values(&[&model])
+                    .get_or_init(|| shared.ollama_load.with_label_values(&[&model]))
                     .observe(t.load_duration as f64 / 1e9);
             }
             if t.eval_count > 0 && t.eval_duration > 0 {
-                shared
+                series
                     .ollama_tps
-                    .with_label_values(&[&model])
+                    .get_or_init(|| shared.ollama_tps.with_label_values(&[&model]))
                     .observe(t.eval_count as f64 * 1e9 / t.eval_duration as f64);
             }
         }
@@ -620,18 +629,33 @@ impl RequestRecord {
                 Ending::Complete => "the upstream answered with an error status",
             };
             tracing::warn!(
-                request_id = %self.request_id, key_id = %self.key_id, team = %self.team,
-                model = %self.model, upstream = %self.upstream, status, outcome,
-                duration_ms = elapsed.as_secs_f64() * 1e3, ttfb_ms,
-                prompt_tokens = tokens.prompt, completion_tokens = tokens.completion,
-                error = %message, "request"
+                request_id = &*self.request_id,
+                key_id = &*self.key_id,
+                team = &*self.team,
+                model = self.model.as_str(),
+                upstream = &*self.upstream,
+                status,
+                outcome,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                ttfb_ms,
+                prompt_tokens = tokens.prompt,
+                completion_tokens = tokens.completion,
+                error = message,
+                "request"
             );
         } else {
             tracing::info!(
-                request_id = %self.request_id, key_id = %self.key_id, team = %self.team,
-                model = %self.model, upstream = %self.upstream, status, outcome,
-                duration_ms = elapsed.as_secs_f64() * 1e3, ttfb_ms,
-                prompt_tokens = tokens.prompt, completion_tokens = tokens.completion,
+                request_id = &*self.request_id,
+                key_id = &*self.key_id,
+                team = &*self.team,
+                model = self.model.as_str(),
+                upstream = &*self.upstream,
+                status,
+                outcome,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                ttfb_ms,
+                prompt_tokens = tokens.prompt,
+                completion_tokens = tokens.completion,
                 "request"
             );
         }

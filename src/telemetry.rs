@@ -16,7 +16,6 @@ use tracing::{Event, Span, Subscriber};
 use tracing_actix_web::RootSpanBuilder;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
@@ -94,9 +93,14 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut writer)?;
-        write!(writer, "\",\"level\":\"{}\"", event.metadata().level())?;
+        // The same RFC 3339 UTC form as tracing-subscriber's default timer, formatted in
+        // one piece.
+        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        write!(
+            writer,
+            "{{\"timestamp\":\"{now}\",\"level\":\"{}\"",
+            event.metadata().level()
+        )?;
         let mut fields = |line: &mut Vec<u8>, scratch: &mut String| {
             let mut visitor = JsonFields {
                 line,
@@ -218,9 +222,24 @@ impl RequestId {
             let _ = getrandom::fill(&mut bytes);
             crate::keys::to_hex(&bytes)
         });
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self(format!("{prefix}-{n:x}").into())
+        Self(numbered(prefix, COUNTER.fetch_add(1, Ordering::Relaxed)))
     }
+}
+
+/// `<prefix>-<n in hex>`, written without the formatting machinery (once per request).
+fn numbered(prefix: &str, n: u64) -> Arc<str> {
+    let mut id = [0u8; 64];
+    let mut len = prefix.len().min(id.len() - 17);
+    id[..len].copy_from_slice(&prefix.as_bytes()[..len]);
+    id[len] = b'-';
+    len += 1;
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in id[len..len + digits].iter_mut().enumerate() {
+        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    len += digits;
+    std::str::from_utf8(&id[..len]).unwrap_or_default().into()
 }
 
 /// The root span of every request: its id, method and path (no headers, so no secrets).
@@ -336,5 +355,8 @@ mod tests {
         let long: &'static str = Box::leak("a".repeat(129).into_boxed_str());
         assert!(RequestId::from_headers(&with(long)).0.len() < 129);
         assert_ne!(RequestId::generate(), RequestId::generate());
+        for n in [0, 1, 0xf, 0x10, 0xabc, u64::MAX] {
+            assert_eq!(&*numbered("5f0c2a9e71b4", n), format!("5f0c2a9e71b4-{n:x}"));
+        }
     }
 }

@@ -65,7 +65,7 @@ pub async fn observe(
         .and_then(|e| e.as_error::<GatewayError>());
     let key = res.request().extensions().get::<Arc<ApiKey>>().cloned();
     if is_probe(path) && error.is_none() {
-        tracing::debug!(request_id = %request_id.0, status, path, "probe");
+        tracing::debug!(request_id = &*request_id.0, status, path, "probe");
         return Ok(res);
     }
     let reason = error
@@ -84,11 +84,11 @@ pub async fn observe(
         worker.count_request(route, &none, &none, &key_id, &team, status);
     }
     tracing::info!(
-        request_id = %request_id.0,
+        request_id = &*request_id.0,
         key_id = key.as_ref().map(|k| &*k.id),
         team = key.as_ref().map(|k| &*k.team),
-        method = %res.request().method(),
-        path = %path.chars().take(200).collect::<String>(),
+        method = res.request().method().as_str(),
+        path = path.chars().take(200).collect::<String>().as_str(),
         status,
         outcome = reason.unwrap_or("answered"),
         duration_ms = started.elapsed().as_secs_f64() * 1e3,
