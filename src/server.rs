@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::keys::Keys;
 use crate::limits::{AuthThrottle, LimiterPool};
 use crate::metrics::{Metrics, WorkerMetrics};
+use crate::middleware;
 use crate::middleware::allowlist::Allowlist;
-use crate::middleware::{allowlist, auth, observe, rate_limit};
 use crate::reload::Reloader;
 use crate::routes::health::Readiness;
 use crate::telemetry::GatewaySpan;
@@ -138,15 +138,12 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         let client = upstream::build_client(&timeouts, Arc::clone(&client_tls));
         let worker_metrics = Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics)));
         // Middleware order: in actix the last `.wrap()` runs first, so a request meets
-        // TracingLogger (its span), observe, allowlist, auth, rate_limit, then the route.
+        // TracingLogger (its span), then the edge (see `middleware`), then the route.
         App::new()
             .app_data(state.clone())
             .app_data(web::Data::new(client))
             .app_data(worker_metrics)
-            .wrap(from_fn(rate_limit::rate_limit))
-            .wrap(from_fn(auth::auth))
-            .wrap(from_fn(allowlist::allowlist))
-            .wrap(from_fn(observe::observe))
+            .wrap(from_fn(middleware::edge))
             .wrap(TracingLogger::<GatewaySpan>::new())
             .configure(|cfg| routes::configure(cfg, public_metrics))
             .default_service(web::to(routes::not_found))

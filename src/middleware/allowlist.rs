@@ -3,11 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceRequest;
 use actix_web::http::header::{HeaderMap, HeaderName};
-use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage as _};
+use actix_web::HttpMessage as _;
 use ipnet::IpNet;
 
 use crate::config::AllowlistConfig;
@@ -108,23 +106,19 @@ fn parse_node(v: &str) -> Option<IpAddr> {
         .or_else(|| v.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
-pub async fn allowlist(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    let Some(state) = super::state(&req) else {
-        return Ok(super::refuse(req, GatewayError::IpDenied).await);
-    };
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
-        return Ok(super::refuse(req, GatewayError::IpDenied).await);
-    };
-    let ip = state.allowlist.client_ip(peer, req.headers());
-    if !state.allowlist.allows(ip) {
+/// The client address of `req` if the allowlist admits it (recorded in its extensions).
+pub fn check(allowlist: &Allowlist, req: &ServiceRequest) -> Result<IpAddr, GatewayError> {
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .ok_or(GatewayError::IpDenied)?;
+    let ip = allowlist.client_ip(peer, req.headers());
+    if !allowlist.allows(ip) {
         tracing::debug!(client_ip = %ip, "address not in the allowlist");
-        return Ok(super::refuse(req, GatewayError::IpDenied).await);
+        return Err(GatewayError::IpDenied);
     }
     req.extensions_mut().insert(ClientIp(ip));
-    Ok(next.call(req).await?.map_into_left_body())
+    Ok(ip)
 }
 
 #[cfg(test)]

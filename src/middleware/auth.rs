@@ -2,19 +2,17 @@
 //! (never the query string). Deny by default: every path except liveness needs one.
 //! Also the request-head sanity limits, which apply before credentials are read.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceRequest;
 use actix_web::http::header::{self, Header as _, HeaderMap};
 use actix_web::http::Method;
-use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage as _};
 use actix_web_httpauth::headers::authorization::{Authorization, Bearer};
 
-use super::allowlist::ClientIp;
 use crate::error::GatewayError;
 use crate::keys::ApiKey;
+use crate::server::AppState;
 
 /// Paths served without a key: liveness probes only.
 pub fn is_public(method: &Method, path: &str) -> bool {
@@ -81,34 +79,18 @@ fn presented_key(req: &ServiceRequest) -> Presented {
     }
 }
 
-pub async fn auth(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    match check(&req) {
-        Ok(Some(key)) => {
-            req.extensions_mut().insert(key);
-        }
-        Ok(None) => {}
-        Err(e) => return Ok(super::refuse(req, e).await),
-    }
-    Ok(next.call(req).await?.map_into_left_body())
-}
-
 /// The key the request may use (`None` on public paths), or why it may not proceed.
-fn check(req: &ServiceRequest) -> Result<Option<Arc<ApiKey>>, GatewayError> {
-    let state = super::state(req).ok_or(GatewayError::InvalidKey)?;
+/// `ip` is the client address the allowlist resolved.
+pub fn check(
+    state: &AppState,
+    req: &ServiceRequest,
+    ip: IpAddr,
+) -> Result<Option<Arc<ApiKey>>, GatewayError> {
     let server = &state.config.server;
     check_headers(req.headers(), server.max_headers, server.max_header_bytes)?;
     if is_public(req.method(), req.path()) {
         return Ok(None);
     }
-    let ip = req
-        .extensions()
-        .get::<ClientIp>()
-        .map(|c| c.0)
-        .or_else(|| req.peer_addr().map(|a| a.ip()))
-        .ok_or(GatewayError::InvalidKey)?;
     state.throttle.check(ip)?;
     match presented_key(req) {
         Presented::None => Err(GatewayError::MissingKey),

@@ -1,17 +1,24 @@
-//! The edge checks every request passes before any upstream work, in this order:
-//! `observe` (counts what the others reject) -> `allowlist` -> `auth` -> `rate_limit`.
-//! `server::app` wraps them; in actix the last `.wrap()` runs first.
+//! The edge: one middleware that every request passes before any upstream work, in this
+//! order: `observe` notes it, `allowlist` checks the client address, `auth` the request
+//! head and the key, `rate_limit` the key's in-flight slots and bucket; on the way out,
+//! `rate_limit` adds its headers and `observe` the request id, counts and logs. One layer
+//! rather than four: each actix middleware costs two boxed futures per request and one
+//! more level on every poll (measured with callgrind: 1.6% of the instructions of a
+//! proxied request).
+//! `server` wraps it inside tracing-actix-web's `TracingLogger`.
 
 pub mod allowlist;
 pub mod auth;
 pub mod observe;
 pub mod rate_limit;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::{BoxBody, EitherBody};
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::{web, HttpMessage as _};
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpMessage as _};
 
 use futures_util::StreamExt as _;
 
@@ -19,22 +26,44 @@ use crate::error::GatewayError;
 
 use crate::server::AppState;
 
+pub async fn edge(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let seen = observe::Seen::start(&req);
+    let res = match admit(&req) {
+        Ok(admission) => admission.apply(next.call(req).await?),
+        Err(e) => refuse(req, e).await,
+    };
+    Ok(seen.finish(res))
+}
+
+/// The allowlist, the key, the limits, in that order; the first refusal wins.
+fn admit(req: &ServiceRequest) -> Result<rate_limit::Admission, GatewayError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or(GatewayError::IpDenied)?;
+    let ip = allowlist::check(&state.allowlist, req)?;
+    let key = auth::check(state, req, ip)?;
+    if let Some(key) = &key {
+        req.extensions_mut().insert(Arc::clone(key));
+    }
+    rate_limit::admit(key.as_deref())
+}
+
 /// Most of a refused request's body read (and dropped) before answering.
 const DRAIN_LIMIT: usize = 64 * 1024;
 /// Longest wait for that body.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 
-/// Answers a refused request with its error response (the error stays attached, so the
-/// outer layers can count and log it). Refusals are responses, not `Err`s, so that every
-/// answer passes through `observe` and carries its request id.
+/// Answers a refused request with its error response (the error stays attached, so
+/// `observe` can count and log it). Refusals are responses, not `Err`s, so that every
+/// answer carries its request id.
 ///
 /// A small body still on its way is read first (bounded in size and time): answering
 /// before it arrived makes HTTP/2 reset the stream and HTTP/1.1 close the connection,
 /// and some clients (curl among them) then report a transport error instead of the 401.
-async fn refuse<B>(
-    mut req: ServiceRequest,
-    error: GatewayError,
-) -> ServiceResponse<EitherBody<B, BoxBody>> {
+async fn refuse(mut req: ServiceRequest, error: GatewayError) -> ServiceResponse {
     let mut payload = req.take_payload();
     let _ = tokio::time::timeout(DRAIN_TIME, async {
         let mut seen = 0;
@@ -46,10 +75,5 @@ async fn refuse<B>(
         }
     })
     .await;
-    req.error_response(error).map_into_right_body()
-}
-
-/// The shared state, which every App built by `server` carries.
-fn state(req: &ServiceRequest) -> Option<web::Data<AppState>> {
-    req.app_data::<web::Data<AppState>>().cloned()
+    req.error_response(error)
 }

@@ -1,16 +1,15 @@
-//! Outermost edge layer: every answer carries `X-Request-Id`; requests that never reached
-//! an upstream (rejections, unknown paths) are counted and logged here, one line each.
-//! Routed requests are counted and logged by their `RequestRecord` when their answer ends.
+//! The first and last step of the edge: every answer carries `X-Request-Id`; requests that
+//! never reached an upstream (rejections, unknown paths) are counted and logged here, one
+//! line each. Routed requests are counted and logged by their `RequestRecord` when their
+//! answer ends.
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage as _};
+use actix_web::HttpMessage as _;
 
 use crate::error::{Blame, GatewayError};
 use crate::keys::ApiKey;
@@ -39,61 +38,77 @@ fn route_label(pattern: Option<&str>) -> &'static str {
     }
 }
 
-pub async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let started = Instant::now();
-    let request_id = match req.extensions().get::<RequestId>() {
-        Some(id) => id.clone(),
-        None => RequestId::generate(),
-    };
-    let worker = req.app_data::<Rc<WorkerMetrics>>().cloned();
-    // The edge checks answer refusals as responses (not errors), so every answer passes here.
-    let mut res = next.call(req).await?;
-    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
-        res.headers_mut().insert(X_REQUEST_ID, value);
-    }
-    if res.request().extensions().get::<Recorded>().is_some() {
-        return Ok(res);
-    }
-    let path = res.request().path();
-    let status = res.status().as_u16();
-    let error = res
-        .response()
-        .error()
-        .and_then(|e| e.as_error::<GatewayError>());
-    let key = res.request().extensions().get::<Arc<ApiKey>>().cloned();
-    if is_probe(path) && error.is_none() {
-        tracing::debug!(request_id = &*request_id.0, status, path, "probe");
-        return Ok(res);
-    }
-    let reason = error
-        .filter(|e| e.blame() == Blame::Client)
-        .map(GatewayError::kind);
-    if let Some(worker) = &worker {
-        if let Some(reason) = reason {
-            worker.shared().rejected(reason);
+/// What the edge notes when a request comes in, to count and log it when its answer leaves.
+pub struct Seen {
+    started: Instant,
+    request_id: RequestId,
+    worker: Option<Rc<WorkerMetrics>>,
+}
+
+impl Seen {
+    pub fn start(req: &ServiceRequest) -> Self {
+        Self {
+            started: Instant::now(),
+            request_id: match req.extensions().get::<RequestId>() {
+                Some(id) => id.clone(),
+                None => RequestId::generate(),
+            },
+            worker: req.app_data::<Rc<WorkerMetrics>>().cloned(),
         }
-        let none = worker.none();
-        let route = route_label(res.request().match_pattern().as_deref());
-        let (key_id, team) = key.as_ref().map_or_else(
-            || (Arc::clone(&none), Arc::clone(&none)),
-            |k| (Arc::clone(&k.id), Arc::clone(&k.team)),
-        );
-        worker.count_request(route, &none, &none, &key_id, &team, status);
     }
-    tracing::info!(
-        request_id = &*request_id.0,
-        key_id = key.as_ref().map(|k| &*k.id),
-        team = key.as_ref().map(|k| &*k.team),
-        method = res.request().method().as_str(),
-        path = path.chars().take(200).collect::<String>().as_str(),
-        status,
-        outcome = reason.unwrap_or("answered"),
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        error = error.map(|e| e.to_string()),
-        "request"
-    );
-    Ok(res)
+
+    /// Every answer, refusals included: its `X-Request-Id`, and unless a `RequestRecord`
+    /// took the request over, its count and log line.
+    pub fn finish<B>(self, mut res: ServiceResponse<B>) -> ServiceResponse<B> {
+        let Self {
+            started,
+            request_id,
+            worker,
+        } = self;
+        if let Ok(value) = HeaderValue::from_str(&request_id.0) {
+            res.headers_mut().insert(X_REQUEST_ID, value);
+        }
+        if res.request().extensions().get::<Recorded>().is_some() {
+            return res;
+        }
+        let path = res.request().path();
+        let status = res.status().as_u16();
+        let error = res
+            .response()
+            .error()
+            .and_then(|e| e.as_error::<GatewayError>());
+        let key = res.request().extensions().get::<Arc<ApiKey>>().cloned();
+        if is_probe(path) && error.is_none() {
+            tracing::debug!(request_id = &*request_id.0, status, path, "probe");
+            return res;
+        }
+        let reason = error
+            .filter(|e| e.blame() == Blame::Client)
+            .map(GatewayError::kind);
+        if let Some(worker) = &worker {
+            if let Some(reason) = reason {
+                worker.shared().rejected(reason);
+            }
+            let none = worker.none();
+            let route = route_label(res.request().match_pattern().as_deref());
+            let (key_id, team) = key.as_ref().map_or_else(
+                || (Arc::clone(&none), Arc::clone(&none)),
+                |k| (Arc::clone(&k.id), Arc::clone(&k.team)),
+            );
+            worker.count_request(route, &none, &none, &key_id, &team, status);
+        }
+        tracing::info!(
+            request_id = &*request_id.0,
+            key_id = key.as_ref().map(|k| &*k.id),
+            team = key.as_ref().map(|k| &*k.team),
+            method = res.request().method().as_str(),
+            path = path.chars().take(200).collect::<String>().as_str(),
+            status,
+            outcome = reason.unwrap_or("answered"),
+            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            error = error.map(|e| e.to_string()),
+            "request"
+        );
+        res
+    }
 }

@@ -2,16 +2,14 @@
 //! the key's bucket. Answers carry the IETF draft `RateLimit-Policy` / `RateLimit` headers.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceResponse;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage as _};
 use bytes::Bytes;
 
+use crate::error::{GatewayError, RatePolicy};
 use crate::keys::ApiKey;
 use crate::limits::{self, InFlight};
 
@@ -42,33 +40,38 @@ impl<B: MessageBody> MessageBody for Guarded<B> {
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-pub async fn rate_limit(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
-    let Some(key) = req.extensions().get::<Arc<ApiKey>>().cloned() else {
-        // Public paths carry no key and are not limited.
-        return next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_boxed_body);
+/// What a request admitted by the limits holds: its in-flight slot and the bucket's state
+/// (nothing on public paths, which carry no key and are not limited).
+pub struct Admission(Option<(InFlight, RatePolicy)>);
+
+/// Takes the key's in-flight slot, then a token from its bucket. The slot comes first, so a
+/// request refused for concurrency does not spend a token.
+pub fn admit(key: Option<&ApiKey>) -> Result<Admission, GatewayError> {
+    let Some(key) = key else {
+        return Ok(Admission(None));
     };
-    // The slot first: a request refused for concurrency does not spend a token.
-    let slot = match InFlight::acquire(&key) {
-        Ok(slot) => slot,
-        Err(e) => return Ok(super::refuse::<()>(req, e).await.map_into_boxed_body()),
-    };
-    let policy = match limits::take(&key) {
-        Ok(policy) => policy,
-        Err(e) => return Ok(super::refuse::<()>(req, e).await.map_into_boxed_body()),
-    };
-    let mut res = next.call(req).await?;
-    let headers = res.headers_mut();
-    if let Ok(v) = HeaderValue::try_from(policy.policy_header()) {
-        headers.insert(RATELIMIT_POLICY, v);
+    let slot = InFlight::acquire(key)?;
+    let policy = limits::take(key)?;
+    Ok(Admission(Some((slot, policy))))
+}
+
+impl Admission {
+    /// Adds the RateLimit headers to the answer; its body keeps the slot until it ends.
+    pub fn apply<B: MessageBody + 'static>(
+        self,
+        res: ServiceResponse<B>,
+    ) -> ServiceResponse<BoxBody> {
+        let Some((slot, policy)) = self.0 else {
+            return res.map_into_boxed_body();
+        };
+        let mut res = res;
+        let headers = res.headers_mut();
+        if let Ok(v) = HeaderValue::try_from(policy.policy_header()) {
+            headers.insert(RATELIMIT_POLICY, v);
+        }
+        if let Ok(v) = HeaderValue::try_from(policy.state_header()) {
+            headers.insert(RATELIMIT, v);
+        }
+        res.map_body(|_, body| BoxBody::new(Guarded { body, slot }))
     }
-    if let Ok(v) = HeaderValue::try_from(policy.state_header()) {
-        headers.insert(RATELIMIT, v);
-    }
-    Ok(res.map_body(|_, body| BoxBody::new(Guarded { body, slot })))
 }
