@@ -5,7 +5,8 @@ Run it with scripts/bench.sh (which builds with --release first). It starts the 
 (examples/mock_upstream.rs), nginx (one worker, the same ECDSA certificate, upstream keep-alive,
 proxy buffering and logging off) and the gateway (one worker, every feature on, logs at info
 to a file), pins the proxy under test to CPU 0 and the load tools and mock to CPU 1, runs the
-scenarios S1-S7 of issue "Performance" as interleaved rounds (direct / nginx / gateway), and
+scenarios S1-S7 of issue "Performance" as interleaved rounds (direct / nginx / gateway, plus
+in S1 and S2 examples/bare_proxy.rs: the required stack with no feature), and
 writes BENCHMARKS.md with medians, spread (min-max over rounds), the commands, the machine and
 the commit.
 
@@ -104,7 +105,8 @@ class Bench:
         self.gateway_bin = ROOT / "target" / profile / "ollama-gateway"
         self.mock_bin = ROOT / "target" / profile / "examples" / "mock_upstream"
         self.client_bin = ROOT / "target" / profile / "examples" / "bench_client"
-        for b in (self.gateway_bin, self.mock_bin, self.client_bin):
+        self.bare_bin = ROOT / "target" / profile / "examples" / "bare_proxy"
+        for b in (self.gateway_bin, self.mock_bin, self.client_bin, self.bare_bin):
             if not b.exists():
                 sys.exit(f"missing {b}: build first (scripts/bench.sh does)")
         self.procs = []
@@ -150,6 +152,12 @@ class Bench:
                    LOAD_CPU, self.slow_mock_port)
         self.nginx_port = free_port()
         self.nginx = self.start_nginx()
+        # The required stack alone (actix-web, rustls, the gateway's awc client), no features.
+        self.bare_port = free_port()
+        self.bare = self.start("bare", [str(self.bare_bin), "--listen", f"127.0.0.1:{self.bare_port}",
+                                        "--cert", str(self.cert), "--key", str(self.key),
+                                        "--upstream", f"http://127.0.0.1:{self.mock_port}/api/chat"],
+                               PROXY_CPU, self.bare_port)
 
     @staticmethod
     def entry(key_id, key, rpm, burst):
@@ -254,8 +262,9 @@ format = "json"
     # ---- scenarios -------------------------------------------------------------------
     def s1_s2(self, gateway):
         d = self.args.duration
+        bare = ("bare", (f"https://127.0.0.1:{self.bare_port}", None, self.bare))
         for rnd in range(self.args.rounds):
-            for name, (base, key, proc) in self.targets(gateway).items():
+            for name, (base, key, proc) in list(self.targets(gateway).items()) + [bare]:
                 log(f"S1 round {rnd + 1} {name}")
                 r = self.wrk(base + "/api/chat", 1, d, key)
                 self.add("S1", name, "p50_us", r["p50_us"])
@@ -463,6 +472,10 @@ def report(results, args):
                      f"{g_add:+.0f} ({spread(vs('S1', 'gateway', q))})",
                      "p99: ≤1.5× nginx and ≤250 µs" if q == "p99_us" else "(reported)",
                      verdict(ok) if q == "p99_us" else ""))
+    if v("S1", "bare", "p99_us"):
+        ba = {q: v("S1", "bare", q) - v("S1", "direct", q) for q in ("p50_us", "p99_us")}
+        rows.append(("S1", "bare actix-web + awc + rustls proxy: added latency p50 / p99 (µs)", "", "",
+                     f"{ba['p50_us']:+.0f} / {ba['p99_us']:+.0f}", "(reported)", ""))
     # S2
     g, n, d = v("S2", "gateway", "rps"), v("S2", "nginx", "rps"), v("S2", "direct", "rps")
     rows.append(("S2", "requests/s, 64 connections, keep-alive TLS", f"{d:.0f} (mock ceiling)",
@@ -471,6 +484,12 @@ def report(results, args):
     gc, nc = v("S2", "gateway", "cpu_us_per_req"), v("S2", "nginx", "cpu_us_per_req")
     rows.append(("S2", "CPU µs per request (proxy process, /proc)", f"{v('S2', 'direct', 'cpu_us_per_req'):.1f}",
                  f"{nc:.1f}", f"{gc:.1f}", "≤1.3× nginx", verdict(gc <= 1.3 * nc)))
+    b, bc = v("S2", "bare", "rps"), v("S2", "bare", "cpu_us_per_req")
+    if b:
+        rows.append(("S2", "bare actix-web + awc + rustls proxy (examples/bare_proxy.rs): requests/s; "
+                     "CPU µs per request", "", "", f"{b:.0f} ({b / n:.2f}× nginx); {bc:.1f} ({bc / nc:.2f}×)",
+                     "(reported)", ""))
+
     mock_bound = g >= 0.8 * d
     # S3
     on, off, k10 = v("S3", "all-on", "rps"), v("S3", "all-off", "rps"), v("S3", "10k-keys", "rps")
@@ -526,8 +545,8 @@ def report(results, args):
         "# Benchmarks",
         "",
         "Produced by `scripts/bench.sh` (the harness: scripts/bench.py, examples/mock_upstream.rs,",
-        "examples/bench_client.rs, benches/). Re-run it to reproduce; every figure below comes from",
-        "the run described here.",
+        "examples/bench_client.rs, examples/bare_proxy.rs, benches/). Re-run it to reproduce; every",
+        "figure below comes from the run described here.",
         "",
         "## Machine and run",
         "",
@@ -542,6 +561,9 @@ def report(results, args):
         "- gateway: one worker, every feature on: TLS, API key (Bearer), per-key limits high enough not to",
         "  reject, allowlist, metrics (admin listener), request log at info (JSON) to a file",
         "- direct: the same requests to the mock over plain HTTP (so the proxy columns include TLS)",
+        "- bare (S1, S2, in the same rounds): examples/bare_proxy.rs, the required stack alone (actix-web,",
+        "  rustls, the gateway's awc client, jemalloc; one worker) with no feature at all: what the",
+        "  gateway costs above it is what its features cost",
         "",
         "## Results",
         "",

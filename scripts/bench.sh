@@ -9,6 +9,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 if [[ " $* " != *" --debug "* ]]; then
-  cargo build --release --bin ollama-gateway --example mock_upstream --example bench_client
+  cargo build --release --bin ollama-gateway --example mock_upstream --example bench_client --example bare_proxy
 fi
 exec python3 scripts/bench.py "$@"
