@@ -472,7 +472,7 @@ def report(results, args):
                      f"{g_add:+.0f} ({spread(vs('S1', 'gateway', q))})",
                      "p99: ≤1.5× nginx and ≤250 µs" if q == "p99_us" else "(reported)",
                      verdict(ok) if q == "p99_us" else ""))
-    if v("S1", "bare", "p99_us"):
+    if vs("S1", "bare", "p99_us"):
         ba = {q: v("S1", "bare", q) - v("S1", "direct", q) for q in ("p50_us", "p99_us")}
         rows.append(("S1", "bare actix-web + awc + rustls proxy: added latency p50 / p99 (µs)", "", "",
                      f"{ba['p50_us']:+.0f} / {ba['p99_us']:+.0f}", "(reported)", ""))
@@ -485,7 +485,7 @@ def report(results, args):
     rows.append(("S2", "CPU µs per request (proxy process, /proc)", f"{v('S2', 'direct', 'cpu_us_per_req'):.1f}",
                  f"{nc:.1f}", f"{gc:.1f}", "≤1.3× nginx", verdict(gc <= 1.3 * nc)))
     b, bc = v("S2", "bare", "rps"), v("S2", "bare", "cpu_us_per_req")
-    if b:
+    if vs("S2", "bare", "rps"):
         rows.append(("S2", "bare actix-web + awc + rustls proxy (examples/bare_proxy.rs): requests/s; "
                      "CPU µs per request", "", "", f"{b:.0f} ({b / n:.2f}× nginx); {bc:.1f} ({bc / nc:.2f}×)",
                      "(reported)", ""))
@@ -553,7 +553,8 @@ def report(results, args):
         f"- CPU: {m['cpu']}, {m['cores']} cores; kernel {m['kernel']}",
         f"- commit {m['commit']}, {m['date']}",
         f"- {m['nginx']}; {m['wrk']}",
-        f"- rounds: {args.rounds} (interleaved direct / nginx / gateway), {args.duration} s per load run;"
+        f"- rounds: {args.rounds} (interleaved direct / nginx / gateway, and bare in S1 and S2), "
+        f"{args.duration} s per load run;"
         + (" **quick smoke run: figures not meaningful**" if args.quick else ""),
         f"- proxy under test pinned to CPU {PROXY_CPU}; load tools and the mock pinned to CPU {LOAD_CPU}",
         "- nginx: one worker, master_process off, the same ECDSA P-256 certificate, upstream keep-alive 128,",

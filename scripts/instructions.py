@@ -2,16 +2,19 @@
 """Instructions per proxied request, counted by callgrind: a steady figure for comparing two
 builds (timings on a shared 2-core VM move by 10% between runs; this moves by 0.1%).
 
-Starts the mock and the gateway (every feature on, as in scripts/bench.py) or the bare proxy
+Sets up as scripts/bench.py does (the mocks, nginx and the bare proxy, pinned with taskset),
+then runs the gateway (every feature on, as in bench.py) or the bare proxy
 (examples/bare_proxy.rs) under `valgrind --tool=callgrind` with instrumentation off, warms
 four keep-alive TLS connections, counts `--requests` non-streaming requests, and prints the
 instructions per request. The profile is left in the output directory for callgrind_annotate.
 
-    scripts/bench.sh --quick                     # builds the release binaries
+    cargo build --release --bin ollama-gateway --example mock_upstream \
+        --example bench_client --example bare_proxy
     python3 scripts/instructions.py              # the gateway
     python3 scripts/instructions.py --bare       # the required stack alone
 
-Needs valgrind (Debian: apt-get install valgrind). Standard library only.
+Needs valgrind, nginx and taskset (Debian: apt-get install valgrind nginx-light util-linux).
+Standard library only.
 """
 
 import argparse
@@ -78,7 +81,7 @@ def main():
     finally:
         bench.stop_all()
     total = 0
-    for f in out.glob("callgrind.out.*"):
+    for f in out.glob(f"callgrind.out.{proc.pid}*"):
         text = f.read_text(errors="replace")
         if "Trigger: dump" in text:
             total += int(re.search(r"^summary: (\d+)", text, re.M)[1])

@@ -5,15 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use actix_web::dev::ServiceRequest;
 use actix_web::http::header::{HeaderMap, HeaderName};
-use actix_web::HttpMessage as _;
 use ipnet::IpNet;
 
 use crate::config::AllowlistConfig;
 use crate::error::GatewayError;
-
-/// The client address of a request, as resolved here; in the request's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
 
 /// The allowlist and the proxies whose forwarding headers are believed.
 #[derive(Debug, Clone)]
@@ -106,7 +101,7 @@ fn parse_node(v: &str) -> Option<IpAddr> {
         .or_else(|| v.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
-/// The client address of `req` if the allowlist admits it (recorded in its extensions).
+/// The client address of `req` (see `Allowlist::client_ip`) if the allowlist admits it.
 pub fn check(allowlist: &Allowlist, req: &ServiceRequest) -> Result<IpAddr, GatewayError> {
     let peer = req
         .peer_addr()
@@ -117,7 +112,6 @@ pub fn check(allowlist: &Allowlist, req: &ServiceRequest) -> Result<IpAddr, Gate
         tracing::debug!(client_ip = %ip, "address not in the allowlist");
         return Err(GatewayError::IpDenied);
     }
-    req.extensions_mut().insert(ClientIp(ip));
     Ok(ip)
 }
 
