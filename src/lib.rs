@@ -1,6 +1,7 @@
 //! ollama-gateway: a hardened HTTPS edge proxy in front of Ollama and OpenAI-compatible
 //! upstreams, speaking Ollama's `/api/chat` to clients.
 
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod keys;

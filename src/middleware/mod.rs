@@ -20,8 +20,6 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage as _};
 
-use futures_util::StreamExt as _;
-
 use crate::error::GatewayError;
 
 use crate::server::AppState;
@@ -64,16 +62,6 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// before it arrived makes HTTP/2 reset the stream and HTTP/1.1 close the connection,
 /// and some clients (curl among them) then report a transport error instead of the 401.
 async fn refuse(mut req: ServiceRequest, error: GatewayError) -> ServiceResponse {
-    let mut payload = req.take_payload();
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        let mut seen = 0;
-        while let Some(Ok(chunk)) = payload.next().await {
-            seen += chunk.len();
-            if seen > DRAIN_LIMIT {
-                break;
-            }
-        }
-    })
-    .await;
+    crate::body::drain(req.take_payload(), DRAIN_LIMIT, DRAIN_TIME).await;
     req.error_response(error)
 }

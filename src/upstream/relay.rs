@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt as _};
+use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::error_line;
@@ -58,23 +58,12 @@ const TAIL_TIME: Duration = Duration::from_secs(1);
 /// client's stream can end now and the upstream connection still be reused. Whatever is
 /// already buffered is read here, in place; only a body whose end is still on the way gets
 /// a task.
-fn release_upstream<S, E>(mut upstream: S, cx: &mut Context<'_>)
+fn release_upstream<S, E>(upstream: S, cx: &mut Context<'_>)
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
 {
-    let tail = async move {
-        let mut seen = 0;
-        while let Some(Ok(chunk)) = upstream.next().await {
-            seen += chunk.len();
-            if seen > TAIL_LIMIT {
-                return;
-            }
-        }
-    };
     // Past the limits the connection is dropped (closed), as before.
-    let mut drain = Box::pin(async move {
-        let _ = tokio::time::timeout(TAIL_TIME, tail).await;
-    });
+    let mut drain = Box::pin(crate::body::drain(upstream, TAIL_LIMIT, TAIL_TIME));
     if drain.as_mut().poll(cx).is_pending() {
         actix_rt::spawn(drain);
     }
@@ -238,6 +227,7 @@ mod tests {
     use std::cell::Cell;
     use std::rc::Rc;
 
+    use futures_util::StreamExt as _;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
     use tokio::sync::Notify;
 
