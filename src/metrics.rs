@@ -623,41 +623,34 @@ impl RequestRecord {
             Ending::Failed { kind, .. } => kind,
         };
         let ttfb_ms = ttfb.map(|d| d.as_secs_f64() * 1e3);
-        if !success {
-            let message = match ending {
-                Ending::Failed { message, .. } => message.as_str(),
-                Ending::Complete => "the upstream answered with an error status",
+        // A failed answer's line is a warning and says why; the fields are the same.
+        let error = (!success).then_some(match ending {
+            Ending::Failed { message, .. } => message.as_str(),
+            Ending::Complete => "the upstream answered with an error status",
+        });
+        macro_rules! request_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    request_id = &*self.request_id,
+                    key_id = &*self.key_id,
+                    team = &*self.team,
+                    model = self.model.as_str(),
+                    upstream = &*self.upstream,
+                    status,
+                    outcome,
+                    duration_ms = elapsed.as_secs_f64() * 1e3,
+                    ttfb_ms,
+                    prompt_tokens = tokens.prompt,
+                    completion_tokens = tokens.completion,
+                    error,
+                    "request"
+                )
             };
-            tracing::warn!(
-                request_id = &*self.request_id,
-                key_id = &*self.key_id,
-                team = &*self.team,
-                model = self.model.as_str(),
-                upstream = &*self.upstream,
-                status,
-                outcome,
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-                ttfb_ms,
-                prompt_tokens = tokens.prompt,
-                completion_tokens = tokens.completion,
-                error = message,
-                "request"
-            );
+        }
+        if success {
+            request_line!(info);
         } else {
-            tracing::info!(
-                request_id = &*self.request_id,
-                key_id = &*self.key_id,
-                team = &*self.team,
-                model = self.model.as_str(),
-                upstream = &*self.upstream,
-                status,
-                outcome,
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-                ttfb_ms,
-                prompt_tokens = tokens.prompt,
-                completion_tokens = tokens.completion,
-                "request"
-            );
+            request_line!(warn);
         }
     }
 }

@@ -59,12 +59,11 @@ impl Admission {
     /// Adds the RateLimit headers to the answer; its body keeps the slot until it ends.
     pub fn apply<B: MessageBody + 'static>(
         self,
-        res: ServiceResponse<B>,
+        mut res: ServiceResponse<B>,
     ) -> ServiceResponse<BoxBody> {
         let Some((slot, policy)) = self.0 else {
             return res.map_into_boxed_body();
         };
-        let mut res = res;
         let headers = res.headers_mut();
         if let Ok(v) = HeaderValue::try_from(policy.policy_header()) {
             headers.insert(RATELIMIT_POLICY, v);
