@@ -115,6 +115,13 @@ pub struct RawServer {
     pub max_header_bytes: usize,
     /// Most open client connections, all workers together.
     pub max_connections: usize,
+    /// Most connections one client address may hold, pending TLS handshakes included;
+    /// further ones are closed at accept. 0 = no cap (behind a load balancer, where every
+    /// connection comes from the balancer).
+    pub max_connections_per_ip: usize,
+    /// Most TLS handshakes in progress at once, all workers together; a connection past
+    /// it waits (within `tls_handshake_timeout`) for one to finish. 0 = `max_connections`.
+    pub max_tls_handshakes: usize,
     /// Time a client has to send the request head (slowloris guard); 408 after it.
     #[serde(with = "humantime_serde")]
     pub request_header_timeout: Duration,
@@ -142,9 +149,11 @@ impl Default for RawServer {
             max_headers: 64,
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
+            max_connections_per_ip: 512,
+            max_tls_handshakes: 0,
             request_header_timeout: Duration::from_secs(10),
             request_body_timeout: Duration::from_secs(60),
-            tls_handshake_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(75),
             reload_interval: Duration::from_secs(5),
         }
@@ -234,6 +243,8 @@ pub struct RawTls {
     pub key: String,
     /// Where the self-signed certificate is generated and reused.
     pub self_signed_dir: String,
+    /// `Strict-Transport-Security` value sent on every HTTPS answer; empty sends none.
+    pub hsts: String,
 }
 
 impl Default for RawTls {
@@ -242,6 +253,7 @@ impl Default for RawTls {
             cert: String::new(),
             key: String::new(),
             self_signed_dir: "certs".into(),
+            hsts: "max-age=31536000".into(),
         }
     }
 }
@@ -380,6 +392,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub metrics: RawMetrics,
     pub log: RawLog,
+    /// `Strict-Transport-Security` for HTTPS answers, if any.
+    pub hsts: Option<actix_web::http::header::HeaderValue>,
     raw: RawConfig,
 }
 
@@ -392,6 +406,10 @@ pub struct ServerConfig {
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// 0 = no cap.
+    pub max_connections_per_ip: usize,
+    /// Resolved: never 0.
+    pub max_tls_handshakes: usize,
     pub request_header_timeout: Duration,
     pub request_body_timeout: Duration,
     pub tls_handshake_timeout: Duration,
@@ -518,6 +536,11 @@ impl Config {
             },
             max_header_bytes: positive("server.max_header_bytes", raw.server.max_header_bytes)?,
             max_connections: positive("server.max_connections", raw.server.max_connections)?,
+            max_connections_per_ip: raw.server.max_connections_per_ip,
+            max_tls_handshakes: match raw.server.max_tls_handshakes {
+                0 => raw.server.max_connections,
+                n => n,
+            },
             request_header_timeout: nonzero(
                 "server.request_header_timeout",
                 raw.server.request_header_timeout,
@@ -618,6 +641,17 @@ impl Config {
             "" => None,
             addr => Some(parse_addr("admin.listen", addr)?),
         };
+        let hsts = match raw.tls.hsts.trim() {
+            "" => None,
+            value => Some(
+                actix_web::http::header::HeaderValue::from_str(value).map_err(|_| {
+                    invalid(
+                        "tls.hsts",
+                        "must be a valid header value, e.g. max-age=31536000",
+                    )
+                })?,
+            ),
+        };
         Ok(Self {
             server,
             tls,
@@ -630,6 +664,7 @@ impl Config {
             admin_listen,
             metrics: raw.metrics.clone(),
             log: raw.log.clone(),
+            hsts,
             raw,
         })
     }

@@ -41,6 +41,37 @@ pub const REJECTION_REASONS: [&str; 14] = [
     "other",
 ];
 
+/// Why a connection was closed before it carried a request (the `reason` label of
+/// `gateway_connections_rejected_total`), in the order of [`ConnRejection`].
+pub const CONNECTION_REJECTIONS: [&str; 5] = [
+    "ip",
+    "per_ip_limit",
+    "plain_http",
+    "tls_handshake_timeout",
+    "tls_handshake_failed",
+];
+
+/// A connection closed below HTTP; indexes [`CONNECTION_REJECTIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRejection {
+    /// The peer is outside the allowlist (and not a trusted proxy).
+    Ip = 0,
+    /// The peer already holds `server.max_connections_per_ip` connections.
+    PerIpLimit = 1,
+    /// Plain HTTP on the HTTPS port (answered 400, then closed).
+    PlainHttp = 2,
+    /// No completed handshake within `server.tls_handshake_timeout`.
+    HandshakeTimeout = 3,
+    /// The handshake failed (no common protocol, version or cipher; not TLS at all).
+    HandshakeFailed = 4,
+}
+
+impl ConnRejection {
+    pub fn as_str(self) -> &'static str {
+        CONNECTION_REJECTIONS[self as usize]
+    }
+}
+
 /// Kinds of upstream failure (the `kind` label of `gateway_upstream_errors_total`).
 pub const UPSTREAM_ERROR_KINDS: [&str; 5] =
     ["connect", "timeout", "status", "protocol", "mid_stream"];
@@ -104,6 +135,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     in_flight: IntGaugeVec,
     rejections: Vec<IntCounter>,
+    connection_rejections: Vec<IntCounter>,
     models: ModelLabels,
     none: Arc<str>,
 }
@@ -203,6 +235,16 @@ impl Metrics {
             .iter()
             .map(|r| rejections_vec.with_label_values(&[r]))
             .collect();
+        let connection_rejections_vec = counter_vec(
+            &registry,
+            "gateway_connections_rejected_total",
+            "Connections closed before they carried a request (allowlist, per-address cap, plain HTTP, TLS handshake), by reason.",
+            &["reason"],
+        );
+        let connection_rejections = CONNECTION_REJECTIONS
+            .iter()
+            .map(|r| connection_rejections_vec.with_label_values(&[r]))
+            .collect();
         let build = IntGaugeVec::new(
             Opts::new(
                 "gateway_build_info",
@@ -237,6 +279,7 @@ impl Metrics {
             upstream_errors,
             in_flight: in_flight_vec,
             rejections,
+            connection_rejections,
             models: ModelLabels {
                 map: RwLock::new(HashMap::default()),
                 cap: max_models,
@@ -269,6 +312,20 @@ impl Metrics {
         if let Some(c) = self.rejections.get(Self::rejection_index(reason)) {
             c.inc();
         }
+    }
+
+    /// Counts one connection closed below HTTP.
+    pub fn connection_rejected(&self, why: ConnRejection) {
+        if let Some(c) = self.connection_rejections.get(why as usize) {
+            c.inc();
+        }
+    }
+
+    /// The count of connections closed for `why` so far.
+    pub fn connection_rejections(&self, why: ConnRejection) -> u64 {
+        self.connection_rejections
+            .get(why as usize)
+            .map_or(0, IntCounter::get)
     }
 
     /// The count for `reason` so far.

@@ -4,6 +4,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use actix_http::body::{BoxBody, MessageBody};
+use actix_http::h1::H1Service;
+use actix_http::{HttpService, Request, Response};
+use actix_service::{
+    map_config, IntoServiceFactory as _, Service, ServiceFactory, ServiceFactoryExt as _,
+};
+use actix_web::dev::AppConfig;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
@@ -11,6 +18,7 @@ use tracing_actix_web::TracingLogger;
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::limits::{AuthThrottle, LimiterPool};
+use crate::listener::{self, Edge};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::middleware;
 use crate::middleware::allowlist::Allowlist;
@@ -19,6 +27,23 @@ use crate::routes::health::Readiness;
 use crate::telemetry::GatewaySpan;
 use crate::tls::{self, CertStore};
 use crate::{routes, upstream};
+
+/// An `App` as the h1 dispatcher takes it: its errors turned into responses, and the
+/// default `AppConfig` (routing here reads neither its host nor its scheme).
+macro_rules! app_service {
+    ($app:expr) => {
+        map_config(
+            $app.into_factory()
+                .map_err(|e: actix_web::Error| e.error_response()),
+            |_| AppConfig::default(),
+        )
+    };
+}
+
+/// The kernel's queue of connections not yet accepted, per listener (actix's default).
+const LISTEN_BACKLOG: u32 = 2048;
+/// How long a stop waits for requests in flight before closing their connections.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 
 /// State shared by all workers, built once before the server starts.
 pub struct AppState {
@@ -132,49 +157,74 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let public_metrics = config.metrics.public;
     let admin_state = state.clone();
     let admin_tls = Arc::clone(&client_tls);
-    let mut server = HttpServer::new(move || {
-        // Per worker: the upstream client (awc clients are !Send and pool per thread) and
-        // the cache of resolved metric handles.
+    let hsts = config.hsts.clone();
+    // Per worker: the upstream client (awc clients are !Send and pool per thread) and the
+    // cache of resolved metric handles. `tls` says which listener the App serves, so that
+    // only HTTPS answers carry Strict-Transport-Security.
+    let make_app = move |tls: bool| {
         let client = upstream::build_client(&timeouts, Arc::clone(&client_tls));
         let worker_metrics = Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics)));
+        let hsts = hsts.clone().filter(|_| tls).map(middleware::Hsts);
         // Middleware order: in actix the last `.wrap()` runs first, so a request meets
         // TracingLogger (its span), then the edge (see `middleware`), then the route.
-        App::new()
+        let app = App::new()
             .app_data(state.clone())
             .app_data(web::Data::new(client))
-            .app_data(worker_metrics)
-            .wrap(from_fn(middleware::edge))
+            .app_data(worker_metrics);
+        let app = match hsts {
+            Some(hsts) => app.app_data(hsts),
+            None => app,
+        };
+        app.wrap(from_fn(middleware::edge))
             .wrap(TracingLogger::<GatewaySpan>::new())
             .configure(|cfg| routes::configure(cfg, public_metrics))
             .default_service(web::to(routes::not_found))
-    })
-    .workers(workers)
-    // actix counts connections per worker; split the total between them.
-    .max_connections(server_cfg.max_connections.div_ceil(workers))
-    .client_request_timeout(server_cfg.request_header_timeout)
-    .client_disconnect_timeout(std::time::Duration::from_secs(1))
-    .tls_handshake_timeout(server_cfg.tls_handshake_timeout)
-    .keep_alive(server_cfg.keep_alive)
-    // Small writes (one NDJSON line) go out at once, not after Nagle's 40 ms.
-    .tcp_nodelay(true)
-    // A client that goes away must cancel its request at once, so its upstream work stops.
-    .h1_allow_half_closed(false)
-    .bind_rustls_0_23(server_cfg.listen, (*loaded.server_config).clone())?;
+    };
+    let edge = Edge::new(
+        Allowlist::new(&config.allowlist),
+        server_cfg.max_connections_per_ip,
+        server_cfg.max_tls_handshakes,
+        server_cfg.tls_handshake_timeout,
+        Arc::clone(&metrics),
+    );
+    let h1_settings = H1Settings::from(server_cfg);
+    let mut builder = actix_server::Server::build()
+        .workers(workers)
+        .backlog(LISTEN_BACKLOG)
+        // actix counts connections per worker; split the total between them.
+        .max_concurrent_connections(server_cfg.max_connections.div_ceil(workers))
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+
+    let (listener, https_addr) = bind(server_cfg.listen, "server.listen")?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&loaded.server_config));
+    {
+        let edge = Arc::clone(&edge);
+        let make_app = make_app.clone();
+        builder = builder.listen("https", listener, move || {
+            let app = make_app(true);
+            listener::https(
+                Arc::clone(&edge),
+                acceptor.clone(),
+                h1_settings.service(https_addr, app_service!(app)),
+            )
+        })?;
+    }
+    tracing::info!(address = %format!("https://{https_addr}"), "listening");
+    let mut plain_addr = None;
     if let Some(plain) = server_cfg.plain_listen {
         tracing::warn!(address = %plain, "plain-HTTP listener enabled: use it only behind a TLS-terminating load balancer");
-        server = server.bind(plain)?;
+        let (listener, addr) = bind(plain, "server.plain_listen")?;
+        let edge = Arc::clone(&edge);
+        builder = builder.listen("http", listener, move || {
+            let app = make_app(false);
+            listener::plain(
+                Arc::clone(&edge),
+                h1_settings.service(addr, app_service!(app)),
+            )
+        })?;
+        tracing::info!(address = %format!("http://{addr}"), "listening");
+        plain_addr = Some(addr);
     }
-    let mut https_addr = None;
-    let mut plain_addr = None;
-    for (addr, scheme) in server.addrs_with_scheme() {
-        tracing::info!(address = %format!("{scheme}://{addr}"), "listening");
-        match scheme {
-            "https" => https_addr = https_addr.or(Some(addr)),
-            _ => plain_addr = plain_addr.or(Some(addr)),
-        }
-    }
-    let https_addr =
-        https_addr.ok_or_else(|| anyhow::anyhow!("the HTTPS listener did not bind"))?;
 
     // The admin listener: plain HTTP, no key, meant for loopback or an internal network.
     let (admin, admin_addr) = match config.admin_listen {
@@ -192,7 +242,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
                     .default_service(web::to(routes::not_found))
             })
             .workers(1)
-            .bind(listen)?;
+            .bind(listen)
+            .map_err(|e| bind_error(listen, "admin.listen", &e))?;
             let addr = admin.addrs().first().copied();
             if let Some(addr) = addr {
                 tracing::info!(address = %format!("http://{addr}"), "admin listener (metrics, health)");
@@ -207,7 +258,79 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         cert_store: loaded.store,
         reloader,
         metrics,
-        server: server.run(),
+        server: builder.run(),
         admin,
     })
+}
+
+/// What the HTTP/1.1 dispatcher is told on both public listeners.
+#[derive(Debug, Clone, Copy)]
+struct H1Settings {
+    keep_alive: std::time::Duration,
+    request_header_timeout: std::time::Duration,
+}
+
+impl From<&crate::config::ServerConfig> for H1Settings {
+    fn from(c: &crate::config::ServerConfig) -> Self {
+        Self {
+            keep_alive: c.keep_alive,
+            request_header_timeout: c.request_header_timeout,
+        }
+    }
+}
+
+impl H1Settings {
+    /// The h1 dispatcher for one listener, serving `app`.
+    fn service<T, S, B>(self, addr: SocketAddr, app: S) -> H1Service<T, S, B>
+    where
+        S: ServiceFactory<Request, Config = ()>,
+        S::Error: Into<Response<BoxBody>> + 'static,
+        S::InitError: std::fmt::Debug,
+        S::Response: Into<Response<B>> + 'static,
+        <S::Service as Service<Request>>::Future: 'static,
+        B: MessageBody + 'static,
+    {
+        HttpService::<T, S, B>::build()
+            .keep_alive(self.keep_alive)
+            .client_request_timeout(self.request_header_timeout)
+            .client_disconnect_timeout(std::time::Duration::from_secs(1))
+            // A client that goes away must cancel its request at once, so its upstream
+            // work stops.
+            .h1_allow_half_closed(false)
+            .local_addr(addr)
+            .h1(app)
+    }
+}
+
+/// Binds a listener as actix would (address reuse, a deep backlog); errors name the
+/// address and the option that set it.
+fn bind(addr: SocketAddr, option: &str) -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
+    let listen = || -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(LISTEN_BACKLOG).unwrap_or(i32::MAX))?;
+        Ok(socket.into())
+    };
+    let listener = listen().map_err(|e| bind_error(addr, option, &e))?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+fn bind_error(addr: SocketAddr, option: &str, e: &std::io::Error) -> anyhow::Error {
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "the address is already in use (another process listens there)".to_string()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)".to_string()
+        }
+        std::io::ErrorKind::AddrNotAvailable => "the address is not on this machine".to_string(),
+        _ => e.to_string(),
+    };
+    anyhow::anyhow!("cannot listen on {addr} (`{option}`): {why}")
 }

@@ -19,6 +19,13 @@ use crate::config::TlsConfig;
 pub const SELF_SIGNED_CERT: &str = "selfsigned-cert.pem";
 pub const SELF_SIGNED_KEY: &str = "selfsigned-key.pem";
 
+/// How long a certificate the gateway makes is valid (CA/Browser Forum's limit is 398 days).
+pub const CERT_VALIDITY_DAYS: i64 = 365;
+/// A generated self-signed certificate this close to its expiry is made anew at start.
+pub const RENEW_WITHIN_DAYS: i64 = 30;
+/// The local CA of `certs new` lives longer than the certificates it signs.
+const CA_VALIDITY_DAYS: i64 = 10 * 365;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
@@ -32,6 +39,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{path} is not a readable X.509 certificate")]
+    Unparsable { path: PathBuf },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -100,11 +109,15 @@ pub fn load(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
         TlsConfig::Files { cert, key } => (cert.clone(), key.clone(), false),
         TlsConfig::SelfSigned { dir } => {
             let (cert, key) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
-            let generated = !cert.exists() && !key.exists();
-            if generated {
+            let missing = !cert.exists() && !key.exists();
+            let expiring = !missing && expires_within(&cert, RENEW_WITHIN_DAYS)?;
+            if expiring {
+                tracing::warn!(path = %cert.display(), days = RENEW_WITHIN_DAYS, "the self-signed certificate expires within the renewal window: making a new one");
+            }
+            if missing || expiring {
                 generate_self_signed(&cert, &key)?;
             }
-            (cert, key, generated)
+            (cert, key, missing || expiring)
         }
     };
     let seen = files_digest(&cert_path, &key_path);
@@ -119,7 +132,11 @@ pub fn load(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(store.clone());
+    // HTTP/1.1 only: the gateway does not serve HTTP/2 (see `listener`).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The server's order of cipher suites, not the client's: ours puts AEADs with forward
+    // secrecy first, and a client cannot talk it into a weaker one it happens to list first.
+    config.ignore_client_order = true;
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Loaded {
         server_config: Arc::new(config),
@@ -127,6 +144,47 @@ pub fn load(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
         fingerprint,
         generated,
     })
+}
+
+/// Whether the first certificate in `path` expires within `days` from now.
+pub fn expires_within(path: &Path, days: i64) -> Result<bool, TlsError> {
+    let not_after = not_after(path)?;
+    Ok(not_after - unix_now() < days * 86_400)
+}
+
+/// The expiry of the first certificate in `path`, in seconds since the Unix epoch.
+pub fn not_after(path: &Path) -> Result<i64, TlsError> {
+    let cert = CertificateDer::pem_file_iter(path)
+        .map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        })?
+        .map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|_| TlsError::Unparsable {
+            path: path.to_path_buf(),
+        })?;
+    Ok(parsed.validity().not_after.timestamp())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Validity from an hour ago (clocks disagree a little) for `days` days.
+fn validity(params: &mut rcgen::CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
 }
 
 /// SHA-256 over both files (an unreadable file counts as empty).
@@ -173,8 +231,13 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     out
 }
 
-/// Writes an ECDSA P-256 certificate for localhost, 127.0.0.1 and ::1 (key file mode 0600).
+/// Writes an ECDSA P-256 certificate for localhost, 127.0.0.1 and ::1, valid for
+/// [`CERT_VALIDITY_DAYS`] (key file mode 0600).
 pub fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    write_self_signed(cert_path, key_path, CERT_VALIDITY_DAYS)
+}
+
+fn write_self_signed(cert_path: &Path, key_path: &Path, days: i64) -> Result<(), TlsError> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = rcgen::CertificateParams::new(vec![
         "localhost".to_string(),
@@ -184,6 +247,7 @@ pub fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), Tls
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "ollama-gateway self-signed");
+    validity(&mut params, days);
     let cert = params.self_signed(&key)?;
     if let Some(dir) = cert_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
@@ -250,6 +314,7 @@ pub fn generate_ca_and_server(
         .distinguished_name
         .push(rcgen::DnType::CommonName, "ollama-gateway local CA");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    validity(&mut ca_params, CA_VALIDITY_DAYS);
     ca_params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
@@ -265,6 +330,7 @@ pub fn generate_ca_and_server(
         names.first().map_or("ollama-gateway", String::as_str),
     );
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut params, CERT_VALIDITY_DAYS);
     let server_cert = params.signed_by(&server_key, &issuer)?;
 
     write_private(&ca_key_path, ca_key.serialize_pem().as_bytes())?;
@@ -294,4 +360,71 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ogw-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    fn days_left(path: &Path) -> i64 {
+        not_after(path).map_or(-1, |t| (t - unix_now()) / 86_400)
+    }
+
+    #[test]
+    fn generated_certificates_last_a_year() {
+        let dir = temp_dir("year");
+        let cfg = TlsConfig::SelfSigned { dir: dir.clone() };
+        let loaded = load(&cfg).map_err(|e| e.to_string());
+        assert!(
+            loaded.as_ref().is_ok_and(|l| l.generated),
+            "{:?}",
+            loaded.err()
+        );
+        let left = days_left(&dir.join(SELF_SIGNED_CERT));
+        assert!((364..=365).contains(&left), "{left} days");
+        // Reused while it is not close to expiry.
+        let again = load(&cfg).map_err(|e| e.to_string());
+        assert!(again.is_ok_and(|l| !l.generated));
+
+        let issued = generate_ca_and_server(&dir.join("ca"), &["gw.example".into()], false);
+        assert!(issued.is_ok());
+        assert!((364..=365).contains(&days_left(&dir.join("ca/server.pem"))));
+        assert!(days_left(&dir.join("ca/ca.pem")) > 3000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_self_signed_certificate_near_expiry_is_made_anew_at_start() {
+        let dir = temp_dir("renew");
+        let (cert, key) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
+        assert!(write_self_signed(&cert, &key, 10).is_ok());
+        let old = std::fs::read(&cert).unwrap_or_default();
+        let loaded = load(&TlsConfig::SelfSigned { dir: dir.clone() });
+        assert!(loaded.is_ok_and(|l| l.generated));
+        assert_ne!(std::fs::read(&cert).unwrap_or_default(), old);
+        assert!(days_left(&cert) >= 364);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_configured_certificate_is_never_replaced() {
+        let dir = temp_dir("files");
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        assert!(write_self_signed(&cert, &key, 10).is_ok());
+        let old = std::fs::read(&cert).unwrap_or_default();
+        let loaded = load(&TlsConfig::Files {
+            cert: cert.clone(),
+            key,
+        });
+        assert!(loaded.is_ok_and(|l| !l.generated));
+        assert_eq!(std::fs::read(&cert).unwrap_or_default(), old);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

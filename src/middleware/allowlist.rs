@@ -36,6 +36,13 @@ impl Allowlist {
         self.cidrs.as_deref().is_none_or(|nets| contains(nets, ip))
     }
 
+    /// Whether a TCP peer may open a connection at all: it is allowed, or it is a trusted
+    /// proxy (whose clients are checked per request, from its forwarding headers).
+    pub fn admits_peer(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.allows(peer) || contains(&self.trusted, peer)
+    }
+
     /// The client address: the peer itself unless the peer is a trusted proxy; then the
     /// forwarding chain read from the right, skipping trusted hops. A spoofed header from
     /// an untrusted peer is never read.

@@ -24,6 +24,10 @@ use crate::error::GatewayError;
 
 use crate::server::AppState;
 
+/// The `Strict-Transport-Security` value, in the app data of the HTTPS listener's App only.
+#[derive(Debug, Clone)]
+pub struct Hsts(pub actix_web::http::header::HeaderValue);
+
 pub async fn edge(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -33,7 +37,13 @@ pub async fn edge(
         Ok(admission) => admission.apply(next.call(req).await?),
         Err(e) => refuse(req, e).await,
     };
-    Ok(seen.finish(res))
+    let mut res = seen.finish(res);
+    if let Some(Hsts(value)) = res.request().app_data::<Hsts>() {
+        let value = value.clone();
+        res.headers_mut()
+            .insert(actix_web::http::header::STRICT_TRANSPORT_SECURITY, value);
+    }
+    Ok(res)
 }
 
 /// The allowlist, the key, the limits, in that order; the first refusal wins.

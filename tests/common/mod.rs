@@ -589,14 +589,26 @@ impl Gateway {
         &self,
         source: std::net::IpAddr,
     ) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(source, 0)).unwrap();
-        let tcp = socket.connect(self.addr).await.unwrap();
+        self.try_tls_from(source).await.unwrap()
+    }
+
+    /// A TCP connection from a chosen loopback source address, nothing sent yet.
+    pub async fn tcp_from(&self, source: std::net::IpAddr) -> std::io::Result<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(self.addr).await
+    }
+
+    /// A TLS connection from `source`, or the error that ended its handshake.
+    pub async fn try_tls_from(
+        &self,
+        source: std::net::IpAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = self.tcp_from(source).await?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls));
         connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
-            .unwrap()
     }
 
     pub async fn stop(self) {
