@@ -207,6 +207,8 @@ http {{
 listen = "127.0.0.1:{port}"
 workers = 1
 max_connections = 100000
+# The load generator is one address holding up to 2,000 streams (S5).
+max_connections_per_ip = 0
 [tls]
 cert = "{self.cert}"
 key = "{self.key}"
