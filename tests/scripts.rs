@@ -1,6 +1,6 @@
 //! scripts/llm against a gateway on loopback in front of fake upstreams: both modes, both
 //! upstreams, and failures printed with a non-zero exit. Needs bash, curl and jq (CI
-//! installs them); elsewhere the test is skipped with a notice when one is missing.
+//! installs them); elsewhere the test is skipped, with a notice, when one is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,15 +10,6 @@ use std::process::{Command, Output};
 
 use common::{ollama_stream_lines, openai_sse, FakeUpstream, Gateway, Reply, TEST_KEY};
 use serde_json::json;
-
-fn tools_present() -> bool {
-    ["bash", "curl", "jq"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 async fn run(gw: &Gateway, script: &str, args: &[&str], key: &str) -> Output {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,12 +37,10 @@ fn text(b: &[u8]) -> String {
 
 #[actix_rt::test]
 async fn llm_scripts_print_answers_and_fail_loudly() {
-    if !tools_present() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install bash, curl and jq"
-        );
-        eprintln!("skipped: bash, curl or jq missing");
+    if !common::skip::available(
+        common::skip::all_run(&["bash", "curl", "jq"]),
+        "bash, curl or jq",
+    ) {
         return;
     }
     let ollama = FakeUpstream::start(|req| {
