@@ -26,6 +26,8 @@ pub enum KeysError {
     },
     #[error("keys file {path} is invalid: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("keys file {path} already has a key with id {id:?}; choose another id")]
+    IdTaken { path: PathBuf, id: String },
 }
 
 /// One `[[keys]]` entry of the keys file: the user-facing contract.
@@ -173,6 +175,11 @@ impl KeyTable {
         self.by_hash.len()
     }
 
+    /// Whether a key with this id is in the table.
+    pub fn has_id(&self, id: &str) -> bool {
+        self.by_hash.values().any(|k| &*k.id == id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
@@ -245,6 +252,37 @@ pub fn entry_toml(id: &str, team: &str, key: &str) -> String {
         toml_str(team),
         to_hex(&hash_key(key))
     )
+}
+
+/// What `keys new --append` adds to the keys file at `path` (missing: created) for `entry`,
+/// a new key with id `id`, once the file with it is known to load: an id already there
+/// would make the running gateway refuse the reload and the next start fail.
+pub fn append_text(
+    path: &Path,
+    id: &str,
+    entry: &str,
+    defaults: Limits,
+    pool: &LimiterPool,
+) -> Result<String, KeysError> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(KeysError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if KeyTable::parse(&existing, path, defaults, pool)?.has_id(id) {
+        return Err(KeysError::IdTaken {
+            path: path.to_path_buf(),
+            id: id.to_string(),
+        });
+    }
+    let addition = format!("\n{entry}");
+    KeyTable::parse(&format!("{existing}{addition}"), path, defaults, pool)?;
+    Ok(addition)
 }
 
 fn toml_str(s: &str) -> String {

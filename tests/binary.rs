@@ -10,17 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{client_tls, FakeUpstream, Reply, TempDir};
+use common::{client_tls, repo_config, FakeUpstream, Reply, TempDir, BIN};
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ollama-gateway");
-
-fn repo_config() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("config/gateway.toml")
-        .display()
-        .to_string()
-}
 
 /// A running gateway process, killed on drop.
 struct Proc {
