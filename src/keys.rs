@@ -300,20 +300,20 @@ pub struct Keys {
 
 impl Keys {
     /// Loads the keys file. A missing file gives an empty table (every request refused),
-    /// so a fresh install starts and tells the operator how to add a key.
+    /// so a fresh install starts and tells the operator how to add a key; it counts as
+    /// seen, so the reload checks say nothing until it appears.
     pub fn load(path: &Path, defaults: Limits, pool: Arc<LimiterPool>) -> Result<Self, KeysError> {
+        let read = std::fs::read(path);
         let keys = Self {
             current: ArcSwap::from_pointee(KeyTable::default()),
             path: path.to_path_buf(),
             defaults,
             pool,
-            digest: Mutex::new(None),
+            digest: Mutex::new(Some(read_digest(&read))),
         };
-        match std::fs::read(path) {
+        match read {
             Ok(bytes) => {
                 keys.install(&bytes)?;
-                *keys.digest.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Sha256::digest(&bytes).into());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -340,10 +340,7 @@ impl Keys {
     /// once, not on every check. Returns the number of keys when a new table was installed.
     pub fn reload_if_changed(&self) -> Result<Option<usize>, KeysError> {
         let read = std::fs::read(&self.path);
-        let digest: [u8; 32] = match &read {
-            Ok(bytes) => Sha256::digest(bytes).into(),
-            Err(e) => Sha256::digest(format!("unreadable: {:?}", e.kind())).into(),
-        };
+        let digest = read_digest(&read);
         {
             let mut seen = self.digest.lock().unwrap_or_else(|e| e.into_inner());
             if *seen == Some(digest) {
@@ -367,6 +364,15 @@ impl Keys {
         let n = table.len();
         self.current.store(Arc::new(table));
         Ok(n)
+    }
+}
+
+/// What a reload check compares with the last one: the file's digest, or the way it failed
+/// to read (so each new way is reported once).
+fn read_digest(read: &std::io::Result<Vec<u8>>) -> [u8; 32] {
+    match read {
+        Ok(bytes) => Sha256::digest(bytes).into(),
+        Err(e) => Sha256::digest(format!("unreadable: {:?}", e.kind())).into(),
     }
 }
 

@@ -332,18 +332,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-/// SIGHUP reloads the keys file and the certificate at once (they are also polled).
+/// SIGHUP reloads the keys file and the certificate at once (they are also polled). The
+/// handler is installed here, before the listeners take traffic, not in the task: until it
+/// is, a SIGHUP terminates the process.
 fn spawn_sighup(reloader: Arc<ollama_gateway::reload::Reloader>) {
     #[cfg(unix)]
-    actix_web::rt::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP; relying on periodic reload");
             return;
         };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: checking the keys file and certificate");
-            reloader.check();
-        }
-    });
+        actix_web::rt::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: checking the keys file and certificate");
+                reloader.check();
+            }
+        });
+    }
 }

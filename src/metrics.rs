@@ -622,7 +622,7 @@ impl RequestRecord {
             Ending::Complete => "complete",
             Ending::Failed { kind, .. } => kind,
         };
-        let ttfb_ms = ttfb.map(|d| d.as_secs_f64() * 1e3);
+        let ttfb_ms = ttfb.map(crate::telemetry::millis);
         // A failed answer's line is a warning and says why; the fields are the same.
         let error = (!success).then_some(match ending {
             Ending::Failed { message, .. } => message.as_str(),
@@ -638,7 +638,7 @@ impl RequestRecord {
                     upstream = &*self.upstream,
                     status,
                     outcome,
-                    duration_ms = elapsed.as_secs_f64() * 1e3,
+                    duration_ms = crate::telemetry::millis(elapsed),
                     ttfb_ms,
                     prompt_tokens = tokens.prompt,
                     completion_tokens = tokens.completion,

@@ -28,20 +28,25 @@ pub async fn edge(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let seen = observe::Seen::start(&req);
-    let res = match admit(&req) {
+    let mut seen = observe::Seen::start(&req);
+    let res = match admit(&req, &mut seen) {
         Ok(admission) => admission.apply(next.call(req).await?),
         Err(e) => refuse(req, e).await,
     };
     Ok(seen.finish(res))
 }
 
-/// The allowlist, the key, the limits, in that order; the first refusal wins.
-fn admit(req: &ServiceRequest) -> Result<rate_limit::Admission, GatewayError> {
+/// The allowlist, the key, the limits, in that order; the first refusal wins. Notes the
+/// client address in `seen` first, so that a refusal's log line says who it was.
+fn admit(
+    req: &ServiceRequest,
+    seen: &mut observe::Seen,
+) -> Result<rate_limit::Admission, GatewayError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or(GatewayError::IpDenied)?;
-    let ip = allowlist::check(&state.allowlist, req)?;
+    seen.client = allowlist::client(&state.allowlist, req);
+    let ip = allowlist::check(&state.allowlist, seen.client)?;
     let key = auth::check(state, req, ip)?;
     if let Some(key) = &key {
         req.extensions_mut().insert(Arc::clone(key));
