@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage as _};
 
@@ -66,7 +67,18 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// A small body still on its way is read first (bounded in size and time): answering
 /// before it arrived makes HTTP/2 reset the stream and HTTP/1.1 close the connection,
 /// and some clients (curl among them) then report a transport error instead of the 401.
+///
+/// Except after an `Upgrade: websocket` request: its "body" is the rest of the connection
+/// (see `auth::body_runs_to_eof`), requests pipelined behind it included. It is answered at
+/// once and the connection closed, so that nothing on it is read as anything else.
 async fn refuse(mut req: ServiceRequest, error: GatewayError) -> ServiceResponse {
+    if auth::body_runs_to_eof(&req) {
+        let mut res = req.error_response(error);
+        res.response_mut()
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+        return res;
+    }
     crate::body::drain(req.take_payload(), DRAIN_LIMIT, DRAIN_TIME).await;
     req.error_response(error)
 }
