@@ -1,8 +1,11 @@
-# syntax=docker/dockerfile:1
 # ollama-gateway container image.
 #
-# Build stage: dependencies are compiled once and cached (a dummy main is built first, then
-# the real sources; BuildKit cache mounts keep the registry and target/ between builds), so
+# Plain Dockerfile syntax (no BuildKit-only features such as RUN --mount), so that the
+# classic builder builds it too: Debian's docker.io and docker-compose 1.29 as well as
+# Docker 23+ and the Compose plugin.
+#
+# Build stage: dependencies are compiled once, in a layer of their own that is reused until
+# Cargo.toml or Cargo.lock change (a dummy main is built first, then the real sources), so
 # a change to src/ recompiles only the gateway itself.
 FROM rust:1-slim-bookworm AS builder
 # make: the jemalloc allocator (tikv-jemalloc-sys) is built from C with configure + make.
@@ -15,13 +18,9 @@ RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
     && for bench in translate gate; do echo 'fn main() {}' > "benches/$bench.rs"; done
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/build/target \
-    cargo build --release --locked --bin ollama-gateway
+RUN cargo build --release --locked --bin ollama-gateway
 COPY src ./src
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/build/target \
-    touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin ollama-gateway \
     && install -m 0755 target/release/ollama-gateway /usr/local/bin/ollama-gateway
 

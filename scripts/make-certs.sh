@@ -6,10 +6,13 @@
 # Names: localhost, 127.0.0.1, ::1, gateway, this host's name, plus any arguments
 # (e.g. scripts/make-certs.sh gpu-box.lan 10.0.0.5). --force replaces existing files.
 #
-# By default it runs the gateway image (so the key belongs to the container's user);
-# MAKE_CERTS_LOCAL=1 uses a locally built binary instead (for `cargo run` setups).
+# By default it runs the gateway image (so the key belongs to the container's user), with
+# the Compose plugin or docker-compose 1.29+ (see compose.sh); MAKE_CERTS_LOCAL=1 uses a
+# locally built binary instead (for `cargo run` setups).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=compose.sh
+source "$root/scripts/compose.sh"
 cd "$root"
 force=()
 names=(localhost 127.0.0.1 ::1 gateway "$(hostname)")
@@ -31,8 +34,9 @@ if [[ "${MAKE_CERTS_LOCAL:-0}" == "1" ]]; then
   fi
   "$bin" certs new --out certs "${name_args[@]}" "${force[@]}"
 else
-  docker compose build gateway
-  docker compose run --rm --no-deps --user 0 -v "$root/certs:/out" --entrypoint sh gateway -c '
+  find_compose
+  compose build gateway
+  compose run --rm --no-deps --user 0 -v "$root/certs:/out" --entrypoint sh gateway -c '
     set -e
     ollama-gateway certs new --out /out "$@"
     chown 10001:10001 /out/server.pem /out/server-key.pem

@@ -37,13 +37,27 @@ pub const SHORT_ENV: [(&str, &str); 9] = [
 /// Keys whose environment value is a comma-separated list.
 const ENV_LIST_KEYS: [&str; 2] = ["allowlist.cidrs", "allowlist.trusted_proxies"];
 
-/// A configuration problem, reported at start-up.
+/// A configuration problem, reported at start-up. No variant has a `source`: each message
+/// already says everything, so an error chain prints it once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot load configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    /// The file cannot be read or parsed, a key is unknown, or a value has the wrong type.
+    #[error("{0}")]
+    Load(config::ConfigError),
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    /// The bad value came from this environment variable (which wins over the file).
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    /// The bad value came from this file.
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        Self::Load(e)
+    }
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -352,11 +366,26 @@ impl Default for RawMetrics {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// By hand, so that a wrong value is answered with the allowed ones (serde's derive says
+/// "enum LogFormat does not have variant constructor xml").
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        match value.as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(serde::de::Error::custom(format!(
+                "{value:?} is not a log format: use \"text\" or \"json\""
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -516,8 +545,21 @@ impl Config {
         for key in ENV_LIST_KEYS {
             env_source = env_source.with_list_parse_key(key);
         }
-        let raw: RawConfig = builder.add_source(env_source).build()?.try_deserialize()?;
-        Self::from_raw(raw)
+        let loaded = builder
+            .add_source(env_source)
+            .build()
+            .and_then(config::Config::try_deserialize::<RawConfig>);
+        let config = loaded
+            .map_err(ConfigError::from)
+            .and_then(Self::from_raw)
+            .map_err(|e| locate(e, file, env))?;
+        if let Some(filter) = env.get("RUST_LOG").filter(|v| !v.trim().is_empty()) {
+            check_filter(filter).map_err(|reason| ConfigError::Env {
+                var: "RUST_LOG".into(),
+                reason: format!("{filter:?} is not a tracing filter: {reason}"),
+            })?;
+        }
+        Ok(config)
     }
 
     /// Validates a raw configuration.
@@ -637,6 +679,12 @@ impl Config {
             },
             trusted_proxies: parse_nets("allowlist.trusted_proxies", &raw.allowlist.trusted_proxies)?,
         };
+        check_filter(&raw.log.level).map_err(|reason| {
+            invalid(
+                "log.level",
+                format!("{:?} is not a tracing filter: {reason}", raw.log.level),
+            )
+        })?;
         let admin_listen = match raw.admin.listen.trim() {
             "" => None,
             addr => Some(parse_addr("admin.listen", addr)?),
@@ -703,6 +751,76 @@ fn parse_nets(key: &str, values: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigE
                 })
         })
         .collect()
+}
+
+/// Checks a tracing filter (`log.level`, `RUST_LOG`) the way the subscriber parses it.
+fn check_filter(directives: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(directives)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// The environment variable that set `key` (`server.listen`), if one did: the long form
+/// (`GATEWAY__SERVER__LISTEN`), else its short name (`GATEWAY_LISTEN`).
+fn env_var_for(key: &str, env: &HashMap<String, String>) -> Option<String> {
+    let key = key.split('[').next().unwrap_or(key);
+    let suffix = key.replace('.', ENV_SEPARATOR).to_ascii_uppercase();
+    let long = format!("{ENV_PREFIX}{ENV_SEPARATOR}{suffix}");
+    if let Some(var) = env.keys().find(|k| k.eq_ignore_ascii_case(&long)) {
+        return Some(var.clone());
+    }
+    SHORT_ENV
+        .iter()
+        .find(|(short, long)| *long == suffix && env.contains_key(*short))
+        .map(|(short, _)| short.to_string())
+}
+
+/// The field an "unknown field `idel`, expected one of ..." message is about.
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// The key (dotted) an error is about when it says, and whether it already names where
+/// the value came from.
+fn error_key(e: &ConfigError) -> (Option<String>, bool) {
+    use config::ConfigError as E;
+    match e {
+        ConfigError::Invalid { key, .. } => (Some(key.clone()), false),
+        ConfigError::Load(E::Type { key, origin, .. }) => (key.clone(), origin.is_some()),
+        ConfigError::Load(E::At { error, key, origin }) => {
+            // "unknown field `idel`, ... for key `timeouts`": what was set is `timeouts.idel`.
+            let message = error.to_string();
+            let key = match (key, unknown_field(&message)) {
+                (Some(key), Some(field)) => Some(format!("{key}.{field}")),
+                (key, _) => key.clone(),
+            };
+            (key, origin.is_some())
+        }
+        ConfigError::Load(E::Message(message)) => (unknown_field(message).map(String::from), false),
+        ConfigError::Load(_) | ConfigError::Env { .. } | ConfigError::File { .. } => (None, true),
+    }
+}
+
+/// Says where a bad value came from: the environment variable that set the key the error
+/// is about (the environment wins over the file), else the file, unless the error says.
+fn locate(e: ConfigError, file: Option<&Path>, env: &HashMap<String, String>) -> ConfigError {
+    let (key, located) = error_key(&e);
+    if let Some(var) = key.as_deref().and_then(|key| env_var_for(key, env)) {
+        return ConfigError::Env {
+            var,
+            reason: e.to_string(),
+        };
+    }
+    match file {
+        Some(path) if !located => ConfigError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+        _ => e,
+    }
 }
 
 /// Rewrites the short names (`OLLAMA_BASE_URL`, ...) into the long form, which wins if both exist.
@@ -948,6 +1066,71 @@ mod tests {
         ] {
             let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(needle), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_variable_or_the_file_the_value_came_from() {
+        let (_d, path) = write("[server]\nlisten = \"127.0.0.1:1\"\n");
+        for (k, v, var) in [
+            ("GATEWAY_LISTEN", "nope", "GATEWAY_LISTEN"),
+            ("GATEWAY__SERVER__LISTEN", "nope", "GATEWAY__SERVER__LISTEN"),
+            (
+                "GATEWAY__SERVER__WORKERS",
+                "many",
+                "GATEWAY__SERVER__WORKERS",
+            ),
+            ("GATEWAY__TIMEOUTS__IDLE", "soon", "GATEWAY__TIMEOUTS__IDLE"),
+            ("GATEWAY__TIMEOUTS__IDEL", "1s", "GATEWAY__TIMEOUTS__IDEL"),
+            ("GATEWAY__NOPE", "1", "GATEWAY__NOPE"),
+            ("GATEWAY_TLS_CERT", "/x.pem", "GATEWAY_TLS_CERT"),
+        ] {
+            let err = Config::load(Some(&path), &env(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("environment variable {var}: ")),
+                "{k}={v}: {err}"
+            );
+            assert!(!err.contains("gateway.toml"), "{k}={v}: {err}");
+        }
+        for text in [
+            "[server]\nlisten = \"nope\"\n",
+            "[server]\nlistn = 1\n",
+            "[log]\nformat = \"xml\"\n",
+        ] {
+            let (_d, path) = write(text);
+            let err = Config::load(Some(&path), &HashMap::new())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&*path.to_string_lossy()), "{text}: {err}");
+            assert!(!err.contains("environment"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn log_format_and_filters_are_checked_naming_the_allowed_values() {
+        let err = Config::load(None, &env(&[("GATEWAY_LOG_FORMAT", "xml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GATEWAY_LOG_FORMAT") && err.contains("\"text\" or \"json\""),
+            "{err}"
+        );
+        assert!(!err.contains("variant"), "{err}");
+        for (k, v, needle) in [
+            ("RUST_LOG", "info,foo=loud", "environment variable RUST_LOG"),
+            ("RUST_LOG", "[", "environment variable RUST_LOG"),
+            ("GATEWAY__LOG__LEVEL", "info,foo=loud", "log.level"),
+        ] {
+            let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
+            assert!(
+                err.contains(needle) && err.contains("tracing filter"),
+                "{k}={v}: {err}"
+            );
+        }
+        for ok in ["debug", "ollama_gateway=debug,info", "  "] {
+            Config::load(None, &env(&[("RUST_LOG", ok)])).unwrap();
         }
     }
 

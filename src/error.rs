@@ -85,6 +85,10 @@ pub enum GatewayError {
     /// Request headers over the configured count or size.
     #[error("request header fields too large: {0}")]
     HeadersTooLarge(String),
+    /// An `Upgrade` request (WebSocket, h2c, ...): the gateway serves none. Answered on a
+    /// connection that is then closed (see `middleware::refuse`).
+    #[error("protocol upgrades are not served here (Upgrade: {0}); send the request without an Upgrade header")]
+    UpgradeRefused(String),
     /// The body did not arrive in time (a slow or stalled client).
     #[error("the request body did not arrive within {0}")]
     BodyTimeout(String),
@@ -156,6 +160,7 @@ impl GatewayError {
             Self::RateLimited { .. } => "rate_limit",
             Self::TooManyInFlight { .. } => "in_flight",
             Self::HeadersTooLarge(_) => "header_too_large",
+            Self::UpgradeRefused(_) => "upgrade",
             Self::BodyTimeout(_) => "body_timeout",
             Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
                 "bad_request"
@@ -183,6 +188,7 @@ impl GatewayError {
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. }
             | Self::HeadersTooLarge(_)
+            | Self::UpgradeRefused(_)
             | Self::BodyTimeout(_)
             | Self::EmptyBody
             | Self::InvalidJson(_)
@@ -209,6 +215,9 @@ impl ResponseError for GatewayError {
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            // A client error, not 501: the request asks for something this gateway
+            // deliberately does not offer, and says so (426 would ask the client to upgrade).
+            Self::UpgradeRefused(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
                 StatusCode::BAD_REQUEST
@@ -412,6 +421,11 @@ mod tests {
                 "header_too_large",
             ),
             (GatewayError::BodyTimeout("1s".into()), 408, "body_timeout"),
+            (
+                GatewayError::UpgradeRefused("websocket".into()),
+                400,
+                "upgrade",
+            ),
         ];
         for (err, status, kind) in cases.into_iter().chain(edge) {
             assert_eq!(err.status_code().as_u16(), status, "{err:?}");

@@ -26,6 +26,8 @@ pub enum KeysError {
     },
     #[error("keys file {path} is invalid: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("keys file {path} already has a key with id {id:?}; choose another id")]
+    IdTaken { path: PathBuf, id: String },
 }
 
 /// One `[[keys]]` entry of the keys file: the user-facing contract.
@@ -173,6 +175,11 @@ impl KeyTable {
         self.by_hash.len()
     }
 
+    /// Whether a key with this id is in the table.
+    pub fn has_id(&self, id: &str) -> bool {
+        self.by_hash.values().any(|k| &*k.id == id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
@@ -247,6 +254,37 @@ pub fn entry_toml(id: &str, team: &str, key: &str) -> String {
     )
 }
 
+/// What `keys new --append` adds to the keys file at `path` (missing: created) for `entry`,
+/// a new key with id `id`, once the file with it is known to load: an id already there
+/// would make the running gateway refuse the reload and the next start fail.
+pub fn append_text(
+    path: &Path,
+    id: &str,
+    entry: &str,
+    defaults: Limits,
+    pool: &LimiterPool,
+) -> Result<String, KeysError> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(KeysError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if KeyTable::parse(&existing, path, defaults, pool)?.has_id(id) {
+        return Err(KeysError::IdTaken {
+            path: path.to_path_buf(),
+            id: id.to_string(),
+        });
+    }
+    let addition = format!("\n{entry}");
+    KeyTable::parse(&format!("{existing}{addition}"), path, defaults, pool)?;
+    Ok(addition)
+}
+
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
@@ -262,20 +300,20 @@ pub struct Keys {
 
 impl Keys {
     /// Loads the keys file. A missing file gives an empty table (every request refused),
-    /// so a fresh install starts and tells the operator how to add a key.
+    /// so a fresh install starts and tells the operator how to add a key; it counts as
+    /// seen, so the reload checks say nothing until it appears.
     pub fn load(path: &Path, defaults: Limits, pool: Arc<LimiterPool>) -> Result<Self, KeysError> {
+        let read = std::fs::read(path);
         let keys = Self {
             current: ArcSwap::from_pointee(KeyTable::default()),
             path: path.to_path_buf(),
             defaults,
             pool,
-            digest: Mutex::new(None),
+            digest: Mutex::new(Some(read_digest(&read))),
         };
-        match std::fs::read(path) {
+        match read {
             Ok(bytes) => {
                 keys.install(&bytes)?;
-                *keys.digest.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Sha256::digest(&bytes).into());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -302,10 +340,7 @@ impl Keys {
     /// once, not on every check. Returns the number of keys when a new table was installed.
     pub fn reload_if_changed(&self) -> Result<Option<usize>, KeysError> {
         let read = std::fs::read(&self.path);
-        let digest: [u8; 32] = match &read {
-            Ok(bytes) => Sha256::digest(bytes).into(),
-            Err(e) => Sha256::digest(format!("unreadable: {:?}", e.kind())).into(),
-        };
+        let digest = read_digest(&read);
         {
             let mut seen = self.digest.lock().unwrap_or_else(|e| e.into_inner());
             if *seen == Some(digest) {
@@ -329,6 +364,15 @@ impl Keys {
         let n = table.len();
         self.current.store(Arc::new(table));
         Ok(n)
+    }
+}
+
+/// What a reload check compares with the last one: the file's digest, or the way it failed
+/// to read (so each new way is reported once).
+fn read_digest(read: &std::io::Result<Vec<u8>>) -> [u8; 32] {
+    match read {
+        Ok(bytes) => Sha256::digest(bytes).into(),
+        Err(e) => Sha256::digest(format!("unreadable: {:?}", e.kind())).into(),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -21,22 +22,34 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(
     version,
-    about = "A hardened HTTPS gateway in front of Ollama and OpenAI-compatible upstreams"
+    about = "A hardened HTTPS gateway in front of Ollama and OpenAI-compatible upstreams",
+    // `--config` before a subcommand would be read by none: it belongs to the default
+    // command (serve) only; `serve` and `check-config` take their own.
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
-    /// Configuration file (TOML); default config/gateway.toml when it exists.
-    #[arg(long, global = true, value_name = "PATH", env = "GATEWAY_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Only the commands that read the configuration take `--config`.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file (TOML); default config/gateway.toml when it exists.
+    #[arg(long, value_name = "PATH", env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
-    /// Validate the configuration and the keys file; print the configuration, secrets redacted.
-    CheckConfig,
+    Serve(ConfigArg),
+    /// Check everything `serve` checks before it binds (the configuration, RUST_LOG, the
+    /// TLS files, the keys file) without binding or writing anything; print the effective
+    /// configuration, secrets redacted.
+    CheckConfig(ConfigArg),
     /// Create and hash API keys.
     Keys {
         #[command(subcommand)]
@@ -99,10 +112,26 @@ fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<Config> {
         None => None,
     };
     let config = Config::load(path.as_deref(), &env).with_context(|| match &path {
-        Some(p) => format!("configuration from {}", p.display()),
-        None => "configuration (built-in defaults; no config/gateway.toml here)".to_string(),
+        Some(_) => "invalid configuration".to_string(),
+        None => "invalid configuration (built-in defaults and the environment; no config/gateway.toml here)".to_string(),
     })?;
     Ok(config)
+}
+
+/// Standard output went away (`check-config | head`): not a failure, nothing to report.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+struct StdoutClosed;
+
+/// Writes to stdout; a closed pipe becomes [`StdoutClosed`], which `main` ends quietly on.
+fn print(
+    write: impl FnOnce(&mut std::io::StdoutLock<'_>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        other => Ok(other?),
+    }
 }
 
 fn keys_new(team: &str, id: Option<String>, append: Option<&Path>) -> anyhow::Result<()> {
@@ -112,48 +141,56 @@ fn keys_new(team: &str, id: Option<String>, append: Option<&Path>) -> anyhow::Re
     };
     let key = keys::generate_key()?;
     let entry = keys::entry_toml(&id, team, &key);
+    let defaults = Config::load(None, &HashMap::new())?.limits;
+    let pool = LimiterPool::default();
     // Check the entry the way the gateway will read it, before anyone relies on it.
-    keys::KeyTable::parse(
-        &entry,
-        Path::new("new entry"),
-        Config::load(None, &HashMap::new())?.limits,
-        &LimiterPool::default(),
-    )?;
-    if let Some(path) = append {
+    keys::KeyTable::parse(&entry, Path::new("new entry"), defaults, &pool)?;
+    let joined = match append {
+        Some(path) => Some((
+            path,
+            keys::append_text(path, &id, &entry, defaults, &pool).context("nothing written")?,
+        )),
+        None => None,
+    };
+    // Printed before anything is written: a key that cannot be shown must not be added.
+    // (Not `print`: here a closed stdout is an error, not a quiet end.)
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{key}\n\n{entry}")
+        .and_then(|()| out.flush())
+        .context("cannot print the new key; nothing written")?;
+    if let Some((path, text)) = joined {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        writeln!(file, "\n{entry}")?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("appended the entry for {id} to {}", path.display());
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{key}")?;
-    writeln!(out, "\n{entry}")?;
     Ok(())
 }
 
 fn certs_new(out: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     let files = ollama_gateway::tls::generate_ca_and_server(out, names, force)?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(
-        stdout,
-        "CA certificate (give it to clients, e.g. GATEWAY_CA): {}",
-        files.ca.display()
-    )?;
-    writeln!(
-        stdout,
-        "server chain (tls.cert / GATEWAY_TLS_CERT): {}",
-        files.server_cert.display()
-    )?;
-    writeln!(
-        stdout,
-        "server key (tls.key / GATEWAY_TLS_KEY): {}",
-        files.server_key.display()
-    )?;
-    writeln!(stdout, "server certificate SHA-256: {}", files.fingerprint)?;
-    Ok(())
+    print(|stdout| {
+        writeln!(
+            stdout,
+            "CA certificate (give it to clients, e.g. GATEWAY_CA): {}",
+            files.ca.display()
+        )?;
+        writeln!(
+            stdout,
+            "server chain (tls.cert / GATEWAY_TLS_CERT): {}",
+            files.server_cert.display()
+        )?;
+        writeln!(
+            stdout,
+            "server key (tls.key / GATEWAY_TLS_KEY): {}",
+            files.server_key.display()
+        )?;
+        writeln!(stdout, "server certificate SHA-256: {}", files.fingerprint)
+    })
 }
 
 /// Where `health` looks by default: the admin listener's /healthz.
@@ -205,77 +242,112 @@ fn keys_hash() -> anyhow::Result<()> {
     std::io::stdin().read_to_string(&mut input)?;
     let key = input.trim();
     anyhow::ensure!(!key.is_empty(), "no key on stdin");
-    writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        keys::to_hex(&keys::hash_key(key))
-    )?;
-    Ok(())
+    print(|out| writeln!(out, "{}", keys::to_hex(&keys::hash_key(key))))
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve);
-    match &command {
-        Command::Keys { command } => {
+/// `check-config`: what `serve` checks before it binds, in the same code, without binding a
+/// port or writing a file (a self-signed certificate that `serve` would generate is only
+/// announced).
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let tls = match ollama_gateway::tls::check(&config.tls)? {
+        Some(fingerprint) => format!("TLS certificate SHA-256 {fingerprint}"),
+        None => "a self-signed TLS certificate is generated at the first start".to_string(),
+    };
+    let keys_file = &config.auth.keys_file;
+    let keys = Keys::load(keys_file, config.limits, Arc::new(LimiterPool::default()))?;
+    if !keys_file.exists() {
+        eprintln!(
+            "warning: keys file {} does not exist: every request will be refused (401); create a key with `ollama-gateway keys new --team NAME --append {}`",
+            keys_file.display(),
+            keys_file.display()
+        );
+    }
+    print(|out| {
+        writeln!(
+            out,
+            "# configuration is valid; {} API key(s) in {}; {tls}; effective values (secrets redacted):",
+            keys.table().len(),
+            keys_file.display()
+        )?;
+        out.write_all(config.to_redacted_toml().as_bytes())
+    })
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, each said once: many error types (thiserror's
+/// `#[from]` with `{0}`, rustls' PEM errors) repeat their source in their own message,
+/// which anyhow's chain would print again.
+fn report(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (config_arg, serve) = match cli.command {
+        None => (cli.config, true),
+        Some(Command::Serve(arg)) => (arg, true),
+        Some(Command::CheckConfig(arg)) => (arg, false),
+        Some(Command::Keys { command }) => {
             return match command {
-                KeysCommand::New { team, id, append } => {
-                    keys_new(team, id.clone(), append.as_deref())
-                }
+                KeysCommand::New { team, id, append } => keys_new(&team, id, append.as_deref()),
                 KeysCommand::Hash => keys_hash(),
             }
         }
-        Command::Certs {
+        Some(Command::Certs {
             command: CertsCommand::New { out, names, force },
-        } => return certs_new(out, names, *force),
-        Command::Health { url } => return health(&health_url(url.clone())),
-        Command::Serve | Command::CheckConfig => {}
+        }) => return certs_new(&out, &names, force),
+        Some(Command::Health { url }) => return health(&health_url(url)),
+    };
+    let config = load_config(config_arg.config)?;
+    if !serve {
+        return check_config(&config);
     }
-    let config = load_config(cli.config)?;
-    match command {
-        Command::CheckConfig => {
-            let keys = Keys::load(
-                &config.auth.keys_file,
-                config.limits,
-                Arc::new(LimiterPool::default()),
-            )?;
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "# configuration is valid; {} API key(s) in {}; effective values (secrets redacted):",
-                keys.table().len(),
-                config.auth.keys_file.display()
-            )?;
-            out.write_all(config.to_redacted_toml().as_bytes())?;
-            Ok(())
-        }
-        Command::Serve | Command::Keys { .. } | Command::Certs { .. } | Command::Health { .. } => {
-            if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-                eprintln!("warning: jemalloc background thread not started ({e}); freed memory returns to the OS more slowly");
-            }
-            let _log_writer =
-                telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());
-            actix_web::rt::System::new().block_on(async move {
-                let running = server::start(config)?;
-                spawn_sighup(Arc::clone(&running.reloader));
-                running.run().await.context("server failed")
-            })
-        }
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("warning: jemalloc background thread not started ({e}); freed memory returns to the OS more slowly");
     }
+    let _log_writer = telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());
+    actix_web::rt::System::new().block_on(async move {
+        let running = server::start(config)?;
+        spawn_sighup(Arc::clone(&running.reloader));
+        running.run().await.context("server failed")
+    })
 }
 
-/// SIGHUP reloads the keys file and the certificate at once (they are also polled).
+/// SIGHUP reloads the keys file and the certificate at once (they are also polled). The
+/// handler is installed here, before the listeners take traffic, not in the task: until it
+/// is, a SIGHUP terminates the process.
 fn spawn_sighup(reloader: Arc<ollama_gateway::reload::Reloader>) {
     #[cfg(unix)]
-    actix_web::rt::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP; relying on periodic reload");
             return;
         };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: checking the keys file and certificate");
-            reloader.check();
-        }
-    });
+        actix_web::rt::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: checking the keys file and certificate");
+                reloader.check();
+            }
+        });
+    }
 }

@@ -24,7 +24,7 @@ use crate::keys::ApiKey;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
-pub const REJECTION_REASONS: [&str; 14] = [
+pub const REJECTION_REASONS: [&str; 15] = [
     "ip",
     "auth",
     "auth_throttled",
@@ -38,6 +38,7 @@ pub const REJECTION_REASONS: [&str; 14] = [
     "bad_request",
     "not_found",
     "method_not_allowed",
+    "upgrade",
     "other",
 ];
 
@@ -679,7 +680,7 @@ impl RequestRecord {
             Ending::Complete => "complete",
             Ending::Failed { kind, .. } => kind,
         };
-        let ttfb_ms = ttfb.map(|d| d.as_secs_f64() * 1e3);
+        let ttfb_ms = ttfb.map(crate::telemetry::millis);
         // A failed answer's line is a warning and says why; the fields are the same.
         let error = (!success).then_some(match ending {
             Ending::Failed { message, .. } => message.as_str(),
@@ -695,7 +696,7 @@ impl RequestRecord {
                     upstream = &*self.upstream,
                     status,
                     outcome,
-                    duration_ms = elapsed.as_secs_f64() * 1e3,
+                    duration_ms = crate::telemetry::millis(elapsed),
                     ttfb_ms,
                     prompt_tokens = tokens.prompt,
                     completion_tokens = tokens.completion,

@@ -21,8 +21,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Reloads whatever changed; logs what happened.
+    /// Reloads whatever changed; logs what happened (a check that found nothing new, at
+    /// debug only).
     pub fn check(&self) {
+        tracing::debug!("checking the keys file and the TLS certificate for changes");
         match self.keys.reload_if_changed() {
             Ok(Some(n)) => {
                 tracing::info!(path = %self.keys.path().display(), keys = n, "reloaded API keys")

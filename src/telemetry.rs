@@ -190,6 +190,12 @@ impl Visit for JsonFields<'_> {
     }
 }
 
+/// `d` in milliseconds, rounded to the microsecond: what the log lines' `*_ms` fields carry
+/// (`0.236`, not `0.23611100000000002`).
+pub fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// A request's id: the client's `X-Request-Id` when well-formed, else a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub Arc<str>);
@@ -340,6 +346,19 @@ mod tests {
         assert_eq!(second["level"], "WARN");
         assert_eq!(second["message"], "second 2");
         assert_eq!(second["list"], "[\"a\"]");
+    }
+
+    #[test]
+    fn millis_are_rounded_to_the_microsecond() {
+        use std::time::Duration;
+        for (nanos, shown) in [
+            (236_111, "0.236"),
+            (236_611, "0.237"),
+            (1_402_613_499, "1402.613"),
+            (0, "0"),
+        ] {
+            assert_eq!(millis(Duration::from_nanos(nanos)).to_string(), shown);
+        }
     }
 
     #[test]

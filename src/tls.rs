@@ -187,6 +187,24 @@ fn validity(params: &mut rcgen::CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
+/// What [`load`] checks of `cfg`, without writing anything (for `check-config`): the
+/// certificate and key files must form a usable pair. Returns the certificate's
+/// fingerprint, or `None` when [`load`] would generate a self-signed one (neither file of
+/// `tls.self_signed_dir` exists yet).
+pub fn check(cfg: &TlsConfig) -> Result<Option<String>, TlsError> {
+    let (cert, key) = match cfg {
+        TlsConfig::Files { cert, key } => (cert.clone(), key.clone()),
+        TlsConfig::SelfSigned { dir } => {
+            let (cert, key) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
+            if !cert.exists() && !key.exists() {
+                return Ok(None);
+            }
+            (cert, key)
+        }
+    };
+    load_pair(&cert, &key).map(|(_, fingerprint)| Some(fingerprint))
+}
+
 /// SHA-256 over both files (an unreadable file counts as empty).
 fn files_digest(cert: &Path, key: &Path) -> [u8; 32] {
     let mut h = Sha256::new();

@@ -10,17 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{client_tls, FakeUpstream, Reply, TempDir};
+use common::{client_tls, repo_config, FakeUpstream, Reply, TempDir, BIN};
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ollama-gateway");
-
-fn repo_config() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("config/gateway.toml")
-        .display()
-        .to_string()
-}
 
 /// A running gateway process, killed on drop.
 struct Proc {
@@ -469,6 +460,131 @@ async fn one_structured_json_line_per_request() {
     assert_eq!(v["completion_tokens"], 2);
     assert_eq!(v["prompt_tokens"], 5);
     assert!(v["duration_ms"].as_f64().unwrap() >= v["ttfb_ms"].as_f64().unwrap());
+    for field in ["duration_ms", "ttfb_ms"] {
+        let text = v[field].to_string();
+        assert!(decimals(&text) <= 3, "{field} to the microsecond: {text}");
+    }
+}
+
+/// Digits after the decimal point.
+fn decimals(number: &str) -> usize {
+    number.split_once('.').map_or(0, |(_, frac)| frac.len())
+}
+
+#[actix_rt::test]
+async fn every_refusal_is_one_line_naming_the_client() {
+    let dir = TempDir::new("refusals");
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("k", "t", common::TEST_KEY, "models = [\"llama3\"]"),
+    )
+    .unwrap();
+    let ollama = FakeUpstream::ollama_ok();
+    let proc = Proc::start_with(
+        &dir.0,
+        &ollama.url(),
+        &[("GATEWAY__ALLOWLIST__TRUSTED_PROXIES", "127.0.0.1".into())],
+    );
+    let lines = proc.wait_for("listening");
+    let address = field(&lines, "address=").to_string();
+    let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
+    let key = ("x-api-key", common::TEST_KEY);
+    let none = ("x-none", "");
+    // id, extra headers, model, expected status; the last one is answered normally.
+    let cases = [
+        ("r-no-key", none, none, "llama3", 401),
+        ("r-bad-key", ("x-api-key", "ogw_wrong"), none, "llama3", 401),
+        (
+            "r-denied",
+            key,
+            ("x-forwarded-for", "203.0.113.7"),
+            "llama3",
+            403,
+        ),
+        ("r-model", key, none, "mistral", 403),
+        ("r-done", key, none, "llama3", 200),
+    ];
+    for (id, first, second, model, status) in cases {
+        let resp = client
+            .post(format!("{address}/api/chat"))
+            .insert_header(("x-request-id", id))
+            .insert_header(first)
+            .insert_header(second)
+            .send_json(&json!({"model": model, "messages": [], "stream": false}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{id}");
+    }
+    let lines = proc.wait_for("\"r-done\"");
+    let first = lines
+        .iter()
+        .position(|l| l.contains("\"r-no-key\""))
+        .expect("the first refusal is logged");
+    let requests = &lines[first..];
+    assert_eq!(
+        requests.len(),
+        cases.len(),
+        "one line per request, nothing else: {requests:#?}"
+    );
+    for ((id, _, second, _, _), line) in cases.iter().zip(requests) {
+        assert!(line.contains(&format!("request_id=\"{id}\"")), "{line}");
+        let expected = if second.0 == "x-forwarded-for" {
+            second.1
+        } else {
+            "127.0.0.1"
+        };
+        if *id != "r-done" {
+            assert!(line.contains(&format!("client={expected} ")), "{line}");
+        }
+        let ms = field(std::slice::from_ref(line), "duration_ms=");
+        assert!(ms.parse::<f64>().is_ok() && decimals(ms) <= 3, "{line}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_missing_keys_file_is_reported_once_and_its_arrival_noticed() {
+    let dir = TempDir::new("reload-nokeys");
+    let ollama = FakeUpstream::ollama_ok();
+    let proc = Proc::start_with(
+        &dir.0,
+        &ollama.url(),
+        &[
+            ("GATEWAY__SERVER__RELOAD_INTERVAL", "20ms".into()),
+            ("RUST_LOG", "info,ollama_gateway::reload=debug".into()),
+        ],
+    );
+    let check = "checking the keys file and the TLS certificate";
+    let mut lines = proc.wait_for("listening");
+    for _ in 0..5 {
+        lines.extend(proc.wait_for(check));
+    }
+    let about_keys: Vec<&String> = lines
+        .iter()
+        .filter(|l| (l.contains("keys file") || l.contains("API keys")) && !l.contains(check))
+        .collect();
+    assert_eq!(about_keys.len(), 1, "said once: {about_keys:#?}");
+    assert!(
+        about_keys[0].contains("WARN") && about_keys[0].contains("no API keys configured"),
+        "{about_keys:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("ERROR")), "{lines:#?}");
+
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("late", "test", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let arrived = proc.wait_for("reloaded API keys");
+    let line = arrived.last().unwrap();
+    assert!(line.contains("INFO") && line.contains("keys=1"), "{line}");
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        after.extend(proc.wait_for(check));
+    }
+    assert!(
+        after.iter().all(|l| l.contains(check)),
+        "an unchanged file is not reloaded again: {after:#?}"
+    );
 }
 
 #[actix_rt::test]

@@ -218,3 +218,31 @@ fn every_variable_the_compose_file_uses_is_in_env_example() {
         );
     }
 }
+
+/// The Dockerfile needs no BuildKit: the classic builder (Debian's docker.io, docker-compose
+/// 1.29) knows no `# syntax=` frontends, heredocs, `RUN --mount`/`--network`, or `COPY`
+/// flags other than `--from` and `--chown`.
+#[test]
+fn the_dockerfile_builds_without_buildkit() {
+    let dockerfile = repo("Dockerfile");
+    for line in dockerfile.lines().map(str::trim) {
+        assert!(
+            !line.to_ascii_lowercase().starts_with("# syntax="),
+            "{line}"
+        );
+        assert!(!line.contains("<<"), "heredoc: {line}");
+        let mut words = line.split_whitespace();
+        let instruction = words.next().unwrap_or_default();
+        let flags: Vec<&str> = words.take_while(|w| w.starts_with("--")).collect();
+        let allowed: &[&str] = match instruction {
+            "COPY" | "ADD" => &["--from", "--chown"],
+            "FROM" => &["--platform"],
+            "RUN" => &[],
+            _ => continue,
+        };
+        for flag in flags {
+            let name = flag.split('=').next().unwrap_or(flag);
+            assert!(allowed.contains(&name), "BuildKit-only {name}: {line}");
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The official ollama-python client against the gateway, over TLS, in front of both fakes:
 //! what a new user does first. CI installs the client (`pip install ollama`); elsewhere the
-//! test is skipped with a notice when the module is missing.
+//! test is skipped, with a notice, when the module is missing (see `common::skip`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -31,21 +31,12 @@ except ollama.ResponseError as e:
 print(json.dumps(out))
 "#;
 
-fn python_has_ollama() -> bool {
-    Command::new("python3")
-        .args(["-c", "import ollama"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[actix_rt::test]
 async fn ollama_python_client_works_through_the_gateway() {
-    if !python_has_ollama() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install the ollama Python client"
-        );
-        eprintln!("skipped: python3 module `ollama` not installed (pip install ollama)");
+    if !common::skip::available(
+        common::skip::runs("python3", &["-c", "import ollama"]),
+        "python3 module `ollama` (pip install ollama)",
+    ) {
         return;
     }
     let ollama = FakeUpstream::start(|req| {

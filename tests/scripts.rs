@@ -1,6 +1,6 @@
 //! scripts/llm against a gateway on loopback in front of fake upstreams: both modes, both
 //! upstreams, and failures printed with a non-zero exit. Needs bash, curl and jq (CI
-//! installs them); elsewhere the test is skipped with a notice when one is missing.
+//! installs them); elsewhere the test is skipped, with a notice, when one is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,15 +10,6 @@ use std::process::{Command, Output};
 
 use common::{ollama_stream_lines, openai_sse, FakeUpstream, Gateway, Reply, TEST_KEY};
 use serde_json::json;
-
-fn tools_present() -> bool {
-    ["bash", "curl", "jq"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 async fn run(gw: &Gateway, script: &str, args: &[&str], key: &str) -> Output {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,12 +37,10 @@ fn text(b: &[u8]) -> String {
 
 #[actix_rt::test]
 async fn llm_scripts_print_answers_and_fail_loudly() {
-    if !tools_present() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install bash, curl and jq"
-        );
-        eprintln!("skipped: bash, curl or jq missing");
+    if !common::skip::available(
+        common::skip::all_run(&["bash", "curl", "jq"]),
+        "bash, curl or jq",
+    ) {
         return;
     }
     let ollama = FakeUpstream::start(|req| {
@@ -140,4 +129,142 @@ async fn llm_scripts_print_answers_and_fail_loudly() {
     let out = run(&gw, "all.sh", &["hi"], "ogw_wrong").await;
     assert!(!out.status.success(), "all.sh fails when one fails");
     gw.stop().await;
+}
+
+/// Fake `docker` and `docker-compose` in `dir`, logging their arguments to `dir/calls`:
+/// `FAKE_PLUGIN=1` makes `docker compose` work, `FAKE_STANDALONE=<version>` makes
+/// `docker-compose` exist.
+fn fake_docker(dir: &Path) {
+    let docker = r#"#!/bin/sh
+echo "docker $*" >> "$FAKE_DIR/calls"
+if [ "$1" = compose ] && [ "$FAKE_PLUGIN" != 1 ]; then
+  echo "docker: 'compose' is not a docker command." >&2
+  exit 1
+fi
+"#;
+    let standalone = r#"#!/bin/sh
+[ -n "$FAKE_STANDALONE" ] || { echo "docker-compose: not found" >&2; exit 127; }
+echo "docker-compose $*" >> "$FAKE_DIR/calls"
+if [ "$1" = version ]; then echo "$FAKE_STANDALONE"; fi
+"#;
+    for (name, text) in [("docker", docker), ("docker-compose", standalone)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+}
+
+/// Runs `script` (under scripts/) with the fakes first on PATH; returns its output and the
+/// commands the fakes saw (version probes left out).
+fn with_fake_docker(
+    script: &str,
+    args: &[&str],
+    plugin: bool,
+    standalone: &str,
+) -> (Output, String) {
+    let dir = common::TempDir::new("fake-docker");
+    fake_docker(&dir.0);
+    let path = format!(
+        "{}:{}",
+        dir.0.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scripts")
+                .join(script),
+        )
+        .args(args)
+        .env("PATH", path)
+        .env("FAKE_DIR", &dir.0)
+        .env("FAKE_PLUGIN", if plugin { "1" } else { "0" })
+        .env("FAKE_STANDALONE", standalone)
+        .env_remove("MAKE_CERTS_LOCAL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let calls = std::fs::read_to_string(dir.0.join("calls")).unwrap_or_default();
+    let calls = calls
+        .lines()
+        .filter(|l| !l.contains(" version"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (out, calls)
+}
+
+#[test]
+fn compose_scripts_use_the_compose_this_machine_has_or_say_what_is_missing() {
+    if !common::skip::available(common::skip::runs("bash", &["--version"]), "bash") {
+        return;
+    }
+    // The plugin when it works, else the standalone docker-compose (Debian's 1.29).
+    for (plugin, standalone, compose) in [
+        (true, "1.29.2", "docker compose"),
+        (false, "1.29.2", "docker-compose"),
+        (false, "2.24.6", "docker-compose"),
+    ] {
+        let (out, calls) = with_fake_docker("pull-model.sh", &["qwen2.5:7b"], plugin, standalone);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            calls,
+            format!("{compose} exec -T ollama ollama pull qwen2.5:7b"),
+            "plugin={plugin} standalone={standalone}"
+        );
+        let (out, calls) = with_fake_docker("make-certs.sh", &[], plugin, standalone);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let calls: Vec<&str> = calls.lines().collect();
+        assert_eq!(calls[0], format!("{compose} build gateway"), "{calls:?}");
+        assert!(
+            calls[1].starts_with(&format!("{compose} run --rm --no-deps --user 0 -v ")),
+            "{calls:?}"
+        );
+    }
+    // Neither, or a docker-compose too old for docker-compose.yaml: a clear error, no call.
+    for (standalone, needle) in [
+        ("", "neither 'docker compose'"),
+        ("1.25.0", "docker-compose 1.25.0 is too old"),
+    ] {
+        for script in ["pull-model.sh", "make-certs.sh"] {
+            let (out, calls) = with_fake_docker(script, &["m"], false, standalone);
+            assert!(!out.status.success(), "{script}");
+            assert!(
+                text(&out.stderr).contains(needle),
+                "{script}: {}",
+                text(&out.stderr)
+            );
+            assert_eq!(calls, "", "{script} ran nothing");
+        }
+    }
+}
+
+#[test]
+fn shell_scripts_are_shellcheck_clean() {
+    if !common::skip::available(
+        common::skip::runs("shellcheck", &["--version"]),
+        "shellcheck",
+    ) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut scripts: Vec<std::path::PathBuf> = vec![root.join(".ci/run")];
+    for dir in ["scripts", "scripts/llm"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sh") {
+                scripts.push(path);
+            }
+        }
+    }
+    let out = Command::new("shellcheck")
+        .arg("-x")
+        .args(&scripts)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
 }

@@ -108,13 +108,15 @@ fn parse_node(v: &str) -> Option<IpAddr> {
         .or_else(|| v.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
-/// The client address of `req` (see `Allowlist::client_ip`) if the allowlist admits it.
-pub fn check(allowlist: &Allowlist, req: &ServiceRequest) -> Result<IpAddr, GatewayError> {
-    let peer = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .ok_or(GatewayError::IpDenied)?;
-    let ip = allowlist.client_ip(peer, req.headers());
+/// The client address of `req` (see `Allowlist::client_ip`); `None` without a peer address.
+pub fn client(allowlist: &Allowlist, req: &ServiceRequest) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    Some(allowlist.client_ip(peer, req.headers()))
+}
+
+/// `client` (from [`client`]) if the allowlist admits it.
+pub fn check(allowlist: &Allowlist, client: Option<IpAddr>) -> Result<IpAddr, GatewayError> {
+    let ip = client.ok_or(GatewayError::IpDenied)?;
     if !allowlist.allows(ip) {
         tracing::debug!(client_ip = %ip, "address not in the allowlist");
         return Err(GatewayError::IpDenied);

@@ -43,6 +43,32 @@ pub fn check_headers(
     Ok(())
 }
 
+/// Whether actix-http reads this request's body until the connection ends: an
+/// `Upgrade: websocket` request not sent chunked (its Content-Length is ignored, the
+/// WebSocket handshake being expected to take the connection over). Nothing after such a
+/// request can be framed. (Other upgrades, h2c say, keep their Content-Length framing.)
+pub fn body_runs_to_eof(req: &ServiceRequest) -> bool {
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    websocket && !actix_web::HttpMessage::chunked(req).unwrap_or(false)
+}
+
+/// Refuses a protocol upgrade (RFC 9110 7.8): the gateway serves none.
+pub fn check_upgrade(headers: &HeaderMap) -> Result<(), GatewayError> {
+    match headers.get(header::UPGRADE) {
+        None => Ok(()),
+        Some(value) => {
+            let protocol = String::from_utf8_lossy(value.as_bytes());
+            Err(GatewayError::UpgradeRefused(
+                protocol.chars().take(64).collect(),
+            ))
+        }
+    }
+}
+
 /// What the client presented: `X-API-Key` first, else a Bearer token.
 enum Presented {
     None,
@@ -88,6 +114,7 @@ pub fn check(
 ) -> Result<Option<Arc<ApiKey>>, GatewayError> {
     let server = &state.config.server;
     check_headers(req.headers(), server.max_headers, server.max_header_bytes)?;
+    check_upgrade(req.headers())?;
     if is_public(req.method(), req.path()) {
         return Ok(None);
     }

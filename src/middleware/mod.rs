@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage as _};
 
@@ -32,8 +33,8 @@ pub async fn edge(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let seen = observe::Seen::start(&req);
-    let res = match admit(&req) {
+    let mut seen = observe::Seen::start(&req);
+    let res = match admit(&req, &mut seen) {
         Ok(admission) => admission.apply(next.call(req).await?),
         Err(e) => refuse(req, e).await,
     };
@@ -46,12 +47,17 @@ pub async fn edge(
     Ok(res)
 }
 
-/// The allowlist, the key, the limits, in that order; the first refusal wins.
-fn admit(req: &ServiceRequest) -> Result<rate_limit::Admission, GatewayError> {
+/// The allowlist, the key, the limits, in that order; the first refusal wins. Notes the
+/// client address in `seen` first, so that a refusal's log line says who it was.
+fn admit(
+    req: &ServiceRequest,
+    seen: &mut observe::Seen,
+) -> Result<rate_limit::Admission, GatewayError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or(GatewayError::IpDenied)?;
-    let ip = allowlist::check(&state.allowlist, req)?;
+    seen.client = allowlist::client(&state.allowlist, req);
+    let ip = allowlist::check(&state.allowlist, seen.client)?;
     let key = auth::check(state, req, ip)?;
     if let Some(key) = &key {
         req.extensions_mut().insert(Arc::clone(key));
@@ -71,7 +77,18 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// A small body still on its way is read first (bounded in size and time): answering
 /// before it arrived makes HTTP/2 reset the stream and HTTP/1.1 close the connection,
 /// and some clients (curl among them) then report a transport error instead of the 401.
+///
+/// Except after an `Upgrade: websocket` request: its "body" is the rest of the connection
+/// (see `auth::body_runs_to_eof`), requests pipelined behind it included. It is answered at
+/// once and the connection closed, so that nothing on it is read as anything else.
 async fn refuse(mut req: ServiceRequest, error: GatewayError) -> ServiceResponse {
+    if auth::body_runs_to_eof(&req) {
+        let mut res = req.error_response(error);
+        res.response_mut()
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+        return res;
+    }
     crate::body::drain(req.take_payload(), DRAIN_LIMIT, DRAIN_TIME).await;
     req.error_response(error)
 }

@@ -3,6 +3,7 @@
 //! line each. Routed requests are counted and logged by their `RequestRecord` when their
 //! answer ends.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +44,9 @@ pub struct Seen {
     started: Instant,
     request_id: RequestId,
     worker: Option<Rc<WorkerMetrics>>,
+    /// The client address (as the allowlist resolved it), for the log line: an operator
+    /// reading a refusal needs to know who it was. Never a metric label.
+    pub client: Option<IpAddr>,
 }
 
 impl Seen {
@@ -54,6 +58,7 @@ impl Seen {
                 None => RequestId::generate(),
             },
             worker: req.app_data::<Rc<WorkerMetrics>>().cloned(),
+            client: None,
         }
     }
 
@@ -64,6 +69,7 @@ impl Seen {
             started,
             request_id,
             worker,
+            client,
         } = self;
         if let Ok(value) = HeaderValue::from_str(&request_id.0) {
             res.headers_mut().insert(X_REQUEST_ID, value);
@@ -79,7 +85,13 @@ impl Seen {
             .and_then(|e| e.as_error::<GatewayError>());
         let key = res.request().extensions().get::<Arc<ApiKey>>().cloned();
         if is_probe(path) && error.is_none() {
-            tracing::debug!(request_id = &*request_id.0, status, path, "probe");
+            tracing::debug!(
+                request_id = &*request_id.0,
+                client = client.map(tracing::field::display),
+                status,
+                path,
+                "probe"
+            );
             return res;
         }
         let reason = error
@@ -99,13 +111,14 @@ impl Seen {
         }
         tracing::info!(
             request_id = &*request_id.0,
+            client = client.map(tracing::field::display),
             key_id = key.as_ref().map(|k| &*k.id),
             team = key.as_ref().map(|k| &*k.team),
             method = res.request().method().as_str(),
             path = path.chars().take(200).collect::<String>().as_str(),
             status,
             outcome = reason.unwrap_or("answered"),
-            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            duration_ms = crate::telemetry::millis(started.elapsed()),
             error = error.map(|e| e.to_string()),
             "request"
         );

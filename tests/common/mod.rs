@@ -2,6 +2,8 @@
 //! that record what they receive and answer as each test scripts them.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod skip;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +25,17 @@ pub const UPSTREAM_KEY: &str = "sk-test-upstream-0123456789abcdef";
 
 /// The client API key every test gateway accepts (id `test-key`, team `test`).
 pub const TEST_KEY: &str = "ogw_test_client_key_0123456789";
+
+/// The gateway binary, as cargo built it for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ollama-gateway");
+
+/// The committed config/gateway.toml, as a `--config` argument.
+pub fn repo_config() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/gateway.toml")
+        .display()
+        .to_string()
+}
 
 /// A keys-file entry for `key`, with optional extra TOML lines.
 pub fn key_entry(id: &str, team: &str, key: &str, extra: &str) -> String {
