@@ -4,6 +4,7 @@
 //! Its status comes from an exhaustive `match`, its body is Ollama's `{"error": "..."}`,
 //! and [`GatewayError::kind`] gives a short, bounded label for metrics and logs.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -91,9 +92,19 @@ pub enum GatewayError {
     /// The upstream could not be reached (DNS, refused, TLS).
     #[error("upstream {upstream} is unreachable: {detail}")]
     UpstreamConnect { upstream: String, detail: String },
-    /// The upstream did not answer in time.
-    #[error("upstream {upstream} timed out: {detail}")]
+    /// The upstream did not answer in time; `detail` says after how long, waiting for what.
+    #[error("upstream {upstream} timed out {detail}")]
     UpstreamTimeout { upstream: String, detail: String },
+    /// The connection broke after it was made: closed or reset before the answer was
+    /// complete. `what` says what the upstream did ("reset the connection before ...").
+    #[error("upstream {upstream} {what}")]
+    UpstreamBroken {
+        upstream: String,
+        what: Cow<'static, str>,
+    },
+    /// The upstream's whole answer is larger than the gateway buffers.
+    #[error("upstream {upstream} sent an answer larger than the limit of {limit} bytes")]
+    UpstreamTooLarge { upstream: String, limit: usize },
     /// The upstream answered with an error status; `status` is what the client gets.
     #[error("{message}")]
     UpstreamStatus {
@@ -142,6 +153,59 @@ impl RatePolicy {
     }
 }
 
+/// How an upstream failed: the `kind` label of `gateway_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFault {
+    /// No connection: DNS, refused, TLS handshake.
+    Connect,
+    /// One of the gateway's `timeouts` ran out.
+    Timeout,
+    /// An error status.
+    Status,
+    /// An answer that is not valid (not JSON, not a completion, not a stream).
+    Protocol,
+    /// An answer, stream line or event larger than the gateway's limit.
+    TooLarge,
+    /// The connection closed or broke before the answer was complete.
+    Truncated,
+    /// The upstream reported an error in the middle of a stream.
+    MidStream,
+}
+
+impl UpstreamFault {
+    /// Every kind, in the order metric handles are kept.
+    pub const ALL: [Self; 7] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Status,
+        Self::Protocol,
+        Self::TooLarge,
+        Self::Truncated,
+        Self::MidStream,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Status => "status",
+            Self::Protocol => "protocol",
+            Self::TooLarge => "too_large",
+            Self::Truncated => "truncated",
+            Self::MidStream => "mid_stream",
+        }
+    }
+
+    /// The request log's `outcome` for a stream that failed this way after its first byte.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Self::MidStream => "upstream_error",
+            other => other.label(),
+        }
+    }
+}
+
 /// The `WWW-Authenticate` challenge sent with every 401.
 pub const AUTH_CHALLENGE: &str = "Bearer realm=\"ollama-gateway\"";
 
@@ -166,8 +230,41 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UpstreamConnect { .. } => "upstream_connect",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamBroken { .. } => "upstream_truncated",
+            Self::UpstreamTooLarge { .. } => "upstream_too_large",
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::UpstreamProtocol { .. } => "upstream_protocol",
+        }
+    }
+
+    /// The upstream failure this is, for `gateway_upstream_errors_total`; `None` for the
+    /// gateway's own refusals.
+    pub fn fault(&self) -> Option<UpstreamFault> {
+        match self {
+            Self::UpstreamConnect { .. } => Some(UpstreamFault::Connect),
+            Self::UpstreamTimeout { .. } => Some(UpstreamFault::Timeout),
+            Self::UpstreamBroken { .. } => Some(UpstreamFault::Truncated),
+            Self::UpstreamTooLarge { .. } => Some(UpstreamFault::TooLarge),
+            Self::UpstreamStatus { .. } => Some(UpstreamFault::Status),
+            Self::UpstreamProtocol { .. } => Some(UpstreamFault::Protocol),
+            Self::IpDenied
+            | Self::MissingKey
+            | Self::InvalidKey
+            | Self::DisabledKey
+            | Self::AuthThrottled { .. }
+            | Self::ModelNotAllowed { .. }
+            | Self::RateLimited { .. }
+            | Self::TooManyInFlight { .. }
+            | Self::HeadersTooLarge(_)
+            | Self::BodyTimeout(_)
+            | Self::EmptyBody
+            | Self::InvalidJson(_)
+            | Self::InvalidField(_)
+            | Self::MissingModel
+            | Self::BodyTooLarge { .. }
+            | Self::BodyRead(_)
+            | Self::NotFound { .. }
+            | Self::MethodNotAllowed { .. } => None,
         }
     }
 
@@ -194,6 +291,8 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. } => Blame::Client,
             Self::UpstreamConnect { .. }
             | Self::UpstreamTimeout { .. }
+            | Self::UpstreamBroken { .. }
+            | Self::UpstreamTooLarge { .. }
             | Self::UpstreamStatus { .. }
             | Self::UpstreamProtocol { .. } => Blame::Upstream,
         }
@@ -217,7 +316,10 @@ impl ResponseError for GatewayError {
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamConnect { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamBroken { .. }
+            | Self::UpstreamTooLarge { .. }
+            | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamStatus { status, .. } => *status,
         }
@@ -351,6 +453,22 @@ mod tests {
                 },
                 504,
                 "upstream_timeout",
+            ),
+            (
+                GatewayError::UpstreamBroken {
+                    upstream: up(),
+                    what: "reset the connection".into(),
+                },
+                502,
+                "upstream_truncated",
+            ),
+            (
+                GatewayError::UpstreamTooLarge {
+                    upstream: up(),
+                    limit: 1,
+                },
+                502,
+                "upstream_too_large",
             ),
             (
                 GatewayError::UpstreamStatus {

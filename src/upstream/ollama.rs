@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 use super::headers::{downstream_response_headers, upstream_request_headers};
 use super::relay::{Relay, Step, Transform};
-use super::{read_body, send_error, MAX_ANSWER_BYTES, OLLAMA};
+use super::{read_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, OLLAMA};
 use crate::config::Config;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, UpstreamFault};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::translate::ndjson::{DoneCounts, Ending, NdjsonRelay};
 
@@ -61,7 +61,7 @@ pub async fn forward(
             resp,
             OllamaLines(NdjsonRelay::new()),
             OLLAMA.to_string(),
-            timeouts.idle,
+            timeouts,
             deadline,
             Some(record),
         );
@@ -69,12 +69,18 @@ pub async fn forward(
     }
     // A whole answer or an error: Ollama writes these in one piece, so buffering them costs
     // nothing and lets a broken answer become a 502 instead of a truncated 200.
-    let body = match read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline).await {
+    let body = match read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
     let counts: DoneCounts = if status.is_success() {
-        serde_json::from_slice(&body).unwrap_or_default()
+        match serde_json::from_slice(&body) {
+            Ok(counts) => counts,
+            Err(e) => {
+                let detail = format!("the answer is not a JSON object ({e})");
+                return Err(record.fail(unreadable_answer(OLLAMA, &body, detail)));
+            }
+        }
     } else {
         DoneCounts::default()
     };
@@ -126,12 +132,12 @@ impl Transform for OllamaLines {
             // Ollama reported its own failure in a last {"error"} line, already relayed.
             Ending::UpstreamError => Step::Relayed {
                 forward: rest,
-                kind: "upstream_error",
+                fault: UpstreamFault::MidStream,
                 message: format!("upstream {OLLAMA} reported an error in the stream"),
             },
             Ending::Truncated => Step::Fail {
                 forward: rest,
-                kind: "truncated",
+                fault: UpstreamFault::Truncated,
                 message: format!("upstream {OLLAMA} closed the stream before it finished"),
             },
         }

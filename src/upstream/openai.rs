@@ -11,9 +11,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::relay::{Relay, Step, Transform};
-use super::{read_body, send_error, MAX_ANSWER_BYTES, MAX_ERROR_BYTES};
+use super::{read_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, MAX_ERROR_BYTES};
 use crate::config::{OpenAiConfig, Timeouts};
-use crate::error::{GatewayError, JSON_UTF8};
+use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::translate::ollama::ChatRequest;
 use crate::translate::openai::{
@@ -80,9 +80,15 @@ pub async fn forward(
     let status = resp.status();
     if !status.is_success() {
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let body = read_body(&mut resp, &up.name, MAX_ERROR_BYTES, deadline)
-            .await
-            .unwrap_or_default();
+        let body = read_body(
+            &mut resp,
+            &up.name,
+            MAX_ERROR_BYTES,
+            deadline,
+            call.timeouts,
+        )
+        .await
+        .unwrap_or_default();
         return Err(record.fail(status_error(&up.name, status, &body, retry_after)));
     }
     let client_model = call.chat.model();
@@ -99,7 +105,7 @@ pub async fn forward(
                 upstream: up.name.clone(),
             },
             up.name.clone(),
-            call.timeouts.idle,
+            call.timeouts,
             deadline,
             Some(record),
         );
@@ -109,7 +115,15 @@ pub async fn forward(
             .insert_header(("x-accel-buffering", "no"))
             .streaming(relay));
     }
-    let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline).await {
+    let body = match read_body(
+        &mut resp,
+        &up.name,
+        MAX_ANSWER_BYTES,
+        deadline,
+        call.timeouts,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
@@ -119,12 +133,7 @@ pub async fn forward(
     }
     let translated = match from_openai_response(&body, client_model, call.started) {
         Ok(t) => t,
-        Err(detail) => {
-            return Err(record.fail(GatewayError::UpstreamProtocol {
-                upstream: up.name.clone(),
-                detail,
-            }))
-        }
+        Err(detail) => return Err(record.fail(unreadable_answer(&up.name, &body, detail))),
     };
     let tokens = Tokens {
         prompt: translated.usage.prompt_tokens,
@@ -203,16 +212,17 @@ impl SseTransform {
             Ok(Progress::Open) => Step::Forward(forward),
             Ok(Progress::Done) => Step::Finish(forward),
             Err(e) => {
-                let (kind, message) = match e {
-                    StreamError::Upstream(m) => {
-                        ("upstream_error", format!("upstream {}: {m}", self.upstream))
-                    }
+                let (fault, message) = match e {
+                    StreamError::Upstream(m) => (
+                        UpstreamFault::MidStream,
+                        format!("upstream {}: {m}", self.upstream),
+                    ),
                     StreamError::Protocol(m) => (
-                        "protocol",
+                        UpstreamFault::Protocol,
                         format!("upstream {} sent an invalid stream: {m}", self.upstream),
                     ),
                     StreamError::Truncated => (
-                        "truncated",
+                        UpstreamFault::Truncated,
                         format!(
                             "upstream {} ended the stream before it finished",
                             self.upstream
@@ -221,7 +231,7 @@ impl SseTransform {
                 };
                 Step::Fail {
                     forward,
-                    kind,
+                    fault,
                     message,
                 }
             }

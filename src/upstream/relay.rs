@@ -13,7 +13,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::error_line;
+use super::BodyError;
+use crate::config::Timeouts;
+use crate::error::{error_line, UpstreamFault};
 use crate::metrics::{Ending, OllamaTimings, RequestRecord, Tokens};
 
 /// What a transform does with one piece of the upstream body.
@@ -26,13 +28,13 @@ pub enum Step {
     /// the answer failed.
     Relayed {
         forward: Option<Bytes>,
-        kind: &'static str,
+        fault: UpstreamFault,
         message: String,
     },
     /// Forward these bytes (if any), then an error line with `message`; the answer failed.
     Fail {
         forward: Option<Bytes>,
-        kind: &'static str,
+        fault: UpstreamFault,
         message: String,
     },
 }
@@ -78,7 +80,7 @@ pin_project_lite::pin_project! {
         idle: Sleep,
         #[pin]
         total: Sleep,
-        idle_timeout: Duration,
+        timeouts: Timeouts,
         transform: T,
         upstream_name: String,
         // Bytes to send after the current ones (an error line after forwarded data).
@@ -88,19 +90,20 @@ pin_project_lite::pin_project! {
 }
 
 impl<S, T> Relay<S, T> {
+    /// `deadline` is when `timeouts.total` runs out for this request.
     pub fn new(
         upstream: S,
         transform: T,
         upstream_name: String,
-        idle_timeout: Duration,
-        total_deadline: Instant,
+        timeouts: &Timeouts,
+        deadline: Instant,
         record: Option<RequestRecord>,
     ) -> Self {
         Self {
             upstream: Some(upstream),
-            idle: tokio::time::sleep(idle_timeout),
-            total: tokio::time::sleep_until(total_deadline),
-            idle_timeout,
+            idle: tokio::time::sleep(timeouts.idle),
+            total: tokio::time::sleep_until(deadline),
+            timeouts: *timeouts,
             transform,
             upstream_name,
             queued: None,
@@ -119,7 +122,7 @@ fn join(first: Option<Bytes>, second: Option<Bytes>) -> (Option<Bytes>, Option<B
 impl<S, T, E> Stream for Relay<S, T>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
-    E: std::fmt::Display,
+    E: BodyError,
     T: Transform,
 {
     type Item = Result<Bytes, Infallible>;
@@ -135,14 +138,14 @@ where
             };
             let step = match Pin::new(upstream).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = Instant::now() + *this.idle_timeout;
+                    let deadline = Instant::now() + this.timeouts.idle;
                     this.idle.as_mut().reset(deadline);
                     this.transform.chunk(chunk)
                 }
                 Poll::Ready(Some(Err(e))) => Step::Fail {
                     forward: None,
-                    kind: "mid_stream",
-                    message: format!("upstream {} failed mid-stream: {e}", this.upstream_name),
+                    fault: UpstreamFault::Truncated,
+                    message: format!("upstream {} {}", this.upstream_name, e.what()),
                 },
                 Poll::Ready(None) => {
                     // Ended by the upstream itself: nothing left to read.
@@ -150,7 +153,7 @@ where
                     match this.transform.eof() {
                         Step::Forward(forward) => Step::Fail {
                             forward,
-                            kind: "truncated",
+                            fault: UpstreamFault::Truncated,
                             message: format!(
                                 "upstream {} ended the answer before finishing it",
                                 this.upstream_name
@@ -160,20 +163,24 @@ where
                     }
                 }
                 Poll::Pending => {
-                    let which = if this.total.as_mut().poll(cx).is_ready() {
-                        "the total time limit"
+                    let t = &this.timeouts;
+                    let waited = if this.total.as_mut().poll(cx).is_ready() {
+                        format!(
+                            "after {} before the answer was complete (the total time limit, timeouts.total)",
+                            humantime::format_duration(t.total)
+                        )
                     } else if this.idle.as_mut().poll(cx).is_ready() {
-                        "the idle time limit between chunks"
+                        format!(
+                            "after {} without sending anything (the idle time limit between chunks, timeouts.idle)",
+                            humantime::format_duration(t.idle)
+                        )
                     } else {
                         return Poll::Pending;
                     };
                     Step::Fail {
                         forward: None,
-                        kind: "timeout",
-                        message: format!(
-                            "upstream {} timed out: no complete answer within {which}",
-                            this.upstream_name
-                        ),
+                        fault: UpstreamFault::Timeout,
+                        message: format!("upstream {} timed out {waited}", this.upstream_name),
                     }
                 }
             };
@@ -183,17 +190,17 @@ where
                 Step::Finish(bytes) => (bytes, None, Some(Ending::Complete)),
                 Step::Relayed {
                     forward,
-                    kind,
+                    fault,
                     message,
-                } => (forward, None, Some(Ending::Failed { kind, message })),
+                } => (forward, None, Some(Ending::Failed { fault, message })),
                 Step::Fail {
                     forward,
-                    kind,
+                    fault,
                     message,
                 } => {
                     let line = Bytes::from(error_line(&message));
                     let (now, later) = join(forward, Some(line));
-                    (now, later, Some(Ending::Failed { kind, message }))
+                    (now, later, Some(Ending::Failed { fault, message }))
                 }
             };
             let (now, later) = join(now, later);
@@ -262,7 +269,7 @@ mod tests {
                 b"done" => Step::Finish(Some(chunk)),
                 b"fail" => Step::Fail {
                     forward: None,
-                    kind: "test",
+                    fault: UpstreamFault::Protocol,
                     message: "failed".into(),
                 },
                 _ => Step::Forward(Some(chunk)),
@@ -294,13 +301,19 @@ mod tests {
             ended: Rc::clone(&ended),
             end: Rc::clone(&end),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let minute = Duration::from_secs(60);
+        let timeouts = Timeouts {
+            connect: minute,
+            first_byte: minute,
+            idle: minute,
+            total: minute,
+        };
         let relay = Relay::new(
             upstream,
             Script,
             "test".into(),
-            Duration::from_secs(60),
-            deadline,
+            &timeouts,
+            Instant::now() + minute,
             None,
         );
         (tx, Box::pin(relay), ended, end)

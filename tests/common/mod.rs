@@ -63,6 +63,8 @@ pub enum End {
     Close,
     /// Keep the connection open until the gateway closes it.
     Hold,
+    /// Reset the connection (SO_LINGER 0, then close): the gateway reads ECONNRESET.
+    Reset,
 }
 
 /// What a fake answers.
@@ -82,6 +84,9 @@ pub enum Reply {
     },
     /// Read the request, never answer.
     Hang,
+    /// Write these bytes as they are (a head and a body that may lie about its length),
+    /// then close the connection.
+    Raw(Vec<u8>),
     /// Chunked: send `before`, wait until the test opens `gate`, send `after`, terminate.
     Gated {
         content_type: String,
@@ -293,6 +298,10 @@ async fn serve_connection(
                         }
                     }
                     End::Close => return,
+                    End::Reset => {
+                        stream.set_zero_linger().unwrap();
+                        return;
+                    }
                     End::Hold => {
                         wait_for_close(&mut stream).await;
                         return;
@@ -301,6 +310,10 @@ async fn serve_connection(
             }
             Reply::Hang => {
                 wait_for_close(&mut stream).await;
+                return;
+            }
+            Reply::Raw(bytes) => {
+                let _ = stream.write_all(&bytes).await;
                 return;
             }
             Reply::Gated {
@@ -597,6 +610,25 @@ impl Gateway {
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .unwrap()
+    }
+
+    /// The value of one series of the gateway's metrics, such as
+    /// `gateway_upstream_errors_total{kind="connect",upstream="ollama"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.metrics.render()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// `gateway_upstream_errors_total` for one upstream and kind.
+    pub fn upstream_errors(&self, upstream: &str, kind: &str) -> f64 {
+        self.metric(&format!(
+            r#"gateway_upstream_errors_total{{kind="{kind}",upstream="{upstream}"}}"#
+        ))
     }
 
     pub async fn stop(self) {
