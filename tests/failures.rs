@@ -445,3 +445,34 @@ async fn successful_stream_has_chunked_terminator() {
     assert!(text.contains("\"done\":true"));
     gw.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_complete_ollama_stream_then_a_reset_is_a_complete_answer() {
+    // The whole stream, `done` line included, then a reset instead of the chunked end.
+    let reply = Reply::Chunked {
+        status: 200,
+        content_type: "application/x-ndjson".into(),
+        chunks: ollama_stream_lines("llama3", &["a", "b"])
+            .iter()
+            .map(|l| format!("{l}\n").into_bytes())
+            .collect(),
+        end: End::Reset,
+    };
+    let ollama = FakeUpstream::start(move |_| reply.clone());
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    let (status, _, body) = gw.chat(&json!({"model":"llama3","messages":[]})).await;
+    assert_eq!(status, 200);
+    let lines = ndjson(&body);
+    assert_eq!(lines.len(), 3, "nothing after the done line: {lines:?}");
+    assert_eq!(lines[2]["done"], true);
+    assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+    for kind in ["truncated", "mid_stream", "protocol", "timeout"] {
+        assert_eq!(gw.upstream_errors("ollama", kind), 0.0, "{kind}");
+    }
+    assert_eq!(
+        gw.metric(r#"gateway_requests_total{code="200",key_id="test-key",model="llama3",route="/api/chat",team="test",upstream="ollama"}"#),
+        1.0,
+        "counted complete, under its model"
+    );
+    gw.stop().await;
+}

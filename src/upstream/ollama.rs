@@ -113,7 +113,13 @@ struct OllamaLines(NdjsonRelay);
 
 impl Transform for OllamaLines {
     fn chunk(&mut self, chunk: Bytes) -> Step {
-        Step::Forward(self.0.push(chunk))
+        let lines = self.0.push(chunk);
+        match self.0.ending() {
+            // The answer is complete at its `done` line: whatever the connection does next
+            // (Ollama's chunked terminator, or a reset) is not the client's business.
+            Ending::Done(_) | Ending::UpstreamError => self.end(lines),
+            Ending::Truncated => Step::Forward(lines),
+        }
     }
 
     fn report(&self) -> (Tokens, Option<OllamaTimings>) {
@@ -127,6 +133,13 @@ impl Transform for OllamaLines {
 
     fn eof(&mut self) -> Step {
         let rest = self.0.finish();
+        self.end(rest)
+    }
+}
+
+impl OllamaLines {
+    /// The step that ends the answer after `rest`, as its last lines say.
+    fn end(&self, rest: Option<Bytes>) -> Step {
         match self.0.ending() {
             Ending::Done(_) => Step::Finish(rest),
             // Ollama reported its own failure in a last {"error"} line, already relayed.
