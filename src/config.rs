@@ -62,6 +62,8 @@ pub struct RawConfig {
     pub ollama: RawOllama,
     /// OpenAI-compatible upstreams by name; a model `<prefix><model>` goes to that upstream.
     pub upstreams: BTreeMap<String, RawOpenAi>,
+    /// What the gateway accepts from every upstream, Ollama included.
+    pub upstream: RawUpstream,
     pub timeouts: RawTimeouts,
     pub auth: RawAuth,
     pub limits: RawLimits,
@@ -87,6 +89,7 @@ impl Default for RawConfig {
             tls: RawTls::default(),
             ollama: RawOllama::default(),
             upstreams,
+            upstream: RawUpstream::default(),
             timeouts: RawTimeouts::default(),
             auth: RawAuth::default(),
             limits: RawLimits::default(),
@@ -278,6 +281,25 @@ pub struct RawOpenAi {
     pub enabled: Option<bool>,
 }
 
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    /// Longest line (Ollama NDJSON) or event (SSE) of a streamed answer; a longer one ends
+    /// the stream with an error line and drops the upstream connection.
+    pub max_stream_line_bytes: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            max_stream_line_bytes: crate::translate::DEFAULT_MAX_LINE,
+        }
+    }
+}
+
+/// The smallest `upstream.max_stream_line_bytes`: below it, ordinary lines would not fit.
+const MIN_STREAM_LINE_BYTES: usize = 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTimeouts {
@@ -372,6 +394,7 @@ pub struct Config {
     pub ollama: OllamaConfig,
     /// Sorted by prefix length, longest first, so the most specific prefix wins.
     pub upstreams: Vec<OpenAiConfig>,
+    pub upstream: RawUpstream,
     pub timeouts: Timeouts,
     pub auth: AuthConfig,
     pub limits: Limits,
@@ -577,6 +600,13 @@ impl Config {
                 ));
             }
         }
+        let upstream = raw.upstream;
+        if upstream.max_stream_line_bytes < MIN_STREAM_LINE_BYTES {
+            return Err(invalid(
+                "upstream.max_stream_line_bytes",
+                format!("must be at least {MIN_STREAM_LINE_BYTES}"),
+            ));
+        }
         let t = &raw.timeouts;
         let timeouts = Timeouts {
             connect: nonzero("timeouts.connect", t.connect)?,
@@ -623,6 +653,7 @@ impl Config {
             tls,
             ollama,
             upstreams,
+            upstream,
             timeouts,
             auth,
             limits,
@@ -966,6 +997,11 @@ mod tests {
     fn edge_limits_are_validated() {
         for (k, v, needle) in [
             ("GATEWAY__LIMITS__BURST", "0", "limits.burst"),
+            (
+                "GATEWAY__UPSTREAM__MAX_STREAM_LINE_BYTES",
+                "1023",
+                "upstream.max_stream_line_bytes",
+            ),
             ("GATEWAY__SERVER__MAX_HEADERS", "97", "server.max_headers"),
             ("GATEWAY__AUTH__MAX_FAILURES", "0", "auth.max_failures"),
             (

@@ -476,3 +476,72 @@ async fn a_complete_ollama_stream_then_a_reset_is_a_complete_answer() {
     );
     gw.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_stream_line_over_the_limit_ends_the_stream_and_drops_the_upstream() {
+    const LIMIT: usize = 4096;
+    // One good line, then a line of 16 x LIMIT bytes in 64 pieces, and the connection held
+    // open: only the gateway can close it.
+    let huge = |head: &str, tail: &str| {
+        let mut line = head.as_bytes().to_vec();
+        line.resize(16 * LIMIT, b'x');
+        line.extend_from_slice(tail.as_bytes());
+        line.chunks(LIMIT / 4)
+            .map(<[u8]>::to_vec)
+            .collect::<Vec<_>>()
+    };
+    let mut ollama_chunks =
+        vec![format!("{}\n", ollama_stream_lines("llama3", &["a"])[0]).into_bytes()];
+    ollama_chunks.extend(huge(r#"{"message":{"content":""#, "\"},\"done\":false}\n"));
+    let ollama_reply = Reply::Chunked {
+        status: 200,
+        content_type: "application/x-ndjson".into(),
+        chunks: ollama_chunks,
+        end: End::Hold,
+    };
+    let mut sse = openai_sse(&["a"], "stop");
+    sse.truncate(2);
+    sse.extend(huge(
+        r#"data: {"choices":[{"index":0,"delta":{"content":""#,
+        "\"}}]}\n\n",
+    ));
+    let openai_reply = Reply::Chunked {
+        status: 200,
+        content_type: "text/event-stream".into(),
+        chunks: sse,
+        end: End::Hold,
+    };
+    let ollama = FakeUpstream::start(move |_| ollama_reply.clone());
+    let openai = FakeUpstream::start(move |_| openai_reply.clone());
+    let gw = Gateway::start(Some(&ollama), Some(&openai), |raw| {
+        raw.upstream.max_stream_line_bytes = LIMIT;
+    })
+    .await;
+    for (model, name, fake, what) in [
+        ("llama3", "ollama", &ollama, "line longer"),
+        ("openai/m", "openai", &openai, "event larger"),
+    ] {
+        let (status, _, body) = gw
+            .chat(&json!({"model":model,"messages":[{"role":"user","content":"x"}]}))
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            body.len() < LIMIT,
+            "{name}: nothing of the long line is relayed"
+        );
+        let lines = ndjson(&body);
+        assert_eq!(lines.len(), 2, "{name}: {lines:?}");
+        assert_eq!(lines[0]["message"]["content"], "a");
+        assert_eq!(
+            lines[1]["error"],
+            format!("upstream {name} sent a stream {what} than the limit of {LIMIT} bytes (upstream.max_stream_line_bytes)")
+        );
+        assert!(lines.iter().all(|l| l["done"] != true));
+        assert!(
+            fake.wait_closed(Duration::from_secs(10)).await,
+            "{name}: the upstream connection is dropped, not kept for reuse"
+        );
+        assert_eq!(gw.upstream_errors(name, "too_large"), 1.0, "{name}");
+    }
+    gw.stop().await;
+}

@@ -75,7 +75,7 @@ pub async fn chat(
         Route::OpenAi { upstream, model } => {
             let call = openai::Call {
                 upstream,
-                timeouts: &config.timeouts,
+                config,
                 chat: &chat,
                 model,
                 started,

@@ -12,7 +12,7 @@ use super::{read_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, OLLAMA};
 use crate::config::Config;
 use crate::error::{GatewayError, UpstreamFault};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
-use crate::translate::ndjson::{DoneCounts, Ending, NdjsonRelay};
+use crate::translate::ndjson::{DoneCounts, Ending, LineTooLong, NdjsonRelay};
 
 /// Sends `body` to Ollama's `/api/chat` and relays the answer.
 pub async fn forward(
@@ -59,7 +59,9 @@ pub async fn forward(
             .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
         let relay = Relay::new(
             resp,
-            OllamaLines(NdjsonRelay::new()),
+            OllamaLines(NdjsonRelay::with_max_line(
+                config.upstream.max_stream_line_bytes,
+            )),
             OLLAMA.to_string(),
             timeouts,
             deadline,
@@ -113,11 +115,23 @@ struct OllamaLines(NdjsonRelay);
 
 impl Transform for OllamaLines {
     fn chunk(&mut self, chunk: Bytes) -> Step {
-        let lines = self.0.push(chunk);
+        let (lines, too_long) = match self.0.push(chunk) {
+            Ok(lines) => (lines, false),
+            Err(LineTooLong { before }) => (before, true),
+        };
         match self.0.ending() {
             // The answer is complete at its `done` line: whatever the connection does next
-            // (Ollama's chunked terminator, or a reset) is not the client's business.
+            // (Ollama's chunked terminator, or a reset, or more bytes) is not the client's
+            // business.
             Ending::Done(_) | Ending::UpstreamError => self.end(lines),
+            Ending::Truncated if too_long => Step::Fail {
+                forward: lines,
+                fault: UpstreamFault::TooLarge,
+                message: format!(
+                    "upstream {OLLAMA} sent a stream line longer than the limit of {} bytes (upstream.max_stream_line_bytes)",
+                    self.0.max_line()
+                ),
+            },
             Ending::Truncated => Step::Forward(lines),
         }
     }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::relay::{Relay, Step, Transform};
 use super::{read_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, MAX_ERROR_BYTES};
-use crate::config::{OpenAiConfig, Timeouts};
+use crate::config::{Config, OpenAiConfig};
 use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::translate::ollama::ChatRequest;
@@ -26,7 +26,7 @@ const USER_AGENT: &str = concat!("ollama-gateway/", env!("CARGO_PKG_VERSION"));
 /// Everything one OpenAI request needs besides the client.
 pub struct Call<'a> {
     pub upstream: &'a OpenAiConfig,
-    pub timeouts: &'a Timeouts,
+    pub config: &'a Config,
     pub chat: &'a ChatRequest<'a>,
     /// The model without the upstream's prefix.
     pub model: &'a str,
@@ -42,6 +42,7 @@ pub async fn forward(
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let up = call.upstream;
+    let timeouts = &call.config.timeouts;
     let stream = call.chat.streams();
     let shape = RequestShape {
         stream_usage: up.stream_usage,
@@ -51,10 +52,10 @@ pub async fn forward(
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    let deadline = Instant::now() + call.timeouts.total;
+    let deadline = Instant::now() + timeouts.total;
     let mut req = client
         .post(up.chat_uri.clone())
-        .timeout(call.timeouts.first_byte)
+        .timeout(timeouts.first_byte)
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((
             header::ACCEPT,
@@ -74,21 +75,15 @@ pub async fn forward(
     }
     let mut resp = match req.send_body(body).await {
         Ok(resp) => resp,
-        Err(e) => return Err(record.fail(send_error(&up.name, e, call.timeouts))),
+        Err(e) => return Err(record.fail(send_error(&up.name, e, timeouts))),
     };
 
     let status = resp.status();
     if !status.is_success() {
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let body = read_body(
-            &mut resp,
-            &up.name,
-            MAX_ERROR_BYTES,
-            deadline,
-            call.timeouts,
-        )
-        .await
-        .unwrap_or_default();
+        let body = read_body(&mut resp, &up.name, MAX_ERROR_BYTES, deadline, timeouts)
+            .await
+            .unwrap_or_default();
         return Err(record.fail(status_error(&up.name, status, &body, retry_after)));
     }
     let client_model = call.chat.model();
@@ -101,11 +96,15 @@ pub async fn forward(
         let relay = Relay::new(
             resp,
             SseTransform {
-                inner: SseToNdjson::new(client_model, call.started),
+                inner: SseToNdjson::with_max(
+                    client_model,
+                    call.started,
+                    call.config.upstream.max_stream_line_bytes,
+                ),
                 upstream: up.name.clone(),
             },
             up.name.clone(),
-            call.timeouts,
+            timeouts,
             deadline,
             Some(record),
         );
@@ -115,15 +114,7 @@ pub async fn forward(
             .insert_header(("x-accel-buffering", "no"))
             .streaming(relay));
     }
-    let body = match read_body(
-        &mut resp,
-        &up.name,
-        MAX_ANSWER_BYTES,
-        deadline,
-        call.timeouts,
-    )
-    .await
-    {
+    let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline, timeouts).await {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
@@ -220,6 +211,13 @@ impl SseTransform {
                     StreamError::Protocol(m) => (
                         UpstreamFault::Protocol,
                         format!("upstream {} sent an invalid stream: {m}", self.upstream),
+                    ),
+                    StreamError::TooLarge { limit } => (
+                        UpstreamFault::TooLarge,
+                        format!(
+                            "upstream {} sent a stream event larger than the limit of {limit} bytes (upstream.max_stream_line_bytes)",
+                            self.upstream
+                        ),
                     ),
                     StreamError::Truncated => (
                         UpstreamFault::Truncated,
