@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+use crate::secret::{Scrubber, Secret};
 
 /// Where the gateway reads its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -403,6 +403,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub metrics: RawMetrics,
     pub log: RawLog,
+    /// Removes every upstream's `api_key` (enabled or not) from upstream text.
+    pub scrubber: Scrubber,
     raw: RawConfig,
 }
 
@@ -661,6 +663,7 @@ impl Config {
             admin_listen,
             metrics: raw.metrics.clone(),
             log: raw.log.clone(),
+            scrubber: Scrubber::new(raw.upstreams.values().map(|u| &u.api_key)),
             raw,
         })
     }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, OpenAiConfig, Timeouts};
 use crate::error::GatewayError;
+use crate::secret::Scrubber;
 
 /// Where a model name sends the request.
 #[derive(Debug, Clone, Copy)]
@@ -253,18 +254,45 @@ impl BodyError for PayloadError {
     }
 }
 
+// Upstream text enters the gateway in three ways: an error body (any status), a 2xx body
+// that is not an answer, and the failing step of a stream (`relay`). Each goes through
+// `Config::scrubber` there, so no configured upstream key reaches a client or the log.
+
 /// The error for a whole 2xx answer that could not be read as what it should be:
 /// JSON cut short is a broken answer (awc ends a chunked body cut by a close as if it were
-/// complete), anything else is invalid.
-pub fn unreadable_answer(upstream: &str, body: &[u8], detail: String) -> GatewayError {
+/// complete), anything else is invalid; `detail` may quote the body, so it is scrubbed.
+pub fn unreadable_answer(
+    upstream: &str,
+    body: &[u8],
+    detail: String,
+    scrubber: &Scrubber,
+) -> GatewayError {
     let upstream = upstream.to_string();
     match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
         Err(e) if e.is_eof() => GatewayError::UpstreamBroken {
             upstream,
             what: "ended the answer before it was complete".into(),
         },
-        _ => GatewayError::UpstreamProtocol { upstream, detail },
+        _ => GatewayError::UpstreamProtocol {
+            upstream,
+            detail: scrubber.scrub_string(detail),
+        },
     }
+}
+
+/// Reads an upstream's error body (of any status, or a 2xx that is not the answer asked
+/// for), at most [`MAX_ERROR_BYTES`] of it, scrubbed of every configured upstream key.
+pub async fn read_error_body<S>(
+    resp: &mut awc::ClientResponse<S>,
+    upstream: &str,
+    deadline: Instant,
+    config: &Config,
+) -> Result<Bytes, GatewayError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    let body = read_body(resp, upstream, MAX_ERROR_BYTES, deadline, &config.timeouts).await?;
+    Ok(config.scrubber.scrub_bytes(body))
 }
 
 /// Reads a whole upstream body of at most `limit` bytes before `deadline` (the end of

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::headers::{downstream_response_headers, upstream_request_headers};
 use super::relay::{Relay, Step, Transform};
-use super::{read_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, OLLAMA};
+use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, OLLAMA};
 use crate::config::Config;
 use crate::error::{GatewayError, UpstreamFault};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
@@ -63,7 +63,7 @@ pub async fn forward(
                 config.upstream.max_stream_line_bytes,
             )),
             OLLAMA.to_string(),
-            timeouts,
+            config,
             deadline,
             Some(record),
         );
@@ -71,7 +71,12 @@ pub async fn forward(
     }
     // A whole answer or an error: Ollama writes these in one piece, so buffering them costs
     // nothing and lets a broken answer become a 502 instead of a truncated 200.
-    let body = match read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await {
+    let body = if status.is_success() {
+        read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await
+    } else {
+        read_error_body(&mut resp, OLLAMA, deadline, config).await
+    };
+    let body = match body {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
@@ -80,7 +85,12 @@ pub async fn forward(
             Ok(counts) => counts,
             Err(e) => {
                 let detail = format!("the answer is not a JSON object ({e})");
-                return Err(record.fail(unreadable_answer(OLLAMA, &body, detail)));
+                return Err(record.fail(unreadable_answer(
+                    OLLAMA,
+                    &body,
+                    detail,
+                    &config.scrubber,
+                )));
             }
         }
     } else {

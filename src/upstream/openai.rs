@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::relay::{Relay, Step, Transform};
-use super::{read_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, MAX_ERROR_BYTES};
+use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES};
 use crate::config::{Config, OpenAiConfig};
 use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
@@ -81,7 +81,8 @@ pub async fn forward(
     let status = resp.status();
     if !status.is_success() {
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let body = read_body(&mut resp, &up.name, MAX_ERROR_BYTES, deadline, timeouts)
+        // The status says what happened even when its body cannot be read.
+        let body = read_error_body(&mut resp, &up.name, deadline, call.config)
             .await
             .unwrap_or_default();
         return Err(record.fail(status_error(&up.name, status, &body, retry_after)));
@@ -104,7 +105,7 @@ pub async fn forward(
                 upstream: up.name.clone(),
             },
             up.name.clone(),
-            timeouts,
+            call.config,
             deadline,
             Some(record),
         );
@@ -114,17 +115,29 @@ pub async fn forward(
             .insert_header(("x-accel-buffering", "no"))
             .streaming(relay));
     }
+    if stream {
+        // Asked for a stream, got something else: an error object with a 200, or garbage.
+        return Err(record.fail(
+            match read_error_body(&mut resp, &up.name, deadline, call.config).await {
+                Ok(body) => status_error(&up.name, StatusCode::BAD_GATEWAY, &body, None),
+                Err(e) => e,
+            },
+        ));
+    }
     let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline, timeouts).await {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    if stream {
-        // Asked for a stream, got something else: an error object with a 200, or garbage.
-        return Err(record.fail(status_error(&up.name, StatusCode::BAD_GATEWAY, &body, None)));
-    }
     let translated = match from_openai_response(&body, client_model, call.started) {
         Ok(t) => t,
-        Err(detail) => return Err(record.fail(unreadable_answer(&up.name, &body, detail))),
+        Err(detail) => {
+            return Err(record.fail(unreadable_answer(
+                &up.name,
+                &body,
+                detail,
+                &call.config.scrubber,
+            )))
+        }
     };
     let tokens = Tokens {
         prompt: translated.usage.prompt_tokens,

@@ -14,9 +14,10 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use super::BodyError;
-use crate::config::Timeouts;
+use crate::config::{Config, Timeouts};
 use crate::error::{error_line, UpstreamFault};
 use crate::metrics::{Ending, OllamaTimings, RequestRecord, Tokens};
+use crate::secret::Scrubber;
 
 /// What a transform does with one piece of the upstream body.
 pub enum Step {
@@ -81,6 +82,8 @@ pin_project_lite::pin_project! {
         #[pin]
         total: Sleep,
         timeouts: Timeouts,
+        // A failing step's text came from the upstream: scrubbed before anyone sees it.
+        scrubber: Scrubber,
         transform: T,
         upstream_name: String,
         // Bytes to send after the current ones (an error line after forwarded data).
@@ -90,20 +93,21 @@ pin_project_lite::pin_project! {
 }
 
 impl<S, T> Relay<S, T> {
-    /// `deadline` is when `timeouts.total` runs out for this request.
+    /// `deadline` is when `config.timeouts.total` runs out for this request.
     pub fn new(
         upstream: S,
         transform: T,
         upstream_name: String,
-        timeouts: &Timeouts,
+        config: &Config,
         deadline: Instant,
         record: Option<RequestRecord>,
     ) -> Self {
         Self {
             upstream: Some(upstream),
-            idle: tokio::time::sleep(timeouts.idle),
+            idle: tokio::time::sleep(config.timeouts.idle),
             total: tokio::time::sleep_until(deadline),
-            timeouts: *timeouts,
+            timeouts: config.timeouts,
+            scrubber: config.scrubber.clone(),
             transform,
             upstream_name,
             queued: None,
@@ -192,12 +196,18 @@ where
                     forward,
                     fault,
                     message,
-                } => (forward, None, Some(Ending::Failed { fault, message })),
+                } => {
+                    // The upstream's own error line is in `forward`.
+                    let forward = forward.map(|b| this.scrubber.scrub_bytes(b));
+                    let message = this.scrubber.scrub_string(message);
+                    (forward, None, Some(Ending::Failed { fault, message }))
+                }
                 Step::Fail {
                     forward,
                     fault,
                     message,
                 } => {
+                    let message = this.scrubber.scrub_string(message);
                     let line = Bytes::from(error_line(&message));
                     let (now, later) = join(forward, Some(line));
                     (now, later, Some(Ending::Failed { fault, message }))
@@ -260,7 +270,9 @@ mod tests {
         }
     }
 
-    /// `done` completes the answer, `fail` fails it, anything else is forwarded.
+    /// `done` completes the answer, `fail` fails it, `leak` fails it quoting the upstream's
+    /// key, `relay` relays the upstream's own error line quoting it; anything else is
+    /// forwarded.
     struct Script;
 
     impl Transform for Script {
@@ -271,6 +283,16 @@ mod tests {
                     forward: None,
                     fault: UpstreamFault::Protocol,
                     message: "failed".into(),
+                },
+                b"leak" => Step::Fail {
+                    forward: None,
+                    fault: UpstreamFault::MidStream,
+                    message: "bad key sk-test-key".into(),
+                },
+                b"relay" => Step::Relayed {
+                    forward: Some(Bytes::from_static(b"{\"error\":\"bad key sk-test-key\"}\n")),
+                    fault: UpstreamFault::MidStream,
+                    message: "relayed".into(),
                 },
                 _ => Step::Forward(Some(chunk)),
             }
@@ -301,19 +323,16 @@ mod tests {
             ended: Rc::clone(&ended),
             end: Rc::clone(&end),
         };
-        let minute = Duration::from_secs(60);
-        let timeouts = Timeouts {
-            connect: minute,
-            first_byte: minute,
-            idle: minute,
-            total: minute,
-        };
+        let mut raw = crate::config::RawConfig::default();
+        raw.upstreams.get_mut("openai").unwrap().api_key =
+            crate::secret::Secret::new("sk-test-key");
+        let config = Config::from_raw(raw).unwrap();
         let relay = Relay::new(
             upstream,
             Script,
             "test".into(),
-            &timeouts,
-            Instant::now() + minute,
+            &config,
+            Instant::now() + Duration::from_secs(60),
             None,
         );
         (tx, Box::pin(relay), ended, end)
@@ -373,6 +392,18 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(out[0].starts_with(b"{\"error\":"), "{:?}", out[0]);
         assert!(tx.is_closed() && !ended.get());
+    }
+
+    #[actix_rt::test]
+    async fn the_upstream_key_never_leaves_in_a_failing_step() {
+        for script in [&b"leak"[..], b"relay"] {
+            let (tx, mut relay, _, _) = fed();
+            tx.send(Ok(Bytes::from_static(script))).unwrap();
+            let out = body(&mut relay).await.concat();
+            let text = String::from_utf8_lossy(&out);
+            assert!(!text.contains("sk-test-key"), "{text}");
+            assert!(text.contains("bad key [redacted]"), "{text}");
+        }
     }
 
     #[actix_rt::test]
