@@ -271,8 +271,11 @@ pub struct RawOpenAi {
     pub prefix: String,
     /// Base URL as the OpenAI SDKs take it; `/chat/completions` is appended.
     pub base_url: String,
-    /// Sent as `Authorization: Bearer` to this upstream only; empty sends none.
+    /// Sent as `Authorization: Bearer` to this upstream only.
     pub api_key: Secret,
+    /// Whether the upstream needs `api_key` (default true): without one its requests get
+    /// 503 and it is not contacted. `false` (a local vLLM) sends none when it is empty.
+    pub requires_api_key: Option<bool>,
     /// Ask for usage in streams (`stream_options.include_usage`); some servers reject it.
     pub stream_usage: Option<bool>,
     /// Which parameter carries `num_predict`: `max_tokens` or `max_completion_tokens`.
@@ -486,6 +489,8 @@ pub struct OpenAiConfig {
     /// `{base_url}/chat/completions`, parsed once.
     pub chat_uri: awc::http::Uri,
     pub api_key: Secret,
+    /// An empty `api_key` means requests get 503 instead of going out without credentials.
+    pub requires_api_key: bool,
     pub stream_usage: bool,
     pub max_tokens_param: MaxTokensParam,
 }
@@ -720,6 +725,16 @@ fn expand_short_env(env: &HashMap<String, String>) -> config::Map<String, String
     out
 }
 
+/// The environment variable that sets upstream `name`'s `api_key`: its short name when it
+/// has one (`OPENAI_API_KEY`), else the long form.
+pub fn api_key_env(name: &str) -> String {
+    let long = format!("UPSTREAMS__{}__API_KEY", name.to_ascii_uppercase());
+    SHORT_ENV.iter().find(|(_, l)| *l == long).map_or_else(
+        || format!("{ENV_PREFIX}{ENV_SEPARATOR}{long}"),
+        |(short, _)| short.to_string(),
+    )
+}
+
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.trim().parse().map_err(|_| {
         invalid(
@@ -797,6 +812,7 @@ fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigErr
         prefix,
         chat_uri: parse_uri(&key("base_url"), &format!("{base}/chat/completions"))?,
         api_key: up.api_key.clone(),
+        requires_api_key: up.requires_api_key.unwrap_or(true),
         stream_usage: up.stream_usage.unwrap_or(true),
         max_tokens_param,
     })
@@ -1016,6 +1032,26 @@ mod tests {
             let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(needle), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn the_api_key_variable_is_named_per_upstream() {
+        assert_eq!(api_key_env("openai"), "OPENAI_API_KEY");
+        assert_eq!(api_key_env("groq"), "GATEWAY__UPSTREAMS__GROQ__API_KEY");
+        let c = Config::load(
+            None,
+            &env(&[
+                (
+                    "GATEWAY__UPSTREAMS__VLLM__BASE_URL",
+                    "http://127.0.0.1:1/v1",
+                ),
+                ("GATEWAY__UPSTREAMS__VLLM__REQUIRES_API_KEY", "false"),
+            ]),
+        )
+        .unwrap();
+        let by_name = |n: &str| c.upstreams.iter().find(|u| u.name == n).unwrap();
+        assert!(!by_name("vllm").requires_api_key);
+        assert!(by_name("openai").requires_api_key, "the default");
     }
 
     #[test]

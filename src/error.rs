@@ -102,6 +102,10 @@ pub enum GatewayError {
         upstream: String,
         what: Cow<'static, str>,
     },
+    /// The upstream needs an API key and none is configured; it was not contacted.
+    /// `env` names the variable that sets it.
+    #[error("upstream {upstream} has no API key configured: set {env}")]
+    UpstreamNoKey { upstream: String, env: String },
     /// The upstream's whole answer is larger than the gateway buffers.
     #[error("upstream {upstream} sent an answer larger than the limit of {limit} bytes")]
     UpstreamTooLarge { upstream: String, limit: usize },
@@ -232,6 +236,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamBroken { .. } => "upstream_truncated",
             Self::UpstreamTooLarge { .. } => "upstream_too_large",
+            Self::UpstreamNoKey { .. } => "upstream_no_key",
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::UpstreamProtocol { .. } => "upstream_protocol",
         }
@@ -264,7 +269,9 @@ impl GatewayError {
             | Self::BodyTooLarge { .. }
             | Self::BodyRead(_)
             | Self::NotFound { .. }
-            | Self::MethodNotAllowed { .. } => None,
+            | Self::MethodNotAllowed { .. }
+            // Refused by the gateway before any upstream work.
+            | Self::UpstreamNoKey { .. } => None,
         }
     }
 
@@ -295,6 +302,8 @@ impl GatewayError {
             | Self::UpstreamTooLarge { .. }
             | Self::UpstreamStatus { .. }
             | Self::UpstreamProtocol { .. } => Blame::Upstream,
+            // The gateway's own configuration lacks the key.
+            Self::UpstreamNoKey { .. } => Blame::Gateway,
         }
     }
 }
@@ -321,6 +330,7 @@ impl ResponseError for GatewayError {
             | Self::UpstreamTooLarge { .. }
             | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamNoKey { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamStatus { status, .. } => *status,
         }
     }
@@ -461,6 +471,14 @@ mod tests {
                 },
                 502,
                 "upstream_truncated",
+            ),
+            (
+                GatewayError::UpstreamNoKey {
+                    upstream: "openai".into(),
+                    env: "OPENAI_API_KEY".into(),
+                },
+                503,
+                "upstream_no_key",
             ),
             (
                 GatewayError::UpstreamTooLarge {

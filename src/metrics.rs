@@ -24,7 +24,7 @@ use crate::keys::ApiKey;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
-pub const REJECTION_REASONS: [&str; 14] = [
+pub const REJECTION_REASONS: [&str; 15] = [
     "ip",
     "auth",
     "auth_throttled",
@@ -38,6 +38,7 @@ pub const REJECTION_REASONS: [&str; 14] = [
     "bad_request",
     "not_found",
     "method_not_allowed",
+    "upstream_no_key",
     "other",
 ];
 

@@ -42,6 +42,13 @@ pub async fn forward(
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let up = call.upstream;
+    if up.requires_api_key && up.api_key.is_empty() {
+        // Never send a prompt to a paid API without credentials.
+        return Err(record.fail(GatewayError::UpstreamNoKey {
+            upstream: up.name.clone(),
+            env: crate::config::api_key_env(&up.name),
+        }));
+    }
     let timeouts = &call.config.timeouts;
     let stream = call.chat.streams();
     let shape = RequestShape {
