@@ -245,38 +245,17 @@ impl GatewayError {
     /// The upstream failure this is, for `gateway_upstream_errors_total`; `None` for the
     /// gateway's own refusals.
     pub fn fault(&self) -> Option<UpstreamFault> {
-        match self {
-            Self::UpstreamConnect { .. } => Some(UpstreamFault::Connect),
-            Self::UpstreamTimeout { .. } => Some(UpstreamFault::Timeout),
-            Self::UpstreamBroken { .. } => Some(UpstreamFault::Truncated),
-            Self::UpstreamTooLarge { .. } => Some(UpstreamFault::TooLarge),
-            Self::UpstreamStatus { .. } => Some(UpstreamFault::Status),
-            Self::UpstreamProtocol { .. } => Some(UpstreamFault::Protocol),
-            Self::IpDenied
-            | Self::MissingKey
-            | Self::InvalidKey
-            | Self::DisabledKey
-            | Self::AuthThrottled { .. }
-            | Self::ModelNotAllowed { .. }
-            | Self::RateLimited { .. }
-            | Self::TooManyInFlight { .. }
-            | Self::HeadersTooLarge(_)
-            | Self::BodyTimeout(_)
-            | Self::EmptyBody
-            | Self::InvalidJson(_)
-            | Self::InvalidField(_)
-            | Self::MissingModel
-            | Self::BodyTooLarge { .. }
-            | Self::BodyRead(_)
-            | Self::NotFound { .. }
-            | Self::MethodNotAllowed { .. }
-            // Refused by the gateway before any upstream work.
-            | Self::UpstreamNoKey { .. } => None,
-        }
+        self.class().1
     }
 
     /// Whose fault it is.
     pub fn blame(&self) -> Blame {
+        self.class().0
+    }
+
+    /// Whose fault, and for the upstream's, which kind: one table for both.
+    fn class(&self) -> (Blame, Option<UpstreamFault>) {
+        let upstream = |fault| (Blame::Upstream, Some(fault));
         match self {
             Self::IpDenied
             | Self::MissingKey
@@ -295,15 +274,15 @@ impl GatewayError {
             | Self::BodyTooLarge { .. }
             | Self::BodyRead(_)
             | Self::NotFound { .. }
-            | Self::MethodNotAllowed { .. } => Blame::Client,
-            Self::UpstreamConnect { .. }
-            | Self::UpstreamTimeout { .. }
-            | Self::UpstreamBroken { .. }
-            | Self::UpstreamTooLarge { .. }
-            | Self::UpstreamStatus { .. }
-            | Self::UpstreamProtocol { .. } => Blame::Upstream,
-            // The gateway's own configuration lacks the key.
-            Self::UpstreamNoKey { .. } => Blame::Gateway,
+            | Self::MethodNotAllowed { .. } => (Blame::Client, None),
+            Self::UpstreamConnect { .. } => upstream(UpstreamFault::Connect),
+            Self::UpstreamTimeout { .. } => upstream(UpstreamFault::Timeout),
+            Self::UpstreamBroken { .. } => upstream(UpstreamFault::Truncated),
+            Self::UpstreamTooLarge { .. } => upstream(UpstreamFault::TooLarge),
+            Self::UpstreamStatus { .. } => upstream(UpstreamFault::Status),
+            Self::UpstreamProtocol { .. } => upstream(UpstreamFault::Protocol),
+            // The gateway's own configuration lacks the key; refused before any upstream work.
+            Self::UpstreamNoKey { .. } => (Blame::Gateway, None),
         }
     }
 }
@@ -552,6 +531,7 @@ mod tests {
         for (err, status, kind) in cases.into_iter().chain(edge) {
             assert_eq!(err.status_code().as_u16(), status, "{err:?}");
             assert_eq!(err.kind(), kind);
+            assert_eq!(err.fault().is_some(), err.blame() == Blame::Upstream);
             let body = body_of(&err);
             assert_eq!(body["error"], err.to_string(), "{err:?}");
         }

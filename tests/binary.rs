@@ -206,6 +206,34 @@ fn check_config_redacts_secrets_and_names_unknown_keys() {
     assert!(err.contains("listn"), "{err}");
 }
 
+/// The gateway process at trace level, logging in `format`, accepting `common::TEST_KEY`,
+/// in front of `ollama` and (as `openai`) `openai`, with `env` on top. Returns it, its
+/// address, the log lines read so far and a client that trusts it.
+fn start_traced(
+    dir: &TempDir,
+    format: &str,
+    ollama: &FakeUpstream,
+    openai: &FakeUpstream,
+    env: &[(&str, String)],
+) -> (Proc, String, Vec<String>, awc::Client) {
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("logs", "test", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let mut all = vec![
+        ("RUST_LOG", "trace".to_string()),
+        ("GATEWAY_LOG_FORMAT", format.to_string()),
+        ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
+    ];
+    all.extend_from_slice(env);
+    let proc = Proc::start_with(&dir.0, &ollama.url(), &all);
+    let lines = proc.wait_for("listening");
+    let address = listening_address(&lines);
+    let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
+    (proc, address, lines, client)
+}
+
 /// The HTTPS address in the `listening` line (text or JSON).
 fn listening_address(lines: &[String]) -> String {
     lines
@@ -238,23 +266,7 @@ async fn logs_never_contain_a_key_even_at_trace_level() {
     });
     for format in ["text", "json"] {
         let dir = TempDir::new("logs");
-        std::fs::write(
-            dir.0.join("keys.toml"),
-            common::key_entry("logs", "test", common::TEST_KEY, ""),
-        )
-        .unwrap();
-        let proc = Proc::start_with(
-            &dir.0,
-            &ollama.url(),
-            &[
-                ("RUST_LOG", "trace".to_string()),
-                ("GATEWAY_LOG_FORMAT", format.to_string()),
-                ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
-            ],
-        );
-        let mut lines = proc.wait_for("listening");
-        let address = listening_address(&lines);
-        let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
+        let (proc, address, mut lines, client) = start_traced(&dir, format, &ollama, &openai, &[]);
         let bearer = format!("Bearer {}", common::TEST_KEY);
         let wrong = format!("Bearer {WRONG_KEY}");
         for (model, header, value) in [
@@ -349,28 +361,14 @@ async fn upstream_keys_quoted_by_an_upstream_reach_neither_client_nor_log() {
         }
     });
     let dir = TempDir::new("scrub");
-    std::fs::write(
-        dir.0.join("keys.toml"),
-        common::key_entry("scrub", "test", common::TEST_KEY, ""),
-    )
-    .unwrap();
-    let proc = Proc::start_with(
-        &dir.0,
-        &ollama.url(),
-        &[
-            ("RUST_LOG", "trace".to_string()),
-            ("GATEWAY_LOG_FORMAT", "json".to_string()),
-            ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
-            (
-                "GATEWAY__UPSTREAMS__GROQ__BASE_URL",
-                format!("{}/v1", openai.url()),
-            ),
-            ("GATEWAY__UPSTREAMS__GROQ__API_KEY", GROQ_KEY.to_string()),
-        ],
-    );
-    let mut lines = proc.wait_for("listening");
-    let address = listening_address(&lines);
-    let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
+    let groq = [
+        (
+            "GATEWAY__UPSTREAMS__GROQ__BASE_URL",
+            format!("{}/v1", openai.url()),
+        ),
+        ("GATEWAY__UPSTREAMS__GROQ__API_KEY", GROQ_KEY.to_string()),
+    ];
+    let (proc, address, mut lines, client) = start_traced(&dir, "json", &ollama, &openai, &groq);
     let models = [
         "quote-status",
         "quote-line",

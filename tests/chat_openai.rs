@@ -281,16 +281,7 @@ async fn an_upstream_that_needs_a_key_and_has_none_is_not_contacted() {
                 .chat(&json!({"model":model,"stream":stream,"messages":[{"role":"user","content":"hi"}]}))
                 .await;
             assert_eq!(status, 503, "{model}");
-            assert!(headers
-                .get("content-type")
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("application/json"));
-            assert_eq!(
-                out,
-                serde_json::to_vec(&json!({ "error": expected })).unwrap()
-            );
+            assert_eq!(common::json_error(&headers, &out), expected);
         }
     }
     assert!(openai.requests().is_empty() && openai.connections() == 0);

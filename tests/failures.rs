@@ -122,24 +122,22 @@ async fn an_upstream_that_closes_without_answering_is_not_unreachable() {
     gw.stop().await;
 }
 
-#[actix_rt::test]
-async fn a_stream_reset_mid_answer_says_so_in_words() {
-    let mut lines = ollama_stream_lines("llama3", &["a", "b"]);
-    lines.pop();
-    let reply = Reply::Chunked {
-        status: 200,
-        content_type: "application/x-ndjson".into(),
-        chunks: lines
-            .iter()
-            .map(|l| format!("{l}\n").into_bytes())
-            .collect(),
-        end: End::Reset,
-    };
+/// A streamed answer from an Ollama that sends `lines` and then resets the connection: the
+/// gateway (and its fake, kept alive) and the lines the client got.
+async fn lines_then_reset(lines: &[Value]) -> (Gateway, FakeUpstream, Vec<Value>) {
+    let reply = Reply::ndjson_until(lines, End::Reset);
     let ollama = FakeUpstream::start(move |_| reply.clone());
     let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
     let (status, _, body) = gw.chat(&json!({"model":"llama3","messages":[]})).await;
     assert_eq!(status, 200);
-    let lines = ndjson(&body);
+    (gw, ollama, ndjson(&body))
+}
+
+#[actix_rt::test]
+async fn a_stream_reset_mid_answer_says_so_in_words() {
+    let mut lines = ollama_stream_lines("llama3", &["a", "b"]);
+    lines.pop();
+    let (gw, _ollama, lines) = lines_then_reset(&lines).await;
     assert_eq!(lines.len(), 3, "{lines:?}");
     let msg = lines[2]["error"].as_str().unwrap();
     assert_eq!(
@@ -449,20 +447,7 @@ async fn successful_stream_has_chunked_terminator() {
 #[actix_rt::test]
 async fn a_complete_ollama_stream_then_a_reset_is_a_complete_answer() {
     // The whole stream, `done` line included, then a reset instead of the chunked end.
-    let reply = Reply::Chunked {
-        status: 200,
-        content_type: "application/x-ndjson".into(),
-        chunks: ollama_stream_lines("llama3", &["a", "b"])
-            .iter()
-            .map(|l| format!("{l}\n").into_bytes())
-            .collect(),
-        end: End::Reset,
-    };
-    let ollama = FakeUpstream::start(move |_| reply.clone());
-    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
-    let (status, _, body) = gw.chat(&json!({"model":"llama3","messages":[]})).await;
-    assert_eq!(status, 200);
-    let lines = ndjson(&body);
+    let (gw, _ollama, lines) = lines_then_reset(&ollama_stream_lines("llama3", &["a", "b"])).await;
     assert_eq!(lines.len(), 3, "nothing after the done line: {lines:?}");
     assert_eq!(lines[2]["done"], true);
     assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
@@ -493,24 +478,14 @@ async fn a_stream_line_over_the_limit_ends_the_stream_and_drops_the_upstream() {
     let mut ollama_chunks =
         vec![format!("{}\n", ollama_stream_lines("llama3", &["a"])[0]).into_bytes()];
     ollama_chunks.extend(huge(r#"{"message":{"content":""#, "\"},\"done\":false}\n"));
-    let ollama_reply = Reply::Chunked {
-        status: 200,
-        content_type: "application/x-ndjson".into(),
-        chunks: ollama_chunks,
-        end: End::Hold,
-    };
+    let ollama_reply = Reply::stream("application/x-ndjson", ollama_chunks, End::Hold);
     let mut sse = openai_sse(&["a"], "stop");
     sse.truncate(2);
     sse.extend(huge(
         r#"data: {"choices":[{"index":0,"delta":{"content":""#,
         "\"}}]}\n\n",
     ));
-    let openai_reply = Reply::Chunked {
-        status: 200,
-        content_type: "text/event-stream".into(),
-        chunks: sse,
-        end: End::Hold,
-    };
+    let openai_reply = Reply::stream("text/event-stream", sse, End::Hold);
     let ollama = FakeUpstream::start(move |_| ollama_reply.clone());
     let openai = FakeUpstream::start(move |_| openai_reply.clone());
     let gw = Gateway::start(Some(&ollama), Some(&openai), |raw| {

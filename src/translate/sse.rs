@@ -314,26 +314,22 @@ mod tests {
 
     #[test]
     fn lines_and_events_up_to_the_limit_pass_and_longer_ones_stop_the_parser() {
+        let expect = |input: &[u8], max: usize, expected: Result<&[u8], Stop>| {
+            let expected = expected.map(|data| vec![data.to_vec()]);
+            for (split, got) in limited(input, max).into_iter().enumerate() {
+                assert_eq!(got, expected, "max {max}, split at {split}");
+            }
+        };
         // "data: 0123456789" is 16 bytes; its data 10.
         let input = b"data: 0123456789\n\n";
-        assert!(limited(input, 16)
-            .into_iter()
-            .all(|r| r == Ok(vec![b"0123456789".to_vec()])));
-        assert!(limited(input, 15)
-            .into_iter()
-            .all(|r| r == Err(Stop::TooLarge)));
+        expect(input, 16, Ok(b"0123456789"));
+        expect(input, 15, Err(Stop::TooLarge));
         // Many short data lines that add up to a large event.
         let many = b"data: 0123\ndata: 4567\ndata: 89\n\n";
-        assert!(limited(many, 12)
-            .into_iter()
-            .all(|r| r == Ok(vec![b"0123\n4567\n89".to_vec()])));
-        assert!(limited(many, 11)
-            .into_iter()
-            .all(|r| r == Err(Stop::TooLarge)));
+        expect(many, 12, Ok(b"0123\n4567\n89"));
+        expect(many, 11, Err(Stop::TooLarge));
         // A comment line counts too: it is buffered like any other.
         let comment = [b":", &[b'x'; 64][..], b"\ndata: a\n\n"].concat();
-        assert!(limited(&comment, 32)
-            .into_iter()
-            .all(|r| r == Err(Stop::TooLarge)));
+        expect(&comment, 32, Err(Stop::TooLarge));
     }
 }

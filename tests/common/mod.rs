@@ -109,6 +109,11 @@ impl Reply {
     }
 
     pub fn ndjson(lines: &[Value]) -> Self {
+        Self::ndjson_until(lines, End::Terminate)
+    }
+
+    /// NDJSON lines, one chunk each, then `end`.
+    pub fn ndjson_until(lines: &[Value], end: End) -> Self {
         Self::Chunked {
             status: 200,
             content_type: "application/x-ndjson".into(),
@@ -120,7 +125,17 @@ impl Reply {
                     v
                 })
                 .collect(),
-            end: End::Terminate,
+            end,
+        }
+    }
+
+    /// A 200 with a chunked body of `content_type`, one chunk each, then `end`.
+    pub fn stream(content_type: &str, chunks: Vec<Vec<u8>>, end: End) -> Self {
+        Self::Chunked {
+            status: 200,
+            content_type: content_type.into(),
+            chunks,
+            end,
         }
     }
 
@@ -650,6 +665,18 @@ pub fn client_tls(pem: &std::path::Path) -> Arc<rustls::ClientConfig> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+/// The `error` of a JSON error answer, checking it is sent as JSON.
+pub fn json_error(headers: &awc::http::header::HeaderMap, body: &[u8]) -> String {
+    let content_type = headers.get("content-type").unwrap().to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let v: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("JSON error body: {:?}", String::from_utf8_lossy(body)));
+    v["error"].as_str().unwrap().to_string()
 }
 
 /// Splits an NDJSON body into parsed lines, checking each ends in `\n`.
