@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+use crate::secret::{Scrubber, Secret};
 
 /// Where the gateway reads its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -76,6 +76,8 @@ pub struct RawConfig {
     pub ollama: RawOllama,
     /// OpenAI-compatible upstreams by name; a model `<prefix><model>` goes to that upstream.
     pub upstreams: BTreeMap<String, RawOpenAi>,
+    /// What the gateway accepts from every upstream, Ollama included.
+    pub upstream: RawUpstream,
     pub timeouts: RawTimeouts,
     pub auth: RawAuth,
     pub limits: RawLimits,
@@ -101,6 +103,7 @@ impl Default for RawConfig {
             tls: RawTls::default(),
             ollama: RawOllama::default(),
             upstreams,
+            upstream: RawUpstream::default(),
             timeouts: RawTimeouts::default(),
             auth: RawAuth::default(),
             limits: RawLimits::default(),
@@ -294,8 +297,11 @@ pub struct RawOpenAi {
     pub prefix: String,
     /// Base URL as the OpenAI SDKs take it; `/chat/completions` is appended.
     pub base_url: String,
-    /// Sent as `Authorization: Bearer` to this upstream only; empty sends none.
+    /// Sent as `Authorization: Bearer` to this upstream only.
     pub api_key: Secret,
+    /// Whether the upstream needs `api_key` (default true): without one its requests get
+    /// 503 and it is not contacted. `false` (a local vLLM) sends none when it is empty.
+    pub requires_api_key: Option<bool>,
     /// Ask for usage in streams (`stream_options.include_usage`); some servers reject it.
     pub stream_usage: Option<bool>,
     /// Which parameter carries `num_predict`: `max_tokens` or `max_completion_tokens`.
@@ -303,6 +309,25 @@ pub struct RawOpenAi {
     /// Set to false to switch the upstream off without deleting it.
     pub enabled: Option<bool>,
 }
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    /// Longest line (Ollama NDJSON) or event (SSE) of a streamed answer; a longer one ends
+    /// the stream with an error line and drops the upstream connection.
+    pub max_stream_line_bytes: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            max_stream_line_bytes: crate::translate::DEFAULT_MAX_LINE,
+        }
+    }
+}
+
+/// The smallest `upstream.max_stream_line_bytes`: below it, ordinary lines would not fit.
+const MIN_STREAM_LINE_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -413,6 +438,7 @@ pub struct Config {
     pub ollama: OllamaConfig,
     /// Sorted by prefix length, longest first, so the most specific prefix wins.
     pub upstreams: Vec<OpenAiConfig>,
+    pub upstream: RawUpstream,
     pub timeouts: Timeouts,
     pub auth: AuthConfig,
     pub limits: Limits,
@@ -423,6 +449,8 @@ pub struct Config {
     pub log: RawLog,
     /// `Strict-Transport-Security` for HTTPS answers, if any.
     pub hsts: Option<actix_web::http::header::HeaderValue>,
+    /// Removes every upstream's `api_key` (enabled or not) from upstream text.
+    pub scrubber: Scrubber,
     raw: RawConfig,
 }
 
@@ -508,6 +536,8 @@ pub struct OpenAiConfig {
     /// `{base_url}/chat/completions`, parsed once.
     pub chat_uri: awc::http::Uri,
     pub api_key: Secret,
+    /// An empty `api_key` means requests get 503 instead of going out without credentials.
+    pub requires_api_key: bool,
     pub stream_usage: bool,
     pub max_tokens_param: MaxTokensParam,
 }
@@ -642,6 +672,13 @@ impl Config {
                 ));
             }
         }
+        let upstream = raw.upstream;
+        if upstream.max_stream_line_bytes < MIN_STREAM_LINE_BYTES {
+            return Err(invalid(
+                "upstream.max_stream_line_bytes",
+                format!("must be at least {MIN_STREAM_LINE_BYTES}"),
+            ));
+        }
         let t = &raw.timeouts;
         let timeouts = Timeouts {
             connect: nonzero("timeouts.connect", t.connect)?,
@@ -705,6 +742,7 @@ impl Config {
             tls,
             ollama,
             upstreams,
+            upstream,
             timeouts,
             auth,
             limits,
@@ -713,6 +751,7 @@ impl Config {
             metrics: raw.metrics.clone(),
             log: raw.log.clone(),
             hsts,
+            scrubber: Scrubber::new(raw.upstreams.values().map(|u| &u.api_key)),
             raw,
         })
     }
@@ -839,6 +878,16 @@ fn expand_short_env(env: &HashMap<String, String>) -> config::Map<String, String
     out
 }
 
+/// The environment variable that sets upstream `name`'s `api_key`: its short name when it
+/// has one (`OPENAI_API_KEY`), else the long form.
+pub fn api_key_env(name: &str) -> String {
+    let long = format!("UPSTREAMS__{}__API_KEY", name.to_ascii_uppercase());
+    SHORT_ENV.iter().find(|(_, l)| *l == long).map_or_else(
+        || format!("{ENV_PREFIX}{ENV_SEPARATOR}{long}"),
+        |(short, _)| short.to_string(),
+    )
+}
+
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.trim().parse().map_err(|_| {
         invalid(
@@ -916,6 +965,7 @@ fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigErr
         prefix,
         chat_uri: parse_uri(&key("base_url"), &format!("{base}/chat/completions"))?,
         api_key: up.api_key.clone(),
+        requires_api_key: up.requires_api_key.unwrap_or(true),
         stream_usage: up.stream_usage.unwrap_or(true),
         max_tokens_param,
     })
@@ -1184,6 +1234,11 @@ mod tests {
     fn edge_limits_are_validated() {
         for (k, v, needle) in [
             ("GATEWAY__LIMITS__BURST", "0", "limits.burst"),
+            (
+                "GATEWAY__UPSTREAM__MAX_STREAM_LINE_BYTES",
+                "1023",
+                "upstream.max_stream_line_bytes",
+            ),
             ("GATEWAY__SERVER__MAX_HEADERS", "97", "server.max_headers"),
             ("GATEWAY__AUTH__MAX_FAILURES", "0", "auth.max_failures"),
             (
@@ -1195,6 +1250,26 @@ mod tests {
             let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(needle), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn the_api_key_variable_is_named_per_upstream() {
+        assert_eq!(api_key_env("openai"), "OPENAI_API_KEY");
+        assert_eq!(api_key_env("groq"), "GATEWAY__UPSTREAMS__GROQ__API_KEY");
+        let c = Config::load(
+            None,
+            &env(&[
+                (
+                    "GATEWAY__UPSTREAMS__VLLM__BASE_URL",
+                    "http://127.0.0.1:1/v1",
+                ),
+                ("GATEWAY__UPSTREAMS__VLLM__REQUIRES_API_KEY", "false"),
+            ]),
+        )
+        .unwrap();
+        let by_name = |n: &str| c.upstreams.iter().find(|u| u.name == n).unwrap();
+        assert!(!by_name("vllm").requires_api_key);
+        assert!(by_name("openai").requires_api_key, "the default");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Its status comes from an exhaustive `match`, its body is Ollama's `{"error": "..."}`,
 //! and [`GatewayError::kind`] gives a short, bounded label for metrics and logs.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -95,9 +96,23 @@ pub enum GatewayError {
     /// The upstream could not be reached (DNS, refused, TLS).
     #[error("upstream {upstream} is unreachable: {detail}")]
     UpstreamConnect { upstream: String, detail: String },
-    /// The upstream did not answer in time.
-    #[error("upstream {upstream} timed out: {detail}")]
+    /// The upstream did not answer in time; `detail` says after how long, waiting for what.
+    #[error("upstream {upstream} timed out {detail}")]
     UpstreamTimeout { upstream: String, detail: String },
+    /// The connection broke after it was made: closed or reset before the answer was
+    /// complete. `what` says what the upstream did ("reset the connection before ...").
+    #[error("upstream {upstream} {what}")]
+    UpstreamBroken {
+        upstream: String,
+        what: Cow<'static, str>,
+    },
+    /// The upstream needs an API key and none is configured; it was not contacted.
+    /// `env` names the variable that sets it.
+    #[error("upstream {upstream} has no API key configured: set {env}")]
+    UpstreamNoKey { upstream: String, env: String },
+    /// The upstream's whole answer is larger than the gateway buffers.
+    #[error("upstream {upstream} sent an answer larger than the limit of {limit} bytes")]
+    UpstreamTooLarge { upstream: String, limit: usize },
     /// The upstream answered with an error status; `status` is what the client gets.
     #[error("{message}")]
     UpstreamStatus {
@@ -146,6 +161,59 @@ impl RatePolicy {
     }
 }
 
+/// How an upstream failed: the `kind` label of `gateway_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFault {
+    /// No connection: DNS, refused, TLS handshake.
+    Connect,
+    /// One of the gateway's `timeouts` ran out.
+    Timeout,
+    /// An error status.
+    Status,
+    /// An answer that is not valid (not JSON, not a completion, not a stream).
+    Protocol,
+    /// An answer, stream line or event larger than the gateway's limit.
+    TooLarge,
+    /// The connection closed or broke before the answer was complete.
+    Truncated,
+    /// The upstream reported an error in the middle of a stream.
+    MidStream,
+}
+
+impl UpstreamFault {
+    /// Every kind, in the order metric handles are kept.
+    pub const ALL: [Self; 7] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Status,
+        Self::Protocol,
+        Self::TooLarge,
+        Self::Truncated,
+        Self::MidStream,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Status => "status",
+            Self::Protocol => "protocol",
+            Self::TooLarge => "too_large",
+            Self::Truncated => "truncated",
+            Self::MidStream => "mid_stream",
+        }
+    }
+
+    /// The request log's `outcome` for a stream that failed this way after its first byte.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Self::MidStream => "upstream_error",
+            other => other.label(),
+        }
+    }
+}
+
 /// The `WWW-Authenticate` challenge sent with every 401.
 pub const AUTH_CHALLENGE: &str = "Bearer realm=\"ollama-gateway\"";
 
@@ -171,13 +239,28 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UpstreamConnect { .. } => "upstream_connect",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamBroken { .. } => "upstream_truncated",
+            Self::UpstreamTooLarge { .. } => "upstream_too_large",
+            Self::UpstreamNoKey { .. } => "upstream_no_key",
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::UpstreamProtocol { .. } => "upstream_protocol",
         }
     }
 
+    /// The upstream failure this is, for `gateway_upstream_errors_total`; `None` for the
+    /// gateway's own refusals.
+    pub fn fault(&self) -> Option<UpstreamFault> {
+        self.class().1
+    }
+
     /// Whose fault it is.
     pub fn blame(&self) -> Blame {
+        self.class().0
+    }
+
+    /// Whose fault, and for the upstream's, which kind: one table for both.
+    fn class(&self) -> (Blame, Option<UpstreamFault>) {
+        let upstream = |fault| (Blame::Upstream, Some(fault));
         match self {
             Self::IpDenied
             | Self::MissingKey
@@ -197,11 +280,15 @@ impl GatewayError {
             | Self::BodyTooLarge { .. }
             | Self::BodyRead(_)
             | Self::NotFound { .. }
-            | Self::MethodNotAllowed { .. } => Blame::Client,
-            Self::UpstreamConnect { .. }
-            | Self::UpstreamTimeout { .. }
-            | Self::UpstreamStatus { .. }
-            | Self::UpstreamProtocol { .. } => Blame::Upstream,
+            | Self::MethodNotAllowed { .. } => (Blame::Client, None),
+            Self::UpstreamConnect { .. } => upstream(UpstreamFault::Connect),
+            Self::UpstreamTimeout { .. } => upstream(UpstreamFault::Timeout),
+            Self::UpstreamBroken { .. } => upstream(UpstreamFault::Truncated),
+            Self::UpstreamTooLarge { .. } => upstream(UpstreamFault::TooLarge),
+            Self::UpstreamStatus { .. } => upstream(UpstreamFault::Status),
+            Self::UpstreamProtocol { .. } => upstream(UpstreamFault::Protocol),
+            // The gateway's own configuration lacks the key; refused before any upstream work.
+            Self::UpstreamNoKey { .. } => (Blame::Gateway, None),
         }
     }
 }
@@ -226,8 +313,12 @@ impl ResponseError for GatewayError {
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamConnect { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamBroken { .. }
+            | Self::UpstreamTooLarge { .. }
+            | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamNoKey { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamStatus { status, .. } => *status,
         }
     }
@@ -362,6 +453,30 @@ mod tests {
                 "upstream_timeout",
             ),
             (
+                GatewayError::UpstreamBroken {
+                    upstream: up(),
+                    what: "reset the connection".into(),
+                },
+                502,
+                "upstream_truncated",
+            ),
+            (
+                GatewayError::UpstreamNoKey {
+                    upstream: "openai".into(),
+                    env: "OPENAI_API_KEY".into(),
+                },
+                503,
+                "upstream_no_key",
+            ),
+            (
+                GatewayError::UpstreamTooLarge {
+                    upstream: up(),
+                    limit: 1,
+                },
+                502,
+                "upstream_too_large",
+            ),
+            (
                 GatewayError::UpstreamStatus {
                     upstream: up(),
                     status: StatusCode::TOO_MANY_REQUESTS,
@@ -430,6 +545,7 @@ mod tests {
         for (err, status, kind) in cases.into_iter().chain(edge) {
             assert_eq!(err.status_code().as_u16(), status, "{err:?}");
             assert_eq!(err.kind(), kind);
+            assert_eq!(err.fault().is_some(), err.blame() == Blame::Upstream);
             let body = body_of(&err);
             assert_eq!(body["error"], err.to_string(), "{err:?}");
         }

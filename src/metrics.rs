@@ -16,7 +16,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, UpstreamFault};
 use crate::keys::ApiKey;
 
 /// Maps on the request path: foldhash instead of SipHash (their keys are addresses or
@@ -24,7 +24,7 @@ use crate::keys::ApiKey;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
-pub const REJECTION_REASONS: [&str; 15] = [
+pub const REJECTION_REASONS: [&str; 16] = [
     "ip",
     "auth",
     "auth_throttled",
@@ -39,6 +39,7 @@ pub const REJECTION_REASONS: [&str; 15] = [
     "not_found",
     "method_not_allowed",
     "upgrade",
+    "upstream_no_key",
     "other",
 ];
 
@@ -72,10 +73,6 @@ impl ConnRejection {
         CONNECTION_REJECTIONS[self as usize]
     }
 }
-
-/// Kinds of upstream failure (the `kind` label of `gateway_upstream_errors_total`).
-pub const UPSTREAM_ERROR_KINDS: [&str; 5] =
-    ["connect", "timeout", "status", "protocol", "mid_stream"];
 
 /// The label used where a dimension does not apply (a request rejected before routing).
 pub const NONE: &str = "none";
@@ -214,7 +211,7 @@ impl Metrics {
         let upstream_errors = counter_vec(
             &registry,
             "gateway_upstream_errors_total",
-            "Upstream failures by upstream and kind (connect, timeout, status, protocol, mid_stream).",
+            "Upstream failures by upstream and kind (connect, timeout, status, protocol, too_large, truncated, mid_stream).",
             &["upstream", "kind"],
         );
         let in_flight_vec = IntGaugeVec::new(
@@ -265,8 +262,8 @@ impl Metrics {
         // Pre-create the series every dashboard panel reads, so they exist at zero.
         for upstream in upstreams {
             in_flight_vec.with_label_values(&[upstream]).set(0);
-            for kind in UPSTREAM_ERROR_KINDS {
-                upstream_errors.with_label_values(&[upstream, kind]);
+            for fault in UpstreamFault::ALL {
+                upstream_errors.with_label_values(&[upstream, fault.label()]);
             }
         }
         Self {
@@ -468,9 +465,12 @@ impl WorkerMetrics {
             let m = &self.shared;
             (
                 m.in_flight.with_label_values(&[upstream]),
-                UPSTREAM_ERROR_KINDS
+                UpstreamFault::ALL
                     .iter()
-                    .map(|k| m.upstream_errors.with_label_values(&[&**upstream, k]))
+                    .map(|f| {
+                        m.upstream_errors
+                            .with_label_values(&[&**upstream, f.label()])
+                    })
                     .collect(),
                 Arc::clone(upstream),
             )
@@ -505,7 +505,7 @@ pub enum Ending {
     Complete,
     /// Failed after the first byte (mid-stream).
     Failed {
-        kind: &'static str,
+        fault: UpstreamFault,
         message: String,
     },
 }
@@ -570,8 +570,8 @@ impl RequestRecord {
         }
     }
 
-    fn upstream_error(&self, kind: &str) {
-        if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
+    fn upstream_error(&self, fault: UpstreamFault) {
+        if let Some(i) = UpstreamFault::ALL.iter().position(|f| *f == fault) {
             if let Some(c) = self.upstream_errors.get(i) {
                 c.inc();
             }
@@ -581,27 +581,18 @@ impl RequestRecord {
     /// The request failed before any byte of an answer: record it, hand the error back.
     pub fn fail(mut self, error: GatewayError) -> GatewayError {
         use actix_web::ResponseError as _;
-        let kind = match &error {
-            GatewayError::UpstreamConnect { .. } => Some("connect"),
-            GatewayError::UpstreamTimeout { .. } => Some("timeout"),
-            GatewayError::UpstreamStatus { .. } => Some("status"),
-            GatewayError::UpstreamProtocol { .. } => Some("protocol"),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            self.upstream_error(kind);
-        } else {
-            self.worker.shared.rejected(error.kind());
+        match error.fault() {
+            Some(fault) => self.upstream_error(fault),
+            None => self.worker.shared.rejected(error.kind()),
         }
         let status = error.status_code().as_u16();
+        let message = error.to_string();
         self.complete(
             status,
             Tokens::default(),
             None,
-            &Ending::Failed {
-                kind: error.kind(),
-                message: error.to_string(),
-            },
+            error.kind(),
+            Some(&message),
         );
         error
     }
@@ -614,25 +605,32 @@ impl RequestRecord {
         ollama: Option<OllamaTimings>,
         ending: &Ending,
     ) {
-        match ending {
-            Ending::Failed { kind, .. } => self.upstream_error(if *kind == "timeout" {
-                "timeout"
-            } else {
-                "mid_stream"
-            }),
+        let (outcome, error) = match ending {
+            Ending::Failed { fault, message } => {
+                self.upstream_error(*fault);
+                (fault.outcome(), Some(message.as_str()))
+            }
             // An upstream's own error status, relayed as is.
-            Ending::Complete if status >= 400 => self.upstream_error("status"),
-            Ending::Complete => {}
-        }
-        self.complete(status, tokens, ollama, ending);
+            Ending::Complete if status >= 400 => {
+                self.upstream_error(UpstreamFault::Status);
+                (
+                    "upstream_status",
+                    Some("the upstream answered with an error status"),
+                )
+            }
+            Ending::Complete => ("complete", None),
+        };
+        self.complete(status, tokens, ollama, outcome, error);
     }
 
+    /// Counts and logs the answer once; `error` is what the client was told, if it failed.
     fn complete(
         &mut self,
         status: u16,
         tokens: Tokens,
         ollama: Option<OllamaTimings>,
-        ending: &Ending,
+        outcome: &'static str,
+        error: Option<&str>,
     ) {
         if self.done {
             return;
@@ -640,7 +638,7 @@ impl RequestRecord {
         self.done = true;
         self.in_flight.dec();
         let elapsed = self.started.elapsed();
-        let success = (200..300).contains(&status) && *ending == Ending::Complete;
+        let success = (200..300).contains(&status) && error.is_none();
         let model = self.worker.shared.model_label(&self.model, success);
         self.worker.count_request(
             self.route,
@@ -675,17 +673,8 @@ impl RequestRecord {
                     .observe(t.eval_count as f64 * 1e9 / t.eval_duration as f64);
             }
         }
-        let outcome = match ending {
-            Ending::Complete if status >= 400 => "upstream_status",
-            Ending::Complete => "complete",
-            Ending::Failed { kind, .. } => kind,
-        };
         let ttfb_ms = ttfb.map(crate::telemetry::millis);
         // A failed answer's line is a warning and says why; the fields are the same.
-        let error = (!success).then_some(match ending {
-            Ending::Failed { message, .. } => message.as_str(),
-            Ending::Complete => "the upstream answered with an error status",
-        });
         macro_rules! request_line {
             ($level:ident) => {
                 tracing::$level!(
@@ -720,10 +709,8 @@ impl Drop for RequestRecord {
                 499,
                 Tokens::default(),
                 None,
-                &Ending::Failed {
-                    kind: "client_closed",
-                    message: "the client went away before the answer ended".into(),
-                },
+                "client_closed",
+                Some("the client went away before the answer ended"),
             );
         }
     }

@@ -197,6 +197,49 @@ fn check_config_redacts_secrets_and_names_unknown_keys() {
     assert!(err.contains("listn"), "{err}");
 }
 
+/// The gateway process at trace level, logging in `format`, accepting `common::TEST_KEY`,
+/// in front of `ollama` and (as `openai`) `openai`, with `env` on top. Returns it, its
+/// address, the log lines read so far and a client that trusts it.
+fn start_traced(
+    dir: &TempDir,
+    format: &str,
+    ollama: &FakeUpstream,
+    openai: &FakeUpstream,
+    env: &[(&str, String)],
+) -> (Proc, String, Vec<String>, awc::Client) {
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("logs", "test", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let mut all = vec![
+        ("RUST_LOG", "trace".to_string()),
+        ("GATEWAY_LOG_FORMAT", format.to_string()),
+        ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
+    ];
+    all.extend_from_slice(env);
+    let proc = Proc::start_with(&dir.0, &ollama.url(), &all);
+    let lines = proc.wait_for("listening");
+    let address = listening_address(&lines);
+    let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
+    (proc, address, lines, client)
+}
+
+/// The HTTPS address in the `listening` line (text or JSON).
+fn listening_address(lines: &[String]) -> String {
+    lines
+        .iter()
+        .find_map(|l| {
+            let start = l.find("https://127.0.0.1:")?;
+            let rest = &l[start..];
+            let end = rest
+                .find(|c: char| c == '"' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            Some(rest[..end].to_string())
+        })
+        .expect("bound address logged")
+}
+
 #[actix_rt::test]
 async fn logs_never_contain_a_key_even_at_trace_level() {
     const UPSTREAM_KEY: &str = "sk-never-logged-42";
@@ -214,33 +257,7 @@ async fn logs_never_contain_a_key_even_at_trace_level() {
     });
     for format in ["text", "json"] {
         let dir = TempDir::new("logs");
-        std::fs::write(
-            dir.0.join("keys.toml"),
-            common::key_entry("logs", "test", common::TEST_KEY, ""),
-        )
-        .unwrap();
-        let proc = Proc::start_with(
-            &dir.0,
-            &ollama.url(),
-            &[
-                ("RUST_LOG", "trace".to_string()),
-                ("GATEWAY_LOG_FORMAT", format.to_string()),
-                ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
-            ],
-        );
-        let mut lines = proc.wait_for("listening");
-        let address = lines
-            .iter()
-            .find_map(|l| {
-                let start = l.find("https://127.0.0.1:")?;
-                let rest = &l[start..];
-                let end = rest
-                    .find(|c: char| c == '"' || c.is_whitespace())
-                    .unwrap_or(rest.len());
-                Some(rest[..end].to_string())
-            })
-            .expect("bound address logged");
-        let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
+        let (proc, address, mut lines, client) = start_traced(&dir, format, &ollama, &openai, &[]);
         let bearer = format!("Bearer {}", common::TEST_KEY);
         let wrong = format!("Bearer {WRONG_KEY}");
         for (model, header, value) in [
@@ -294,6 +311,88 @@ async fn logs_never_contain_a_key_even_at_trace_level() {
                 .collect();
             assert_eq!(requests.len(), 5, "{all}");
         }
+    }
+}
+
+#[actix_rt::test]
+async fn upstream_keys_quoted_by_an_upstream_reach_neither_client_nor_log() {
+    // The binary's OpenAI key (see `Proc::start_with`) and a second upstream's key.
+    const OPENAI_KEY: &str = "sk-never-logged-42";
+    const GROQ_KEY: &str = "gsk-other-upstream-key-7";
+    let quote = format!("Incorrect API key provided: {OPENAI_KEY} (also tried {GROQ_KEY})");
+    let openai_quote = quote.clone();
+    let ollama = FakeUpstream::start(move |req| {
+        if req.json()["model"] == "quote-status" {
+            return Reply::json(500, &json!({ "error": quote }));
+        }
+        let mut lines = common::ollama_stream_lines("llama3", &["a"]);
+        lines.truncate(1);
+        lines.push(json!({ "error": quote }));
+        Reply::ndjson(&lines)
+    });
+    let openai = FakeUpstream::start(move |req| {
+        let quote = &openai_quote;
+        let error = json!({"error":{"message":quote,"type":"invalid_request_error","param":null,"code":"invalid_api_key"}});
+        let mut sse = common::openai_sse(&["a"], "stop");
+        sse.truncate(2);
+        match req.json()["model"].as_str().unwrap() {
+            "quote-400" => Reply::json(400, &error),
+            "quote-500" => Reply::json(500, &error),
+            // A 200 error object where a stream was asked for.
+            "quote-200" => Reply::json(200, &error),
+            "quote-event" => {
+                sse.push(format!("data: {error}\n\n").into_bytes());
+                Reply::sse(sse)
+            }
+            // An event that is not a chunk, whose parse error quotes the key.
+            _ => {
+                sse.push(format!("data: {{\"choices\":\"{OPENAI_KEY}\"}}\n\n").into_bytes());
+                Reply::sse(sse)
+            }
+        }
+    });
+    let dir = TempDir::new("scrub");
+    let groq = [
+        (
+            "GATEWAY__UPSTREAMS__GROQ__BASE_URL",
+            format!("{}/v1", openai.url()),
+        ),
+        ("GATEWAY__UPSTREAMS__GROQ__API_KEY", GROQ_KEY.to_string()),
+    ];
+    let (proc, address, mut lines, client) = start_traced(&dir, "json", &ollama, &openai, &groq);
+    let models = [
+        "quote-status",
+        "quote-line",
+        "openai/quote-400",
+        "openai/quote-500",
+        "openai/quote-200",
+        "openai/quote-event",
+        "openai/quote-parse",
+    ];
+    for model in models {
+        let mut resp = client
+            .post(format!("{address}/api/chat"))
+            .insert_header(("x-api-key", common::TEST_KEY))
+            .send_json(&json!({"model": model, "messages": [{"role":"user","content":"hi"}]}))
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&resp.body().await.unwrap()).to_string();
+        assert!(
+            body.contains("[redacted]"),
+            "{model}: the quote is relayed, scrubbed: {body}"
+        );
+        for key in [OPENAI_KEY, GROQ_KEY] {
+            assert!(!body.contains(key), "{model}: {body}");
+        }
+    }
+    for _ in models {
+        lines.extend(proc.wait_for("\"message\":\"request\",\"request_id\""));
+    }
+    lines.extend(proc.finish());
+    let all = lines.join("\n");
+    assert!(all.contains("[redacted]"), "failures were logged: {all}");
+    for key in [OPENAI_KEY, GROQ_KEY] {
+        assert!(!all.contains(key), "the log contains {key}");
     }
 }
 

@@ -249,3 +249,73 @@ async fn prefixes_are_configuration() {
     assert!(openai.requests().is_empty());
     gw.stop().await;
 }
+
+#[actix_rt::test]
+async fn an_upstream_that_needs_a_key_and_has_none_is_not_contacted() {
+    let openai = FakeUpstream::start(|_| Reply::json(200, &completion("should not happen")));
+    let groq = FakeUpstream::start(|_| Reply::json(200, &completion("should not happen")));
+    let groq_url = format!("{}/v1", groq.url());
+    let gw = Gateway::start(None, Some(&openai), move |raw| {
+        raw.upstreams.get_mut("openai").unwrap().api_key = Default::default();
+        raw.upstreams.insert(
+            "groq".into(),
+            RawOpenAi {
+                base_url: groq_url,
+                ..RawOpenAi::default()
+            },
+        );
+    })
+    .await;
+    for (model, expected) in [
+        (
+            "openai/gpt-4o-mini",
+            "upstream openai has no API key configured: set OPENAI_API_KEY",
+        ),
+        (
+            "groq/llama-3.1-8b-instant",
+            "upstream groq has no API key configured: set GATEWAY__UPSTREAMS__GROQ__API_KEY",
+        ),
+    ] {
+        for stream in [true, false] {
+            let (status, headers, out) = gw
+                .chat(&json!({"model":model,"stream":stream,"messages":[{"role":"user","content":"hi"}]}))
+                .await;
+            assert_eq!(status, 503, "{model}");
+            assert_eq!(common::json_error(&headers, &out), expected);
+        }
+    }
+    assert!(openai.requests().is_empty() && openai.connections() == 0);
+    assert!(groq.requests().is_empty() && groq.connections() == 0);
+    assert_eq!(
+        gw.metric(r#"gateway_rejections_total{reason="upstream_no_key"}"#),
+        4.0
+    );
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_upstream_that_needs_no_key_gets_no_authorization() {
+    let vllm = FakeUpstream::start(|_| Reply::json(200, &completion("from vllm")));
+    let vllm_url = format!("{}/v1", vllm.url());
+    let gw = Gateway::start(None, None, move |raw| {
+        raw.upstreams.insert(
+            "vllm".into(),
+            RawOpenAi {
+                base_url: vllm_url,
+                requires_api_key: Some(false),
+                ..RawOpenAi::default()
+            },
+        );
+    })
+    .await;
+    let (status, _, out) = gw
+        .chat(&json!({"model":"vllm/qwen","stream":false,"messages":[{"role":"user","content":"hi"}]}))
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["message"]["content"], "from vllm");
+    let rec = vllm.last();
+    assert_eq!(rec.json()["model"], "qwen");
+    assert_eq!(rec.header("authorization"), None);
+    gw.stop().await;
+}

@@ -19,6 +19,20 @@ fn error_of(body: &[u8]) -> String {
     v["error"].as_str().unwrap().to_string()
 }
 
+/// An error text in words: none of Rust's Debug output (`Some(Os { code: 104, .. })`).
+fn assert_words(msg: &str) {
+    for debug in [
+        "Some(",
+        "None",
+        "Os {",
+        "kind:",
+        "code:",
+        "payload reached EOF",
+    ] {
+        assert!(!msg.contains(debug), "Debug output in {msg:?}");
+    }
+}
+
 #[actix_rt::test]
 async fn unreachable_upstreams_give_502_naming_the_upstream() {
     let gw = Gateway::start(None, None, |_| {}).await;
@@ -35,10 +49,104 @@ async fn unreachable_upstreams_give_502_naming_the_upstream() {
                 .unwrap()
                 .starts_with("application/json"));
             let msg = error_of(&body);
-            assert!(msg.contains(&format!("upstream {name}")), "{msg}");
+            assert_eq!(
+                msg,
+                format!("upstream {name} is unreachable: it refused the connection")
+            );
             assert!(!msg.contains(UPSTREAM_KEY));
         }
+        assert_eq!(gw.upstream_errors(name, "connect"), 2.0, "{name}");
+        assert_eq!(gw.upstream_errors(name, "truncated"), 0.0, "{name}");
     }
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_whole_answer_cut_mid_body_is_a_broken_answer_said_in_words() {
+    // The head promises 1000 bytes; 18 come, then the connection closes.
+    // "sized": the head promises 1000 bytes, 18 come, then the connection closes.
+    // "chunked": a chunked body closed before its terminator (awc reports no error).
+    let cut = |req: &common::Recorded| {
+        let partial = b"{\"model\":\"llama3\",".to_vec();
+        if req.json()["model"].as_str().unwrap().ends_with("chunked") {
+            return Reply::Chunked {
+                status: 200,
+                content_type: "application/json".into(),
+                chunks: vec![partial],
+                end: End::Close,
+            };
+        }
+        let head =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+        Reply::Raw([head.as_bytes(), &partial].concat())
+    };
+    let ollama = FakeUpstream::start(cut);
+    let openai = FakeUpstream::start(cut);
+    let gw = Gateway::start(Some(&ollama), Some(&openai), |_| {}).await;
+    for (model, name) in [("llama3", "ollama"), ("openai/gpt-4o-mini", "openai")] {
+        for (framing, what, n) in [
+            (
+                "sized",
+                "closed the connection before the answer was complete",
+                1.0,
+            ),
+            ("chunked", "ended the answer before it was complete", 2.0),
+        ] {
+            let model = format!("{model}-{framing}");
+            let (status, _, body) = gw
+                .chat(&json!({"model":model,"messages":[],"stream":false}))
+                .await;
+            assert_eq!(status, 502, "{model}");
+            let msg = error_of(&body);
+            assert_eq!(msg, format!("upstream {name} {what}"));
+            assert_words(&msg);
+            assert_eq!(gw.upstream_errors(name, "truncated"), n, "{model}");
+            assert_eq!(gw.upstream_errors(name, "connect"), 0.0, "{model}");
+        }
+    }
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_upstream_that_closes_without_answering_is_not_unreachable() {
+    let ollama = FakeUpstream::start(|_| Reply::Raw(Vec::new()));
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    let (status, _, body) = gw.chat(&json!({"model":"llama3","messages":[]})).await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        error_of(&body),
+        "upstream ollama closed the connection without answering"
+    );
+    assert_eq!(gw.upstream_errors("ollama", "truncated"), 1.0);
+    assert_eq!(gw.upstream_errors("ollama", "connect"), 0.0);
+    gw.stop().await;
+}
+
+/// A streamed answer from an Ollama that sends `lines` and then resets the connection: the
+/// gateway (and its fake, kept alive) and the lines the client got.
+async fn lines_then_reset(lines: &[Value]) -> (Gateway, FakeUpstream, Vec<Value>) {
+    let reply = Reply::ndjson_until(lines, End::Reset);
+    let ollama = FakeUpstream::start(move |_| reply.clone());
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    let (status, _, body) = gw.chat(&json!({"model":"llama3","messages":[]})).await;
+    assert_eq!(status, 200);
+    (gw, ollama, ndjson(&body))
+}
+
+#[actix_rt::test]
+async fn a_stream_reset_mid_answer_says_so_in_words() {
+    let mut lines = ollama_stream_lines("llama3", &["a", "b"]);
+    lines.pop();
+    let (gw, _ollama, lines) = lines_then_reset(&lines).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let msg = lines[2]["error"].as_str().unwrap();
+    assert_eq!(
+        msg,
+        "upstream ollama reset the connection before the answer was complete"
+    );
+    assert_words(msg);
+    assert_eq!(gw.upstream_errors("ollama", "truncated"), 1.0);
+    assert_eq!(gw.upstream_errors("ollama", "mid_stream"), 0.0);
     gw.stop().await;
 }
 
@@ -54,7 +162,11 @@ async fn no_first_byte_in_time_gives_504() {
         let (status, _, body) = gw.chat(&json!({"model":model,"messages":[]})).await;
         assert_eq!(status, 504);
         let msg = error_of(&body);
-        assert!(msg.contains(&format!("upstream {name} timed out")), "{msg}");
+        assert_eq!(
+            msg,
+            format!("upstream {name} timed out after 300ms waiting for the answer to begin (timeouts.first_byte)")
+        );
+        assert_eq!(gw.upstream_errors(name, "timeout"), 1.0, "{name}");
     }
     gw.stop().await;
 }
@@ -329,5 +441,82 @@ async fn successful_stream_has_chunked_terminator() {
     assert!(terminated, "{text}");
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
     assert!(text.contains("\"done\":true"));
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_complete_ollama_stream_then_a_reset_is_a_complete_answer() {
+    // The whole stream, `done` line included, then a reset instead of the chunked end.
+    let (gw, _ollama, lines) = lines_then_reset(&ollama_stream_lines("llama3", &["a", "b"])).await;
+    assert_eq!(lines.len(), 3, "nothing after the done line: {lines:?}");
+    assert_eq!(lines[2]["done"], true);
+    assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+    for kind in ["truncated", "mid_stream", "protocol", "timeout"] {
+        assert_eq!(gw.upstream_errors("ollama", kind), 0.0, "{kind}");
+    }
+    assert_eq!(
+        gw.metric(r#"gateway_requests_total{code="200",key_id="test-key",model="llama3",route="/api/chat",team="test",upstream="ollama"}"#),
+        1.0,
+        "counted complete, under its model"
+    );
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_stream_line_over_the_limit_ends_the_stream_and_drops_the_upstream() {
+    const LIMIT: usize = 4096;
+    // One good line, then a line of 16 x LIMIT bytes in 64 pieces, and the connection held
+    // open: only the gateway can close it.
+    let huge = |head: &str, tail: &str| {
+        let mut line = head.as_bytes().to_vec();
+        line.resize(16 * LIMIT, b'x');
+        line.extend_from_slice(tail.as_bytes());
+        line.chunks(LIMIT / 4)
+            .map(<[u8]>::to_vec)
+            .collect::<Vec<_>>()
+    };
+    let mut ollama_chunks =
+        vec![format!("{}\n", ollama_stream_lines("llama3", &["a"])[0]).into_bytes()];
+    ollama_chunks.extend(huge(r#"{"message":{"content":""#, "\"},\"done\":false}\n"));
+    let ollama_reply = Reply::stream("application/x-ndjson", ollama_chunks, End::Hold);
+    let mut sse = openai_sse(&["a"], "stop");
+    sse.truncate(2);
+    sse.extend(huge(
+        r#"data: {"choices":[{"index":0,"delta":{"content":""#,
+        "\"}}]}\n\n",
+    ));
+    let openai_reply = Reply::stream("text/event-stream", sse, End::Hold);
+    let ollama = FakeUpstream::start(move |_| ollama_reply.clone());
+    let openai = FakeUpstream::start(move |_| openai_reply.clone());
+    let gw = Gateway::start(Some(&ollama), Some(&openai), |raw| {
+        raw.upstream.max_stream_line_bytes = LIMIT;
+    })
+    .await;
+    for (model, name, fake, what) in [
+        ("llama3", "ollama", &ollama, "line longer"),
+        ("openai/m", "openai", &openai, "event larger"),
+    ] {
+        let (status, _, body) = gw
+            .chat(&json!({"model":model,"messages":[{"role":"user","content":"x"}]}))
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            body.len() < LIMIT,
+            "{name}: nothing of the long line is relayed"
+        );
+        let lines = ndjson(&body);
+        assert_eq!(lines.len(), 2, "{name}: {lines:?}");
+        assert_eq!(lines[0]["message"]["content"], "a");
+        assert_eq!(
+            lines[1]["error"],
+            format!("upstream {name} sent a stream {what} than the limit of {LIMIT} bytes (upstream.max_stream_line_bytes)")
+        );
+        assert!(lines.iter().all(|l| l["done"] != true));
+        assert!(
+            fake.wait_closed(Duration::from_secs(10)).await,
+            "{name}: the upstream connection is dropped, not kept for reuse"
+        );
+        assert_eq!(gw.upstream_errors(name, "too_large"), 1.0, "{name}");
+    }
     gw.stop().await;
 }

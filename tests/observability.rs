@@ -379,6 +379,10 @@ async fn health_readiness_and_where_metrics_are_served() {
     let (status, body) = get(&gw, format!("{}/readyz", gw.url), false).await;
     assert_eq!(status, 503);
     assert!(body.contains("upstream ollama is not ready"), "{body}");
+    assert!(
+        body.contains("it refused the connection"),
+        "in words: {body}"
+    );
     assert_eq!(
         get(&gw, format!("{}/metrics", gw.url), false).await.0,
         401,

@@ -75,7 +75,7 @@ pub async fn chat(
         Route::OpenAi { upstream, model } => {
             let call = openai::Call {
                 upstream,
-                timeouts: &config.timeouts,
+                config,
                 chat: &chat,
                 model,
                 started,
@@ -114,7 +114,10 @@ async fn read_limited(
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| GatewayError::BodyRead(e.to_string()))?;
+        let chunk = chunk.map_err(|e| {
+            let what = upstream::payload_failure(&e, "before the body was complete");
+            GatewayError::BodyRead(format!("the client {what}"))
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(GatewayError::BodyTooLarge { limit });
         }

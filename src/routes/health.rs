@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
 
+use crate::config::{Config, Timeouts};
 use crate::error::{json_error, JSON_UTF8};
 use crate::server::AppState;
-use crate::upstream::OLLAMA;
+use crate::upstream::{self, OLLAMA};
 
 /// How long a readiness answer is reused, so probes do not hammer Ollama.
 const READY_CACHE: Duration = Duration::from_secs(3);
@@ -39,7 +40,7 @@ pub async fn readyz(state: web::Data<AppState>, client: web::Data<awc::Client>) 
     let result = match cached {
         Some(r) => r,
         None => {
-            let r = probe(&client, &state.config.ollama.version_url).await;
+            let r = probe(&client, &state.config).await;
             if let Ok(mut c) = state.readiness.0.lock() {
                 *c = Some((Instant::now(), r.clone()));
             }
@@ -55,7 +56,8 @@ pub async fn readyz(state: web::Data<AppState>, client: web::Data<awc::Client>) 
     }
 }
 
-async fn probe(client: &awc::Client, url: &str) -> Result<(), String> {
+async fn probe(client: &awc::Client, config: &Config) -> Result<(), String> {
+    let url = &config.ollama.version_url;
     match client.get(url).timeout(READY_TIMEOUT).send().await {
         Ok(mut resp) if resp.status().is_success() => {
             let _ = resp.body().limit(64 * 1024).await;
@@ -65,7 +67,14 @@ async fn probe(client: &awc::Client, url: &str) -> Result<(), String> {
             "upstream {OLLAMA} is not ready: /api/version answered {}",
             resp.status().as_u16()
         )),
-        Err(e) => Err(format!("upstream {OLLAMA} is not ready: {e}")),
+        Err(e) => {
+            let timeouts = Timeouts {
+                first_byte: READY_TIMEOUT,
+                ..config.timeouts
+            };
+            let why = upstream::send_error(OLLAMA, e, &timeouts);
+            Err(format!("upstream {OLLAMA} is not ready: {why}"))
+        }
     }
 }
 

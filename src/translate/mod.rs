@@ -6,3 +6,7 @@ pub mod ndjson;
 pub mod ollama;
 pub mod openai;
 pub mod sse;
+
+/// The default longest line (NDJSON) or event (SSE) taken from an upstream stream: the
+/// Ollama Go client's own line limit.
+pub const DEFAULT_MAX_LINE: usize = 8 * 1024 * 1024;

@@ -1,6 +1,7 @@
 //! Relaying Ollama's NDJSON stream line-exact: complete lines go out as soon as they are in,
 //! a partial line waits for its newline, and the final `done` line (or an `{"error"}` line)
 //! is recognised so a stream that stops short can be reported instead of passing as finished.
+//! A line longer than the limit ends the stream: nothing past the limit is ever buffered.
 
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
@@ -37,12 +38,26 @@ pub enum Ending {
     Truncated,
 }
 
+/// A line longer than the limit arrived; the stream cannot go on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LineTooLong {
+    /// The complete lines before it, still to forward.
+    pub before: Option<Bytes>,
+}
+
 /// Splits a byte stream into whole lines without copying in the common case.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NdjsonRelay {
     partial: BytesMut,
+    max_line: usize,
     done: Option<DoneCounts>,
     error: bool,
+}
+
+impl Default for NdjsonRelay {
+    fn default() -> Self {
+        Self::with_max_line(super::DEFAULT_MAX_LINE)
+    }
 }
 
 impl NdjsonRelay {
@@ -50,11 +65,30 @@ impl NdjsonRelay {
         Self::default()
     }
 
-    /// Takes one read; returns the complete lines to forward now, if any.
-    pub fn push(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+    /// A relay that refuses lines longer than `max_line` bytes (newline not counted).
+    pub fn with_max_line(max_line: usize) -> Self {
+        Self {
+            partial: BytesMut::new(),
+            max_line,
+            done: None,
+            error: false,
+        }
+    }
+
+    /// The longest line accepted.
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    /// Takes one read; returns the complete lines to forward now, if any. The unfinished
+    /// last line is kept (at most `max_line` bytes of it).
+    pub fn push(&mut self, mut chunk: Bytes) -> Result<Option<Bytes>, LineTooLong> {
         let Some(last_nl) = memchr::memrchr(b'\n', &chunk) else {
+            if self.partial.len() + chunk.len() > self.max_line {
+                return Err(LineTooLong { before: None });
+            }
             self.partial.extend_from_slice(&chunk);
-            return None;
+            return Ok(None);
         };
         let tail = chunk.split_off(last_nl + 1);
         let out = if self.partial.is_empty() {
@@ -63,9 +97,16 @@ impl NdjsonRelay {
             self.partial.extend_from_slice(&chunk);
             self.partial.split().freeze()
         };
+        if let Some(at) = self.inspect(&out) {
+            return Err(LineTooLong {
+                before: (at > 0).then(|| out.slice(..at)),
+            });
+        }
+        if tail.len() > self.max_line {
+            return Err(LineTooLong { before: Some(out) });
+        }
         self.partial.extend_from_slice(&tail);
-        self.inspect(&out);
-        Some(out)
+        Ok(Some(out))
     }
 
     /// At end of stream: the unterminated last line (given a newline), if any.
@@ -76,7 +117,8 @@ impl NdjsonRelay {
         }
         self.partial.extend_from_slice(b"\n");
         let out = self.partial.split().freeze();
-        self.inspect(&out);
+        // Never longer than the limit: `push` refuses a longer unfinished line.
+        let _ = self.inspect(&out);
         Some(out)
     }
 
@@ -89,8 +131,15 @@ impl NdjsonRelay {
         }
     }
 
-    fn inspect(&mut self, lines: &[u8]) {
+    /// Notes the `done` and `error` lines in `lines`; stops at the first line longer than
+    /// the limit and returns where it starts.
+    fn inspect(&mut self, lines: &[u8]) -> Option<usize> {
+        let mut start = 0;
         for line in lines.split(|b| *b == b'\n') {
+            if line.len() > self.max_line {
+                return Some(start);
+            }
+            start += line.len() + 1;
             // Content chunks say `"done":false`; only other lines need a parse.
             if line.is_empty() || memchr::memmem::find(line, b"\"done\":false").is_some() {
                 continue;
@@ -103,6 +152,7 @@ impl NdjsonRelay {
                 }
             }
         }
+        None
     }
 }
 
@@ -122,7 +172,7 @@ mod tests {
         let mut sizes = Vec::new();
         let mut start = 0;
         for &end in splits.iter().chain(std::iter::once(&input.len())) {
-            if let Some(b) = r.push(Bytes::copy_from_slice(&input[start..end])) {
+            if let Some(b) = r.push(Bytes::copy_from_slice(&input[start..end])).unwrap() {
                 assert_eq!(*b.last().unwrap(), b'\n', "only whole lines go out");
                 sizes.push(b.len());
                 out.extend_from_slice(&b);
@@ -174,5 +224,67 @@ mod tests {
             &[],
         );
         assert_eq!(ending, Ending::Truncated);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    const LINE: &[u8] = b"{\"done\":false}\n";
+
+    #[test]
+    fn a_line_at_the_limit_passes() {
+        let mut r = NdjsonRelay::with_max_line(LINE.len() - 1);
+        for byte in LINE {
+            let _ = r.push(Bytes::copy_from_slice(&[*byte])).unwrap();
+        }
+        assert_eq!(
+            r.push(Bytes::from_static(LINE)),
+            Ok(Some(Bytes::from_static(LINE)))
+        );
+    }
+
+    #[test]
+    fn a_long_unfinished_line_is_refused_before_it_is_buffered() {
+        let mut r = NdjsonRelay::with_max_line(8);
+        assert_eq!(r.push(Bytes::from_static(b"{\"done\":")), Ok(None));
+        assert_eq!(
+            r.push(Bytes::from_static(b"t")),
+            Err(LineTooLong { before: None })
+        );
+        assert!(r.partial.len() <= 8);
+        // A long tail after whole lines: the whole lines still go out.
+        let mut r = NdjsonRelay::with_max_line(LINE.len());
+        let chunk = [LINE, &[b'x'; 100][..]].concat();
+        assert_eq!(
+            r.push(Bytes::from(chunk)),
+            Err(LineTooLong {
+                before: Some(Bytes::from_static(LINE))
+            })
+        );
+    }
+
+    #[test]
+    fn a_long_whole_line_is_refused_after_the_lines_before_it() {
+        let long = [&[b'x'; 100][..], b"\n"].concat();
+        for max in [LINE.len(), 99] {
+            let mut r = NdjsonRelay::with_max_line(max);
+            let chunk = [LINE, &long, LINE].concat();
+            assert_eq!(
+                r.push(Bytes::from(chunk)),
+                Err(LineTooLong {
+                    before: Some(Bytes::from_static(LINE))
+                }),
+                "{max}"
+            );
+            // The long line first, completing an unfinished one.
+            let mut r = NdjsonRelay::with_max_line(max);
+            assert_eq!(r.push(Bytes::from_static(b"xx")), Ok(None));
+            assert_eq!(
+                r.push(Bytes::from(long.clone())),
+                Err(LineTooLong { before: None })
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use super::ollama::{
     nanos, ChatLine, ChatRequest, LineMessage, Message, OutToolCall, OutToolFunction,
 };
-use super::sse::SseParser;
+use super::sse::{EventTooLarge, SseParser};
 use crate::config::MaxTokensParam;
 use crate::error::GatewayError;
 
@@ -508,6 +508,14 @@ pub enum StreamError {
     Protocol(String),
     /// The stream ended before a finish_reason or `[DONE]`.
     Truncated,
+    /// A line or event, or the tool calls being assembled, grew past the limit.
+    TooLarge { limit: usize },
+}
+
+impl From<EventTooLarge> for StreamError {
+    fn from(e: EventTooLarge) -> Self {
+        Self::TooLarge { limit: e.limit }
+    }
 }
 
 /// Progress of a translated stream.
@@ -534,6 +542,9 @@ pub struct SseToNdjson {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     calls: Vec<PendingCall>,
+    /// Bytes held in `calls`; at most `max`, like an event.
+    call_bytes: usize,
+    max: usize,
     finish_reason: Option<String>,
     usage: Usage,
     progress: Progress,
@@ -542,13 +553,21 @@ pub struct SseToNdjson {
 impl SseToNdjson {
     /// `model` is the name the client used (with prefix); `started` is when the request came in.
     pub fn new(model: impl Into<String>, started: Instant) -> Self {
+        Self::with_max(model, started, super::DEFAULT_MAX_LINE)
+    }
+
+    /// Like [`SseToNdjson::new`], refusing events (and assembled tool calls) longer than
+    /// `max` bytes.
+    pub fn with_max(model: impl Into<String>, started: Instant, max: usize) -> Self {
         Self {
-            parser: SseParser::new(),
+            parser: SseParser::with_max(max),
             model: model.into(),
             started,
             first_token: None,
             last_token: None,
             calls: Vec::new(),
+            call_bytes: 0,
+            max,
             finish_reason: None,
             usage: Usage::default(),
             progress: Progress::Open,
@@ -624,17 +643,18 @@ impl SseToNdjson {
                 self.calls.push(PendingCall::default());
             }
             let pending = &mut self.calls[index];
-            if let Some(id) = call.id {
-                pending.id.push_str(&id);
+            let id = call.id.unwrap_or_default();
+            let (name, args) = call
+                .function
+                .map(|f| (f.name.unwrap_or_default(), f.arguments.unwrap_or_default()))
+                .unwrap_or_default();
+            self.call_bytes += id.len() + name.len() + args.len();
+            if self.call_bytes > self.max {
+                return Err(StreamError::TooLarge { limit: self.max });
             }
-            if let Some(f) = call.function {
-                if let Some(name) = f.name {
-                    pending.name.push_str(&name);
-                }
-                if let Some(args) = f.arguments {
-                    pending.arguments.push_str(&args);
-                }
-            }
+            pending.id.push_str(&id);
+            pending.name.push_str(&name);
+            pending.arguments.push_str(&args);
             self.mark_token();
         }
         let content = delta.content.or(delta.refusal).filter(|c| !c.is_empty());
@@ -664,6 +684,7 @@ impl SseToNdjson {
         if self.calls.is_empty() {
             return Ok(());
         }
+        self.call_bytes = 0;
         let calls = std::mem::take(&mut self.calls)
             .into_iter()
             .enumerate()

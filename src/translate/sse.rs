@@ -6,11 +6,19 @@
 //! event are joined with LF; a leading UTF-8 BOM is skipped; an event is dispatched only on
 //! a blank line, so an unterminated event at end of stream is dropped, as the spec says.
 //! Lines are buffered as bytes, so a UTF-8 character split across reads is never cut.
+//! A line, or an event's data, longer than the limit is an error: nothing past the limit is
+//! ever buffered.
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// A line or an event's data longer than the parser's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTooLarge {
+    pub limit: usize,
+}
+
 /// Parser state carried between reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseParser {
     /// The unfinished line from previous reads.
     line: Vec<u8>,
@@ -22,6 +30,14 @@ pub struct SseParser {
     skip_lf: bool,
     /// How many bytes of the stream have been checked against the BOM (3 = done).
     bom_seen: usize,
+    /// Longest line, and longest event data, accepted.
+    max: usize,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::with_max(super::DEFAULT_MAX_LINE)
+    }
 }
 
 impl SseParser {
@@ -29,10 +45,23 @@ impl SseParser {
         Self::default()
     }
 
+    /// A parser that refuses lines, and event data, longer than `max` bytes.
+    pub fn with_max(max: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            skip_lf: false,
+            bom_seen: 0,
+            max,
+        }
+    }
+
     /// Feeds one read; calls `on_data` with the data of every event it completes.
     ///
-    /// Stops at the first error `on_data` returns and hands it back.
-    pub fn feed<E>(
+    /// Stops at the first error `on_data` returns, or at a line or event longer than the
+    /// limit, and hands it back.
+    pub fn feed<E: From<EventTooLarge>>(
         &mut self,
         mut chunk: &[u8],
         mut on_data: impl FnMut(&[u8]) -> Result<(), E>,
@@ -59,6 +88,9 @@ impl SseParser {
             } else {
                 end + 1
             };
+            if self.line.len() + end > self.max {
+                return Err(self.too_large());
+            }
             if self.line.is_empty() {
                 self.process_line(&chunk[..end], &mut on_data)?;
             } else {
@@ -71,8 +103,15 @@ impl SseParser {
             }
             chunk = &chunk[rest_start..];
         }
+        if self.line.len() + chunk.len() > self.max {
+            return Err(self.too_large());
+        }
         self.line.extend_from_slice(chunk);
         Ok(())
+    }
+
+    fn too_large<E: From<EventTooLarge>>(&self) -> E {
+        E::from(EventTooLarge { limit: self.max })
     }
 
     /// Bytes held back for a line or event not yet complete (for memory bounds).
@@ -96,7 +135,7 @@ impl SseParser {
         &chunk[i..]
     }
 
-    fn process_line<E>(
+    fn process_line<E: From<EventTooLarge>>(
         &mut self,
         line: &[u8],
         on_data: &mut impl FnMut(&[u8]) -> Result<(), E>,
@@ -122,6 +161,9 @@ impl SseParser {
         };
         // Only `data` matters to the gateway; `event`, `id` and `retry` are read and dropped.
         if field == b"data" {
+            if self.data.len() + usize::from(self.has_data) + value.len() > self.max {
+                return Err(self.too_large());
+            }
             if self.has_data {
                 self.data.push(b'\n');
             }
@@ -136,13 +178,26 @@ impl SseParser {
 mod tests {
     use super::*;
 
+    /// The tests' callback error.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Stop {
+        Callback,
+        TooLarge,
+    }
+
+    impl From<EventTooLarge> for Stop {
+        fn from(_: EventTooLarge) -> Self {
+            Self::TooLarge
+        }
+    }
+
     fn parse_split(input: &[u8], splits: &[usize]) -> Vec<Vec<u8>> {
         let mut parser = SseParser::new();
         let mut out = Vec::new();
         let mut start = 0;
         for &end in splits.iter().chain(std::iter::once(&input.len())) {
             parser
-                .feed::<()>(&input[start..end], |d| {
+                .feed::<Stop>(&input[start..end], |d| {
                     out.push(d.to_vec());
                     Ok(())
                 })
@@ -233,9 +288,48 @@ mod tests {
         let mut seen = 0;
         let r = parser.feed(b"data: a\n\ndata: b\n\n", |_| {
             seen += 1;
-            Err("stop")
+            Err(Stop::Callback)
         });
-        assert_eq!(r, Err("stop"));
+        assert_eq!(r, Err(Stop::Callback));
         assert_eq!(seen, 1);
+    }
+
+    /// Feeds `input` to a parser limited to `max` in every split into two reads.
+    fn limited(input: &[u8], max: usize) -> Vec<Result<Vec<Vec<u8>>, Stop>> {
+        (0..=input.len())
+            .map(|i| {
+                let mut parser = SseParser::with_max(max);
+                let mut out = Vec::new();
+                for part in [&input[..i], &input[i..]] {
+                    parser.feed::<Stop>(part, |d| {
+                        out.push(d.to_vec());
+                        Ok(())
+                    })?;
+                    assert!(parser.buffered() <= 2 * max, "buffered past the limit");
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lines_and_events_up_to_the_limit_pass_and_longer_ones_stop_the_parser() {
+        let expect = |input: &[u8], max: usize, expected: Result<&[u8], Stop>| {
+            let expected = expected.map(|data| vec![data.to_vec()]);
+            for (split, got) in limited(input, max).into_iter().enumerate() {
+                assert_eq!(got, expected, "max {max}, split at {split}");
+            }
+        };
+        // "data: 0123456789" is 16 bytes; its data 10.
+        let input = b"data: 0123456789\n\n";
+        expect(input, 16, Ok(b"0123456789"));
+        expect(input, 15, Err(Stop::TooLarge));
+        // Many short data lines that add up to a large event.
+        let many = b"data: 0123\ndata: 4567\ndata: 89\n\n";
+        expect(many, 12, Ok(b"0123\n4567\n89"));
+        expect(many, 11, Err(Stop::TooLarge));
+        // A comment line counts too: it is buffered like any other.
+        let comment = [b":", &[b'x'; 64][..], b"\ndata: a\n\n"].concat();
+        expect(&comment, 32, Err(Stop::TooLarge));
     }
 }

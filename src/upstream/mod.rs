@@ -6,11 +6,13 @@ pub mod ollama;
 pub mod openai;
 pub mod relay;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_service::Service;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, Resolver};
+use actix_web::error::ParseError;
 use actix_web::http::Uri;
 use awc::error::{PayloadError, SendRequestError};
 use bytes::Bytes;
@@ -20,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, OpenAiConfig, Timeouts};
 use crate::error::GatewayError;
+use crate::secret::Scrubber;
 
 /// Where a model name sends the request.
 #[derive(Debug, Clone, Copy)]
@@ -122,60 +125,301 @@ pub fn client_tls() -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// The client-facing error for a request that got no response from `upstream`.
+/// `d` as `10s`, `5m`, `300ms`.
+fn took(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+/// The client-facing error for a request that got no response from `upstream`, in words
+/// (awc's own texts are for developers: "Internal error: connector has been disconnected"
+/// is an upstream that closed the connection without answering).
 pub fn send_error(upstream: &str, error: SendRequestError, timeouts: &Timeouts) -> GatewayError {
+    use awc::error::ConnectError as C;
     let upstream = upstream.to_string();
+    let unreachable = |detail: String| GatewayError::UpstreamConnect {
+        upstream: upstream.clone(),
+        detail,
+    };
     match error {
-        SendRequestError::Connect(awc::error::ConnectError::Timeout) => {
-            GatewayError::UpstreamTimeout {
-                upstream,
-                detail: format!(
-                    "no connection within {}",
-                    humantime::format_duration(timeouts.connect)
-                ),
-            }
-        }
-        SendRequestError::Connect(e) => GatewayError::UpstreamConnect {
+        SendRequestError::Connect(C::Timeout) => GatewayError::UpstreamTimeout {
+            detail: format!(
+                "after {} waiting for a connection (timeouts.connect)",
+                took(timeouts.connect)
+            ),
             upstream,
-            detail: e.to_string(),
         },
         SendRequestError::Timeout => GatewayError::UpstreamTimeout {
-            upstream,
             detail: format!(
-                "no response within {}",
-                humantime::format_duration(timeouts.first_byte)
+                "after {} waiting for the answer to begin (timeouts.first_byte)",
+                took(timeouts.first_byte)
             ),
-        },
-        other => GatewayError::UpstreamConnect {
             upstream,
-            detail: other.to_string(),
+        },
+        SendRequestError::Connect(C::Disconnected) => GatewayError::UpstreamBroken {
+            upstream,
+            what: "closed the connection without answering".into(),
+        },
+        SendRequestError::Connect(C::Resolver(e)) => {
+            unreachable(format!("its host name does not resolve ({e})"))
+        }
+        SendRequestError::Connect(C::NoRecords) => {
+            unreachable("its host name has no address".into())
+        }
+        SendRequestError::Connect(C::Io(e)) => unreachable(connect_failure(&e)),
+        SendRequestError::Connect(e) => unreachable(e.to_string()),
+        SendRequestError::Send(e) => GatewayError::UpstreamBroken {
+            upstream,
+            what: io_failure(&e, "while the request was being sent").into(),
+        },
+        SendRequestError::Response(ParseError::Io(e)) => GatewayError::UpstreamBroken {
+            upstream,
+            what: io_failure(&e, "before answering").into(),
+        },
+        SendRequestError::Response(ParseError::Incomplete) => GatewayError::UpstreamBroken {
+            upstream,
+            what: "closed the connection in the middle of the response headers".into(),
+        },
+        SendRequestError::Response(ParseError::Timeout) => GatewayError::UpstreamTimeout {
+            detail: "while sending the response headers".into(),
+            upstream,
+        },
+        SendRequestError::Response(e) => GatewayError::UpstreamProtocol {
+            upstream,
+            detail: format!("the response headers are malformed ({e})"),
+        },
+        SendRequestError::Custom(e, _) => unreachable(e.to_string()),
+        other => unreachable(other.to_string()),
+    }
+}
+
+/// Why a connection could not be made, in words.
+fn connect_failure(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    if let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        return format!("the TLS handshake failed ({tls})");
+    }
+    match e.kind() {
+        K::ConnectionRefused => "it refused the connection".into(),
+        K::ConnectionReset => "it reset the connection while it was being made".into(),
+        K::HostUnreachable | K::NetworkUnreachable => format!("no route to it ({e})"),
+        _ => format!("the connection failed ({e})"),
+    }
+}
+
+/// What a peer did to a connection that broke, in words, ending with `when`.
+fn io_failure(e: &std::io::Error, when: &str) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionReset => format!("reset the connection {when}"),
+        K::ConnectionAborted => format!("aborted the connection {when}"),
+        K::UnexpectedEof | K::BrokenPipe => format!("closed the connection {when}"),
+        K::TimedOut => format!("stopped responding: the connection timed out {when}"),
+        _ => format!("broke the connection {when} ({e})"),
+    }
+}
+
+/// What a peer did to a body that broke off, in words, ending with `when` (the Display of
+/// [`PayloadError`] is Rust Debug output: `payload reached EOF before completing:
+/// Some(Os { code: 104, .. })`).
+pub fn payload_failure(e: &PayloadError, when: &str) -> String {
+    match e {
+        PayloadError::Incomplete(None) => format!("closed the connection {when}"),
+        PayloadError::Incomplete(Some(e)) | PayloadError::Io(e) => io_failure(e, when),
+        PayloadError::EncodingCorrupted => {
+            "sent a body whose content encoding cannot be decoded".into()
+        }
+        PayloadError::UnknownLength => "sent a body of unknown length".into(),
+        PayloadError::Overflow => "sent a body larger than the limit".into(),
+        other => format!("broke off the body {when} ({other})"),
+    }
+}
+
+/// An upstream body's read error, in words.
+pub trait BodyError {
+    /// What the upstream did, to follow "upstream <name> ".
+    fn what(&self) -> Cow<'static, str>;
+}
+
+const BEFORE_COMPLETE: &str = "before the answer was complete";
+
+impl BodyError for std::io::Error {
+    fn what(&self) -> Cow<'static, str> {
+        io_failure(self, BEFORE_COMPLETE).into()
+    }
+}
+
+impl BodyError for PayloadError {
+    fn what(&self) -> Cow<'static, str> {
+        payload_failure(self, BEFORE_COMPLETE).into()
+    }
+}
+
+// Upstream text enters the gateway in three ways: an error body (any status), a 2xx body
+// that is not an answer, and the failing step of a stream (`relay`). Each goes through
+// `Config::scrubber` there, so no configured upstream key reaches a client or the log.
+
+/// The error for a whole 2xx answer that could not be read as what it should be:
+/// JSON cut short is a broken answer (awc ends a chunked body cut by a close as if it were
+/// complete), anything else is invalid; `detail` may quote the body, so it is scrubbed.
+pub fn unreadable_answer(
+    upstream: &str,
+    body: &[u8],
+    detail: String,
+    scrubber: &Scrubber,
+) -> GatewayError {
+    let upstream = upstream.to_string();
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(e) if e.is_eof() => GatewayError::UpstreamBroken {
+            upstream,
+            what: "ended the answer before it was complete".into(),
+        },
+        _ => GatewayError::UpstreamProtocol {
+            upstream,
+            detail: scrubber.scrub_string(detail),
         },
     }
 }
 
-/// Reads a whole upstream body of at most `limit` bytes before `deadline`.
+/// Reads an upstream's error body (of any status, or a 2xx that is not the answer asked
+/// for), at most [`MAX_ERROR_BYTES`] of it, scrubbed of every configured upstream key.
+pub async fn read_error_body<S>(
+    resp: &mut awc::ClientResponse<S>,
+    upstream: &str,
+    deadline: Instant,
+    config: &Config,
+) -> Result<Bytes, GatewayError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    let body = read_body(resp, upstream, MAX_ERROR_BYTES, deadline, &config.timeouts).await?;
+    Ok(config.scrubber.scrub_bytes(body))
+}
+
+/// Reads a whole upstream body of at most `limit` bytes before `deadline` (the end of
+/// `timeouts.total`).
 pub async fn read_body<S>(
     resp: &mut awc::ClientResponse<S>,
     upstream: &str,
     limit: usize,
     deadline: Instant,
+    timeouts: &Timeouts,
 ) -> Result<Bytes, GatewayError>
 where
     S: futures_util::Stream<Item = Result<Bytes, PayloadError>> + Unpin,
 {
+    // awc ends a body cut by a clean close as if it were complete: compare with the length
+    // the upstream announced.
+    let declared = resp
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     match tokio::time::timeout_at(deadline, resp.body().limit(limit)).await {
         Err(_) => Err(GatewayError::UpstreamTimeout {
             upstream: upstream.to_string(),
-            detail: "the answer did not arrive within the total time limit".into(),
+            detail: format!(
+                "after {} before the whole answer arrived (timeouts.total)",
+                took(timeouts.total)
+            ),
         }),
-        Ok(Err(PayloadError::Overflow)) => Err(GatewayError::UpstreamProtocol {
+        Ok(Err(PayloadError::Overflow)) => Err(GatewayError::UpstreamTooLarge {
             upstream: upstream.to_string(),
-            detail: format!("the answer is larger than {limit} bytes"),
+            limit,
         }),
-        Ok(Err(e)) => Err(GatewayError::UpstreamConnect {
+        Ok(Err(e)) => Err(GatewayError::UpstreamBroken {
             upstream: upstream.to_string(),
-            detail: format!("the connection failed while reading the answer: {e}"),
+            what: e.what(),
         }),
+        Ok(Ok(bytes)) if declared.is_some_and(|n| bytes.len() < n) => {
+            Err(GatewayError::UpstreamBroken {
+                upstream: upstream.to_string(),
+                what: PayloadError::Incomplete(None).what(),
+            })
+        }
         Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use awc::error::ConnectError;
+
+    use super::*;
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(30),
+            idle: Duration::from_secs(300),
+            total: Duration::from_secs(3600),
+        }
+    }
+
+    fn send(e: SendRequestError) -> (String, Option<&'static str>) {
+        let e = send_error("ollama", e, &timeouts());
+        (e.to_string(), e.fault().map(|f| f.label()))
+    }
+
+    #[test]
+    fn awc_errors_are_said_in_words_and_counted_by_kind() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        for (error, text, kind) in [
+            (
+                SendRequestError::Connect(ConnectError::Io(refused)),
+                "upstream ollama is unreachable: it refused the connection",
+                "connect",
+            ),
+            (
+                SendRequestError::Connect(ConnectError::Disconnected),
+                "upstream ollama closed the connection without answering",
+                "truncated",
+            ),
+            (
+                SendRequestError::Connect(ConnectError::Timeout),
+                "upstream ollama timed out after 10s waiting for a connection (timeouts.connect)",
+                "timeout",
+            ),
+            (
+                SendRequestError::Timeout,
+                "upstream ollama timed out after 30s waiting for the answer to begin (timeouts.first_byte)",
+                "timeout",
+            ),
+            (
+                SendRequestError::Send(io::Error::from(io::ErrorKind::ConnectionReset)),
+                "upstream ollama reset the connection while the request was being sent",
+                "truncated",
+            ),
+            (
+                SendRequestError::Response(ParseError::Header),
+                "upstream ollama sent an invalid response: the response headers are malformed (invalid Header provided)",
+                "protocol",
+            ),
+        ] {
+            assert_eq!(send(error), (text.to_string(), Some(kind)));
+        }
+    }
+
+    #[test]
+    fn broken_bodies_are_said_in_words() {
+        let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            PayloadError::Incomplete(Some(reset())).what(),
+            "reset the connection before the answer was complete"
+        );
+        assert_eq!(
+            PayloadError::Incomplete(None).what(),
+            "closed the connection before the answer was complete"
+        );
+        assert_eq!(
+            payload_failure(&PayloadError::Io(reset()), "before the body was complete"),
+            "reset the connection before the body was complete"
+        );
+        let other = PayloadError::Io(io::Error::other("weird")).what();
+        assert_eq!(
+            other,
+            "broke the connection before the answer was complete (weird)"
+        );
     }
 }

@@ -8,11 +8,11 @@ use tokio::time::Instant;
 
 use super::headers::{downstream_response_headers, upstream_request_headers};
 use super::relay::{Relay, Step, Transform};
-use super::{read_body, send_error, MAX_ANSWER_BYTES, OLLAMA};
+use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, OLLAMA};
 use crate::config::Config;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, UpstreamFault};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
-use crate::translate::ndjson::{DoneCounts, Ending, NdjsonRelay};
+use crate::translate::ndjson::{DoneCounts, Ending, LineTooLong, NdjsonRelay};
 
 /// Sends `body` to Ollama's `/api/chat` and relays the answer.
 pub async fn forward(
@@ -59,9 +59,11 @@ pub async fn forward(
             .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
         let relay = Relay::new(
             resp,
-            OllamaLines(NdjsonRelay::new()),
+            OllamaLines(NdjsonRelay::with_max_line(
+                config.upstream.max_stream_line_bytes,
+            )),
             OLLAMA.to_string(),
-            timeouts.idle,
+            config,
             deadline,
             Some(record),
         );
@@ -69,12 +71,28 @@ pub async fn forward(
     }
     // A whole answer or an error: Ollama writes these in one piece, so buffering them costs
     // nothing and lets a broken answer become a 502 instead of a truncated 200.
-    let body = match read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline).await {
+    let body = if status.is_success() {
+        read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await
+    } else {
+        read_error_body(&mut resp, OLLAMA, deadline, config).await
+    };
+    let body = match body {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
     let counts: DoneCounts = if status.is_success() {
-        serde_json::from_slice(&body).unwrap_or_default()
+        match serde_json::from_slice(&body) {
+            Ok(counts) => counts,
+            Err(e) => {
+                let detail = format!("the answer is not a JSON object ({e})");
+                return Err(record.fail(unreadable_answer(
+                    OLLAMA,
+                    &body,
+                    detail,
+                    &config.scrubber,
+                )));
+            }
+        }
     } else {
         DoneCounts::default()
     };
@@ -107,7 +125,25 @@ struct OllamaLines(NdjsonRelay);
 
 impl Transform for OllamaLines {
     fn chunk(&mut self, chunk: Bytes) -> Step {
-        Step::Forward(self.0.push(chunk))
+        let (lines, too_long) = match self.0.push(chunk) {
+            Ok(lines) => (lines, false),
+            Err(LineTooLong { before }) => (before, true),
+        };
+        match self.0.ending() {
+            // The answer is complete at its `done` line: whatever the connection does next
+            // (Ollama's chunked terminator, or a reset, or more bytes) is not the client's
+            // business.
+            Ending::Done(_) | Ending::UpstreamError => self.end(lines),
+            Ending::Truncated if too_long => Step::Fail {
+                forward: lines,
+                fault: UpstreamFault::TooLarge,
+                message: format!(
+                    "upstream {OLLAMA} sent a stream line longer than the limit of {} bytes (upstream.max_stream_line_bytes)",
+                    self.0.max_line()
+                ),
+            },
+            Ending::Truncated => Step::Forward(lines),
+        }
     }
 
     fn report(&self) -> (Tokens, Option<OllamaTimings>) {
@@ -121,17 +157,24 @@ impl Transform for OllamaLines {
 
     fn eof(&mut self) -> Step {
         let rest = self.0.finish();
+        self.end(rest)
+    }
+}
+
+impl OllamaLines {
+    /// The step that ends the answer after `rest`, as its last lines say.
+    fn end(&self, rest: Option<Bytes>) -> Step {
         match self.0.ending() {
             Ending::Done(_) => Step::Finish(rest),
             // Ollama reported its own failure in a last {"error"} line, already relayed.
             Ending::UpstreamError => Step::Relayed {
                 forward: rest,
-                kind: "upstream_error",
+                fault: UpstreamFault::MidStream,
                 message: format!("upstream {OLLAMA} reported an error in the stream"),
             },
             Ending::Truncated => Step::Fail {
                 forward: rest,
-                kind: "truncated",
+                fault: UpstreamFault::Truncated,
                 message: format!("upstream {OLLAMA} closed the stream before it finished"),
             },
         }

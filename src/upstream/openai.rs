@@ -11,9 +11,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::relay::{Relay, Step, Transform};
-use super::{read_body, send_error, MAX_ANSWER_BYTES, MAX_ERROR_BYTES};
-use crate::config::{OpenAiConfig, Timeouts};
-use crate::error::{GatewayError, JSON_UTF8};
+use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES};
+use crate::config::{Config, OpenAiConfig};
+use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::translate::ollama::ChatRequest;
 use crate::translate::openai::{
@@ -26,7 +26,7 @@ const USER_AGENT: &str = concat!("ollama-gateway/", env!("CARGO_PKG_VERSION"));
 /// Everything one OpenAI request needs besides the client.
 pub struct Call<'a> {
     pub upstream: &'a OpenAiConfig,
-    pub timeouts: &'a Timeouts,
+    pub config: &'a Config,
     pub chat: &'a ChatRequest<'a>,
     /// The model without the upstream's prefix.
     pub model: &'a str,
@@ -42,6 +42,14 @@ pub async fn forward(
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let up = call.upstream;
+    if up.requires_api_key && up.api_key.is_empty() {
+        // Never send a prompt to a paid API without credentials.
+        return Err(record.fail(GatewayError::UpstreamNoKey {
+            upstream: up.name.clone(),
+            env: crate::config::api_key_env(&up.name),
+        }));
+    }
+    let timeouts = &call.config.timeouts;
     let stream = call.chat.streams();
     let shape = RequestShape {
         stream_usage: up.stream_usage,
@@ -51,10 +59,10 @@ pub async fn forward(
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    let deadline = Instant::now() + call.timeouts.total;
+    let deadline = Instant::now() + timeouts.total;
     let mut req = client
         .post(up.chat_uri.clone())
-        .timeout(call.timeouts.first_byte)
+        .timeout(timeouts.first_byte)
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((
             header::ACCEPT,
@@ -74,13 +82,14 @@ pub async fn forward(
     }
     let mut resp = match req.send_body(body).await {
         Ok(resp) => resp,
-        Err(e) => return Err(record.fail(send_error(&up.name, e, call.timeouts))),
+        Err(e) => return Err(record.fail(send_error(&up.name, e, timeouts))),
     };
 
     let status = resp.status();
     if !status.is_success() {
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let body = read_body(&mut resp, &up.name, MAX_ERROR_BYTES, deadline)
+        // The status says what happened even when its body cannot be read.
+        let body = read_error_body(&mut resp, &up.name, deadline, call.config)
             .await
             .unwrap_or_default();
         return Err(record.fail(status_error(&up.name, status, &body, retry_after)));
@@ -95,11 +104,15 @@ pub async fn forward(
         let relay = Relay::new(
             resp,
             SseTransform {
-                inner: SseToNdjson::new(client_model, call.started),
+                inner: SseToNdjson::with_max(
+                    client_model,
+                    call.started,
+                    call.config.upstream.max_stream_line_bytes,
+                ),
                 upstream: up.name.clone(),
             },
             up.name.clone(),
-            call.timeouts.idle,
+            call.config,
             deadline,
             Some(record),
         );
@@ -109,21 +122,28 @@ pub async fn forward(
             .insert_header(("x-accel-buffering", "no"))
             .streaming(relay));
     }
-    let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline).await {
+    if stream {
+        // Asked for a stream, got something else: an error object with a 200, or garbage.
+        return Err(record.fail(
+            match read_error_body(&mut resp, &up.name, deadline, call.config).await {
+                Ok(body) => status_error(&up.name, StatusCode::BAD_GATEWAY, &body, None),
+                Err(e) => e,
+            },
+        ));
+    }
+    let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline, timeouts).await {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    if stream {
-        // Asked for a stream, got something else: an error object with a 200, or garbage.
-        return Err(record.fail(status_error(&up.name, StatusCode::BAD_GATEWAY, &body, None)));
-    }
     let translated = match from_openai_response(&body, client_model, call.started) {
         Ok(t) => t,
         Err(detail) => {
-            return Err(record.fail(GatewayError::UpstreamProtocol {
-                upstream: up.name.clone(),
+            return Err(record.fail(unreadable_answer(
+                &up.name,
+                &body,
                 detail,
-            }))
+                &call.config.scrubber,
+            )))
         }
     };
     let tokens = Tokens {
@@ -203,16 +223,24 @@ impl SseTransform {
             Ok(Progress::Open) => Step::Forward(forward),
             Ok(Progress::Done) => Step::Finish(forward),
             Err(e) => {
-                let (kind, message) = match e {
-                    StreamError::Upstream(m) => {
-                        ("upstream_error", format!("upstream {}: {m}", self.upstream))
-                    }
+                let (fault, message) = match e {
+                    StreamError::Upstream(m) => (
+                        UpstreamFault::MidStream,
+                        format!("upstream {}: {m}", self.upstream),
+                    ),
                     StreamError::Protocol(m) => (
-                        "protocol",
+                        UpstreamFault::Protocol,
                         format!("upstream {} sent an invalid stream: {m}", self.upstream),
                     ),
+                    StreamError::TooLarge { limit } => (
+                        UpstreamFault::TooLarge,
+                        format!(
+                            "upstream {} sent a stream event larger than the limit of {limit} bytes (upstream.max_stream_line_bytes)",
+                            self.upstream
+                        ),
+                    ),
                     StreamError::Truncated => (
-                        "truncated",
+                        UpstreamFault::Truncated,
                         format!(
                             "upstream {} ended the stream before it finished",
                             self.upstream
@@ -221,7 +249,7 @@ impl SseTransform {
                 };
                 Step::Fail {
                     forward,
-                    kind,
+                    fault,
                     message,
                 }
             }

@@ -13,8 +13,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::error_line;
+use super::BodyError;
+use crate::config::{Config, Timeouts};
+use crate::error::{error_line, UpstreamFault};
 use crate::metrics::{Ending, OllamaTimings, RequestRecord, Tokens};
+use crate::secret::Scrubber;
 
 /// What a transform does with one piece of the upstream body.
 pub enum Step {
@@ -26,13 +29,13 @@ pub enum Step {
     /// the answer failed.
     Relayed {
         forward: Option<Bytes>,
-        kind: &'static str,
+        fault: UpstreamFault,
         message: String,
     },
     /// Forward these bytes (if any), then an error line with `message`; the answer failed.
     Fail {
         forward: Option<Bytes>,
-        kind: &'static str,
+        fault: UpstreamFault,
         message: String,
     },
 }
@@ -78,7 +81,9 @@ pin_project_lite::pin_project! {
         idle: Sleep,
         #[pin]
         total: Sleep,
-        idle_timeout: Duration,
+        timeouts: Timeouts,
+        // A failing step's text came from the upstream: scrubbed before anyone sees it.
+        scrubber: Scrubber,
         transform: T,
         upstream_name: String,
         // Bytes to send after the current ones (an error line after forwarded data).
@@ -88,19 +93,21 @@ pin_project_lite::pin_project! {
 }
 
 impl<S, T> Relay<S, T> {
+    /// `deadline` is when `config.timeouts.total` runs out for this request.
     pub fn new(
         upstream: S,
         transform: T,
         upstream_name: String,
-        idle_timeout: Duration,
-        total_deadline: Instant,
+        config: &Config,
+        deadline: Instant,
         record: Option<RequestRecord>,
     ) -> Self {
         Self {
             upstream: Some(upstream),
-            idle: tokio::time::sleep(idle_timeout),
-            total: tokio::time::sleep_until(total_deadline),
-            idle_timeout,
+            idle: tokio::time::sleep(config.timeouts.idle),
+            total: tokio::time::sleep_until(deadline),
+            timeouts: config.timeouts,
+            scrubber: config.scrubber.clone(),
             transform,
             upstream_name,
             queued: None,
@@ -119,7 +126,7 @@ fn join(first: Option<Bytes>, second: Option<Bytes>) -> (Option<Bytes>, Option<B
 impl<S, T, E> Stream for Relay<S, T>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
-    E: std::fmt::Display,
+    E: BodyError,
     T: Transform,
 {
     type Item = Result<Bytes, Infallible>;
@@ -135,14 +142,14 @@ where
             };
             let step = match Pin::new(upstream).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = Instant::now() + *this.idle_timeout;
+                    let deadline = Instant::now() + this.timeouts.idle;
                     this.idle.as_mut().reset(deadline);
                     this.transform.chunk(chunk)
                 }
                 Poll::Ready(Some(Err(e))) => Step::Fail {
                     forward: None,
-                    kind: "mid_stream",
-                    message: format!("upstream {} failed mid-stream: {e}", this.upstream_name),
+                    fault: UpstreamFault::Truncated,
+                    message: format!("upstream {} {}", this.upstream_name, e.what()),
                 },
                 Poll::Ready(None) => {
                     // Ended by the upstream itself: nothing left to read.
@@ -150,7 +157,7 @@ where
                     match this.transform.eof() {
                         Step::Forward(forward) => Step::Fail {
                             forward,
-                            kind: "truncated",
+                            fault: UpstreamFault::Truncated,
                             message: format!(
                                 "upstream {} ended the answer before finishing it",
                                 this.upstream_name
@@ -160,20 +167,24 @@ where
                     }
                 }
                 Poll::Pending => {
-                    let which = if this.total.as_mut().poll(cx).is_ready() {
-                        "the total time limit"
+                    let t = &this.timeouts;
+                    let waited = if this.total.as_mut().poll(cx).is_ready() {
+                        format!(
+                            "after {} before the answer was complete (the total time limit, timeouts.total)",
+                            humantime::format_duration(t.total)
+                        )
                     } else if this.idle.as_mut().poll(cx).is_ready() {
-                        "the idle time limit between chunks"
+                        format!(
+                            "after {} without sending anything (the idle time limit between chunks, timeouts.idle)",
+                            humantime::format_duration(t.idle)
+                        )
                     } else {
                         return Poll::Pending;
                     };
                     Step::Fail {
                         forward: None,
-                        kind: "timeout",
-                        message: format!(
-                            "upstream {} timed out: no complete answer within {which}",
-                            this.upstream_name
-                        ),
+                        fault: UpstreamFault::Timeout,
+                        message: format!("upstream {} timed out {waited}", this.upstream_name),
                     }
                 }
             };
@@ -183,17 +194,23 @@ where
                 Step::Finish(bytes) => (bytes, None, Some(Ending::Complete)),
                 Step::Relayed {
                     forward,
-                    kind,
-                    message,
-                } => (forward, None, Some(Ending::Failed { kind, message })),
-                Step::Fail {
-                    forward,
-                    kind,
+                    fault,
                     message,
                 } => {
+                    // The upstream's own error line is in `forward`.
+                    let forward = forward.map(|b| this.scrubber.scrub_bytes(b));
+                    let message = this.scrubber.scrub_string(message);
+                    (forward, None, Some(Ending::Failed { fault, message }))
+                }
+                Step::Fail {
+                    forward,
+                    fault,
+                    message,
+                } => {
+                    let message = this.scrubber.scrub_string(message);
                     let line = Bytes::from(error_line(&message));
                     let (now, later) = join(forward, Some(line));
-                    (now, later, Some(Ending::Failed { kind, message }))
+                    (now, later, Some(Ending::Failed { fault, message }))
                 }
             };
             let (now, later) = join(now, later);
@@ -253,7 +270,9 @@ mod tests {
         }
     }
 
-    /// `done` completes the answer, `fail` fails it, anything else is forwarded.
+    /// `done` completes the answer, `fail` fails it, `leak` fails it quoting the upstream's
+    /// key, `relay` relays the upstream's own error line quoting it; anything else is
+    /// forwarded.
     struct Script;
 
     impl Transform for Script {
@@ -262,8 +281,18 @@ mod tests {
                 b"done" => Step::Finish(Some(chunk)),
                 b"fail" => Step::Fail {
                     forward: None,
-                    kind: "test",
+                    fault: UpstreamFault::Protocol,
                     message: "failed".into(),
+                },
+                b"leak" => Step::Fail {
+                    forward: None,
+                    fault: UpstreamFault::MidStream,
+                    message: "bad key sk-test-key".into(),
+                },
+                b"relay" => Step::Relayed {
+                    forward: Some(Bytes::from_static(b"{\"error\":\"bad key sk-test-key\"}\n")),
+                    fault: UpstreamFault::MidStream,
+                    message: "relayed".into(),
                 },
                 _ => Step::Forward(Some(chunk)),
             }
@@ -294,13 +323,16 @@ mod tests {
             ended: Rc::clone(&ended),
             end: Rc::clone(&end),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut raw = crate::config::RawConfig::default();
+        raw.upstreams.get_mut("openai").unwrap().api_key =
+            crate::secret::Secret::new("sk-test-key");
+        let config = Config::from_raw(raw).unwrap();
         let relay = Relay::new(
             upstream,
             Script,
             "test".into(),
-            Duration::from_secs(60),
-            deadline,
+            &config,
+            Instant::now() + Duration::from_secs(60),
             None,
         );
         (tx, Box::pin(relay), ended, end)
@@ -360,6 +392,18 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(out[0].starts_with(b"{\"error\":"), "{:?}", out[0]);
         assert!(tx.is_closed() && !ended.get());
+    }
+
+    #[actix_rt::test]
+    async fn the_upstream_key_never_leaves_in_a_failing_step() {
+        for script in [&b"leak"[..], b"relay"] {
+            let (tx, mut relay, _, _) = fed();
+            tx.send(Ok(Bytes::from_static(script))).unwrap();
+            let out = body(&mut relay).await.concat();
+            let text = String::from_utf8_lossy(&out);
+            assert!(!text.contains("sk-test-key"), "{text}");
+            assert!(text.contains("bad key [redacted]"), "{text}");
+        }
     }
 
     #[actix_rt::test]

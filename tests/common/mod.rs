@@ -76,6 +76,8 @@ pub enum End {
     Close,
     /// Keep the connection open until the gateway closes it.
     Hold,
+    /// Reset the connection (SO_LINGER 0, then close): the gateway reads ECONNRESET.
+    Reset,
 }
 
 /// What a fake answers.
@@ -95,6 +97,9 @@ pub enum Reply {
     },
     /// Read the request, never answer.
     Hang,
+    /// Write these bytes as they are (a head and a body that may lie about its length),
+    /// then close the connection.
+    Raw(Vec<u8>),
     /// Chunked: send `before`, wait until the test opens `gate`, send `after`, terminate.
     Gated {
         content_type: String,
@@ -117,6 +122,11 @@ impl Reply {
     }
 
     pub fn ndjson(lines: &[Value]) -> Self {
+        Self::ndjson_until(lines, End::Terminate)
+    }
+
+    /// NDJSON lines, one chunk each, then `end`.
+    pub fn ndjson_until(lines: &[Value], end: End) -> Self {
         Self::Chunked {
             status: 200,
             content_type: "application/x-ndjson".into(),
@@ -128,7 +138,17 @@ impl Reply {
                     v
                 })
                 .collect(),
-            end: End::Terminate,
+            end,
+        }
+    }
+
+    /// A 200 with a chunked body of `content_type`, one chunk each, then `end`.
+    pub fn stream(content_type: &str, chunks: Vec<Vec<u8>>, end: End) -> Self {
+        Self::Chunked {
+            status: 200,
+            content_type: content_type.into(),
+            chunks,
+            end,
         }
     }
 
@@ -306,6 +326,10 @@ async fn serve_connection(
                         }
                     }
                     End::Close => return,
+                    End::Reset => {
+                        stream.set_zero_linger().unwrap();
+                        return;
+                    }
                     End::Hold => {
                         wait_for_close(&mut stream).await;
                         return;
@@ -314,6 +338,10 @@ async fn serve_connection(
             }
             Reply::Hang => {
                 wait_for_close(&mut stream).await;
+                return;
+            }
+            Reply::Raw(bytes) => {
+                let _ = stream.write_all(&bytes).await;
                 return;
             }
             Reply::Gated {
@@ -624,6 +652,25 @@ impl Gateway {
             .await
     }
 
+    /// The value of one series of the gateway's metrics, such as
+    /// `gateway_upstream_errors_total{kind="connect",upstream="ollama"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.metrics.render()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// `gateway_upstream_errors_total` for one upstream and kind.
+    pub fn upstream_errors(&self, upstream: &str, kind: &str) -> f64 {
+        self.metric(&format!(
+            r#"gateway_upstream_errors_total{{kind="{kind}",upstream="{upstream}"}}"#
+        ))
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
@@ -643,6 +690,18 @@ pub fn client_tls(pem: &std::path::Path) -> Arc<rustls::ClientConfig> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+/// The `error` of a JSON error answer, checking it is sent as JSON.
+pub fn json_error(headers: &awc::http::header::HeaderMap, body: &[u8]) -> String {
+    let content_type = headers.get("content-type").unwrap().to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let v: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("JSON error body: {:?}", String::from_utf8_lossy(body)));
+    v["error"].as_str().unwrap().to_string()
 }
 
 /// Splits an NDJSON body into parsed lines, checking each ends in `\n`.

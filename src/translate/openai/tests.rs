@@ -297,3 +297,26 @@ fn nothing_after_done_is_emitted() {
     assert_eq!(lines.last().unwrap()["done"], true);
     assert!(!contents(&lines).contains(&"late".to_string()));
 }
+
+#[test]
+fn events_and_assembled_tool_calls_are_bounded() {
+    let feed = |max: usize, input: &str| {
+        let mut t = SseToNdjson::with_max("m", Instant::now(), max);
+        let mut out = Vec::new();
+        t.feed(input.as_bytes(), &mut out).map(|_| out.len())
+    };
+    let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abc\"}}]}\n\n";
+    assert!(feed(event.len(), event).is_ok());
+    assert_eq!(
+        feed(40, event),
+        Err(StreamError::TooLarge { limit: 40 }),
+        "an event longer than the limit"
+    );
+    // Each fragment is small; together they pass the limit before any line is written.
+    let fragment = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"xxxxxxxxxx\"}}]}}]}\n\n";
+    assert_eq!(
+        feed(200, &fragment.repeat(21)),
+        Err(StreamError::TooLarge { limit: 200 })
+    );
+    assert_eq!(feed(200, &fragment.repeat(20)), Ok(0));
+}
