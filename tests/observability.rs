@@ -384,6 +384,11 @@ async fn health_readiness_and_where_metrics_are_served() {
         "in words: {body}"
     );
     assert_eq!(
+        body.matches("upstream ollama").count(),
+        1,
+        "said once: {body}"
+    );
+    assert_eq!(
         get(&gw, format!("{}/metrics", gw.url), false).await.0,
         401,
         "public metrics need a key"

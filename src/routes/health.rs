@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpResponse};
 
 use crate::config::{Config, Timeouts};
+use crate::error::GatewayError;
 use crate::error::{json_error, JSON_UTF8};
 use crate::server::AppState;
 use crate::upstream::{self, OLLAMA};
@@ -72,7 +73,12 @@ async fn probe(client: &awc::Client, config: &Config) -> Result<(), String> {
                 first_byte: READY_TIMEOUT,
                 ..config.timeouts
             };
-            let why = upstream::send_error(OLLAMA, e, &timeouts);
+            // The error names the upstream already; say only what happened.
+            let why = match upstream::send_error(OLLAMA, e, &timeouts) {
+                GatewayError::UpstreamConnect { detail, .. }
+                | GatewayError::UpstreamTimeout { detail, .. } => detail,
+                other => other.to_string(),
+            };
             Err(format!("upstream {OLLAMA} is not ready: {why}"))
         }
     }
