@@ -10,3 +10,39 @@ pub mod sse;
 /// The default longest line (NDJSON) or event (SSE) taken from an upstream stream: the
 /// Ollama Go client's own line limit.
 pub const DEFAULT_MAX_LINE: usize = 8 * 1024 * 1024;
+
+/// Lines up to this size grow their buffer the usual way (doubling).
+const SMALL_LINE: usize = 64 * 1024;
+
+/// How much to reserve before appending `additional` bytes to a buffer of `len` bytes (and
+/// `capacity`) that holds part of one line of at most `max` bytes: 0 (grow as usual) while
+/// the line is small, else the whole rest of `max` at once. A long line then never grows
+/// by doubling, which holds the old and the new copy at the same moment and overshoots
+/// `max` by up to 2x; the allocator maps a large buffer's pages only as they are written,
+/// so memory follows the bytes actually held.
+pub(crate) fn line_reserve(len: usize, capacity: usize, additional: usize, max: usize) -> usize {
+    let needed = len.saturating_add(additional);
+    if needed <= capacity || needed <= SMALL_LINE {
+        0
+    } else {
+        max.max(needed) - len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_reserves_its_limit_once() {
+        // Small lines: the usual growth.
+        assert_eq!(line_reserve(10, 16, 100, 1 << 23), 0);
+        // Room already there: nothing to do.
+        assert_eq!(line_reserve(100_000, 200_000, 50_000, 1 << 23), 0);
+        // Past the small size: straight to the limit.
+        assert_eq!(
+            line_reserve(60_000, 65_536, 10_000, 1 << 23),
+            (1 << 23) - 60_000
+        );
+    }
+}

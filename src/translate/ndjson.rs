@@ -87,14 +87,14 @@ impl NdjsonRelay {
             if self.partial.len() + chunk.len() > self.max_line {
                 return Err(LineTooLong { before: None });
             }
-            self.partial.extend_from_slice(&chunk);
+            self.append(&chunk);
             return Ok(None);
         };
         let tail = chunk.split_off(last_nl + 1);
         let out = if self.partial.is_empty() {
             chunk
         } else {
-            self.partial.extend_from_slice(&chunk);
+            self.append(&chunk);
             self.partial.split().freeze()
         };
         if let Some(at) = self.inspect(&out) {
@@ -105,8 +105,20 @@ impl NdjsonRelay {
         if tail.len() > self.max_line {
             return Err(LineTooLong { before: Some(out) });
         }
-        self.partial.extend_from_slice(&tail);
+        self.append(&tail);
         Ok(Some(out))
+    }
+
+    /// Appends to the unfinished line (see [`super::line_reserve`]).
+    fn append(&mut self, bytes: &[u8]) {
+        let (len, capacity) = (self.partial.len(), self.partial.capacity());
+        self.partial.reserve(super::line_reserve(
+            len,
+            capacity,
+            bytes.len(),
+            self.max_line,
+        ));
+        self.partial.extend_from_slice(bytes);
     }
 
     /// At end of stream: the unterminated last line (given a newline), if any.
@@ -243,6 +255,23 @@ mod limit_tests {
             r.push(Bytes::from_static(LINE)),
             Ok(Some(Bytes::from_static(LINE)))
         );
+    }
+
+    #[test]
+    fn a_long_line_never_holds_more_than_its_limit() {
+        // 1 MiB reads of one endless line: the buffer reaches the limit, never double it.
+        let max = 8 << 20;
+        let mut r = NdjsonRelay::with_max_line(max);
+        let piece = Bytes::from(vec![b'a'; 1 << 20]);
+        let mut refused = false;
+        for _ in 0..16 {
+            if r.push(piece.clone()).is_err() {
+                refused = true;
+                break;
+            }
+            assert!(r.partial.capacity() <= max, "{}", r.partial.capacity());
+        }
+        assert!(refused);
     }
 
     #[test]

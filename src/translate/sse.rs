@@ -95,7 +95,7 @@ impl SseParser {
                 self.process_line(&chunk[..end], &mut on_data)?;
             } else {
                 let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(&chunk[..end]);
+                append(&mut line, &chunk[..end], self.max);
                 let result = self.process_line(&line, &mut on_data);
                 line.clear();
                 self.line = line;
@@ -106,7 +106,7 @@ impl SseParser {
         if self.line.len() + chunk.len() > self.max {
             return Err(self.too_large());
         }
-        self.line.extend_from_slice(chunk);
+        append(&mut self.line, chunk, self.max);
         Ok(())
     }
 
@@ -167,11 +167,22 @@ impl SseParser {
             if self.has_data {
                 self.data.push(b'\n');
             }
-            self.data.extend_from_slice(value);
+            append(&mut self.data, value, self.max);
             self.has_data = true;
         }
         Ok(())
     }
+}
+
+/// Appends to a buffer of part of one line or event (see [`super::line_reserve`]).
+fn append(buf: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    buf.reserve(super::line_reserve(
+        buf.len(),
+        buf.capacity(),
+        bytes.len(),
+        max,
+    ));
+    buf.extend_from_slice(bytes);
 }
 
 #[cfg(test)]
@@ -295,6 +306,23 @@ mod tests {
     }
 
     /// Feeds `input` to a parser limited to `max` in every split into two reads.
+    #[test]
+    fn a_long_line_never_holds_more_than_its_limit() {
+        let max = 8 << 20;
+        let mut parser = SseParser::with_max(max);
+        let piece = vec![b'a'; 1 << 20];
+        let mut refused = false;
+        parser.feed::<Stop>(b"data: ", |_| Ok(())).unwrap();
+        for _ in 0..16 {
+            if parser.feed::<Stop>(&piece, |_| Ok(())).is_err() {
+                refused = true;
+                break;
+            }
+            assert!(parser.line.capacity() <= max, "{}", parser.line.capacity());
+        }
+        assert!(refused);
+    }
+
     fn limited(input: &[u8], max: usize) -> Vec<Result<Vec<Vec<u8>>, Stop>> {
         (0..=input.len())
             .map(|i| {
