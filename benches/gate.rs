@@ -8,10 +8,10 @@ use std::net::IpAddr;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use ollama_gateway::allowlist::Allowlist;
 use ollama_gateway::config::{AllowlistConfig, Limits};
 use ollama_gateway::keys::{entry_toml, KeyTable};
 use ollama_gateway::limits::{take, InFlight, LimiterPool};
-use ollama_gateway::middleware::allowlist::Allowlist;
 
 fn table(n: usize, pool: &LimiterPool) -> KeyTable {
     let mut text = String::new();
@@ -60,8 +60,8 @@ fn bench(c: &mut Criterion) {
                     let ip = allowlist.client_ip(peer, &headers);
                     assert!(allowlist.allows(ip));
                     let key = keys.lookup(black_box(&presented)).unwrap();
-                    let slot = InFlight::acquire(key).unwrap();
-                    let policy = take(key).unwrap();
+                    let slot = InFlight::acquire(&key.quota).unwrap();
+                    let policy = take(&key.quota).unwrap();
                     drop(slot);
                     black_box(policy)
                 });

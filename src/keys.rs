@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Limits;
-use crate::limits::{Bucket, LimiterPool};
+use crate::limits::{KeyLimits, LimiterPool};
 
 /// Every generated key starts with this, so leaked keys are easy to recognise and scan for.
 pub const KEY_PREFIX: &str = "ogw_";
@@ -64,10 +64,9 @@ pub struct ApiKey {
     pub id: Arc<str>,
     pub team: Arc<str>,
     pub enabled: bool,
-    pub limits: Limits,
+    /// Its request limits and their state.
+    pub quota: KeyLimits,
     models: Option<Vec<glob::Pattern>>,
-    pub(crate) bucket: Arc<Bucket>,
-    pub(crate) in_flight: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -150,12 +149,10 @@ impl KeyTable {
             };
             let id: Arc<str> = entry.id.as_str().into();
             let key = ApiKey {
-                bucket: pool.bucket(limits.requests_per_minute, limits.burst),
-                in_flight: pool.in_flight(&id),
+                quota: pool.key_limits(Arc::clone(&id), limits),
                 id,
                 team: entry.team.into(),
                 enabled: entry.enabled.unwrap_or(true),
-                limits,
                 models,
             };
             if by_hash.insert(hash, Arc::new(key)).is_some() {
@@ -403,7 +400,7 @@ mod tests {
         let t = table(&entry_toml("team-a-ci", "team-a", &key)).unwrap();
         let found = t.lookup(&key).unwrap();
         assert_eq!(&*found.id, "team-a-ci");
-        assert_eq!(found.limits, DEFAULTS);
+        assert_eq!(found.quota.limits, DEFAULTS);
         assert!(found.enabled);
         assert!(t.lookup(&format!("{key}x")).is_none());
         assert!(
@@ -420,7 +417,7 @@ mod tests {
         );
         let t = table(&text).unwrap();
         let k = t.lookup("ogw_test").unwrap();
-        assert_eq!(k.limits.burst, 20);
+        assert_eq!(k.quota.limits.burst, 20);
         assert!(k.allows_model("llama3:instruct"));
         assert!(k.allows_model("openai/gpt-4o-mini"));
         assert!(!k.allows_model("openai/gpt-4o"));

@@ -1,6 +1,7 @@
 //! ollama-gateway: a hardened HTTPS edge proxy in front of Ollama and OpenAI-compatible
 //! upstreams, speaking Ollama's `/api/chat` to clients.
 
+pub mod allowlist;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod reload;
 pub mod routes;
 pub mod secret;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod translate;

@@ -16,8 +16,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
+use crate::config::Limits;
 use crate::error::{GatewayError, RatePolicy};
-use crate::keys::ApiKey;
 
 /// The token buckets of every key sharing one quota, keyed by key id.
 pub type Bucket =
@@ -44,6 +44,17 @@ impl LimiterPool {
         }))
     }
 
+    /// The limits of identity `id` (a key's id), with the state it shares with earlier
+    /// loads of the keys file under the same id and limits.
+    pub fn key_limits(&self, id: Arc<str>, limits: Limits) -> KeyLimits {
+        KeyLimits {
+            bucket: self.bucket(limits.requests_per_minute, limits.burst),
+            in_flight: self.in_flight(&id),
+            id,
+            limits,
+        }
+    }
+
     /// The in-flight counter of key `id`.
     pub fn in_flight(&self, id: &Arc<str>) -> Arc<AtomicU32> {
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -67,6 +78,17 @@ impl LimiterPool {
     }
 }
 
+/// One identity's request limits and their live state: its place in a bucket shared with
+/// the identities of the same limits, and its in-flight counter. An API key holds one. The
+/// in-process state sits behind these few calls ([`take`], [`InFlight::acquire`]), so that a
+/// store shared by replicas can take its place without a caller changing.
+pub struct KeyLimits {
+    pub id: Arc<str>,
+    pub limits: Limits,
+    bucket: Arc<Bucket>,
+    in_flight: Arc<AtomicU32>,
+}
+
 /// Whole seconds, rounded up.
 fn whole_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
@@ -78,7 +100,7 @@ fn retry_secs(wait: Duration) -> u64 {
 }
 
 /// Takes one request from the key's bucket.
-pub fn take(key: &ApiKey) -> Result<RatePolicy, GatewayError> {
+pub fn take(key: &KeyLimits) -> Result<RatePolicy, GatewayError> {
     let quota = key.limits.requests_per_minute;
     // Seconds for one token to come back.
     let refill = retry_secs(Duration::from_secs(60) / quota.max(1));
@@ -114,7 +136,7 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    pub fn acquire(key: &ApiKey) -> Result<Self, GatewayError> {
+    pub fn acquire(key: &KeyLimits) -> Result<Self, GatewayError> {
         let limit = key.limits.max_in_flight;
         key.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -202,19 +224,9 @@ impl AuthThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
-    use crate::keys::{entry_toml, KeyTable};
 
-    fn key(pool: &LimiterPool, limits: Limits) -> Arc<ApiKey> {
-        let text = format!(
-            "{}requests_per_minute = {}\nburst = {}\nmax_in_flight = {}\n",
-            entry_toml("k", "t", "ogw_x"),
-            limits.requests_per_minute,
-            limits.burst,
-            limits.max_in_flight
-        );
-        let table = KeyTable::parse(&text, std::path::Path::new("k"), limits, pool).unwrap();
-        Arc::clone(table.lookup("ogw_x").unwrap())
+    fn key(pool: &LimiterPool, limits: Limits) -> KeyLimits {
+        pool.key_limits("k".into(), limits)
     }
 
     #[test]

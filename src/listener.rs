@@ -30,8 +30,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::allowlist::Allowlist;
 use crate::metrics::{ConnRejection, Metrics};
-use crate::middleware::allowlist::Allowlist;
 
 /// The first byte of every TLS record that opens a handshake (ContentType handshake).
 const TLS_HANDSHAKE: u8 = 0x16;

@@ -15,15 +15,15 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
+use crate::allowlist::Allowlist;
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::limits::{AuthThrottle, LimiterPool};
 use crate::listener::{self, Edge};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::middleware;
-use crate::middleware::allowlist::Allowlist;
 use crate::reload::Reloader;
-use crate::routes::health::Readiness;
+use crate::state::{AppState, Readiness};
 use crate::telemetry::GatewaySpan;
 use crate::tls::{self, CertStore};
 use crate::{routes, upstream};
@@ -44,18 +44,6 @@ macro_rules! app_service {
 const LISTEN_BACKLOG: u32 = 2048;
 /// How long a stop waits for requests in flight before closing their connections.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
-
-/// State shared by all workers, built once before the server starts.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub keys: Arc<Keys>,
-    pub throttle: Arc<AuthThrottle>,
-    pub allowlist: Allowlist,
-    pub metrics: Arc<Metrics>,
-    pub readiness: Readiness,
-    /// The Ollama upstream's name, interned once for metric labels.
-    pub ollama_label: Arc<str>,
-}
 
 /// A started server and what callers need to know about it.
 pub struct Running {

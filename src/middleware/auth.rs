@@ -12,7 +12,7 @@ use actix_web_httpauth::headers::authorization::{Authorization, Bearer};
 
 use crate::error::GatewayError;
 use crate::keys::ApiKey;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Paths served without a key: liveness probes only.
 pub fn is_public(method: &Method, path: &str) -> bool {

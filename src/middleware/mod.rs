@@ -7,7 +7,6 @@
 //! proxied request).
 //! `server` wraps it inside tracing-actix-web's `TracingLogger`.
 
-pub mod allowlist;
 pub mod auth;
 pub mod observe;
 pub mod rate_limit;
@@ -21,9 +20,10 @@ use actix_web::http::ConnectionType;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage as _};
 
+use crate::allowlist;
 use crate::error::GatewayError;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The `Strict-Transport-Security` value, in the app data of the HTTPS listener's App only.
 #[derive(Debug, Clone)]

@@ -50,8 +50,8 @@ pub fn admit(key: Option<&ApiKey>) -> Result<Admission, GatewayError> {
     let Some(key) = key else {
         return Ok(Admission(None));
     };
-    let slot = InFlight::acquire(key)?;
-    let policy = limits::take(key)?;
+    let slot = InFlight::acquire(&key.quota)?;
+    let policy = limits::take(&key.quota)?;
     Ok(Admission(Some((slot, policy))))
 }
 

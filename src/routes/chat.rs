@@ -13,7 +13,7 @@ use crate::error::GatewayError;
 use crate::keys::ApiKey;
 use crate::metrics::{RequestRecord, WorkerMetrics};
 use crate::middleware::observe::Recorded;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::telemetry::RequestId;
 use crate::translate::ollama::ChatRequest;
 use crate::upstream::{self, openai, Route};

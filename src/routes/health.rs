@@ -1,6 +1,5 @@
 //! Liveness, readiness and the metrics exposition: cheap, no key.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
@@ -8,17 +7,13 @@ use actix_web::{web, HttpResponse};
 use crate::config::{Config, Timeouts};
 use crate::error::GatewayError;
 use crate::error::{json_error, JSON_UTF8};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::upstream::{self, OLLAMA};
 
 /// How long a readiness answer is reused, so probes do not hammer Ollama.
 const READY_CACHE: Duration = Duration::from_secs(3);
 /// Longest the readiness probe waits for Ollama.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The last readiness result and when it was taken.
-#[derive(Default)]
-pub struct Readiness(Mutex<Option<(Instant, Result<(), String>)>>);
 
 /// `GET /healthz`: the process is up and serving.
 pub async fn healthz() -> HttpResponse {
