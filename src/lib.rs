@@ -3,6 +3,7 @@
 
 pub mod allowlist;
 pub mod body;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod keys;

@@ -534,6 +534,7 @@ impl RequestRecord {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         worker: Rc<WorkerMetrics>,
+        route: &'static str,
         started: Instant,
         request_id: Arc<str>,
         upstream: Arc<str>,
@@ -548,7 +549,7 @@ impl RequestRecord {
         Self {
             started,
             request_id,
-            route: "/api/chat",
+            route,
             model: model.chars().take(200).collect(),
             key_id: key.map_or_else(|| Arc::clone(&none), |k| Arc::clone(&k.id)),
             team: key.map_or(none, |k| Arc::clone(&k.team)),
@@ -771,6 +772,7 @@ mod tests {
         let up: Arc<str> = "ollama".into();
         let r = RequestRecord::start(
             Rc::clone(&worker),
+            "/api/chat",
             Instant::now(),
             "id".into(),
             Arc::clone(&up),
@@ -794,6 +796,7 @@ mod tests {
         );
         let r = RequestRecord::start(
             Rc::clone(&worker),
+            "/api/chat",
             Instant::now(),
             "id2".into(),
             Arc::clone(&up),

@@ -1,7 +1,8 @@
 //! Thin HTTP handlers; the work happens in `upstream` and `translate`.
 
-pub mod chat;
+pub mod body;
 pub mod health;
+pub mod ollama;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -13,13 +14,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, public_metrics: bool) {
     if public_metrics {
         cfg.route("/metrics", web::get().to(health::metrics));
     }
-    cfg.service(
-        web::resource("/api/chat")
-            .route(web::post().to(chat::chat))
-            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
-    )
-    .service(probe("/healthz", health::healthz))
-    .service(probe("/readyz", health::readyz));
+    ollama::configure(cfg);
+    cfg.service(probe("/healthz", health::healthz))
+        .service(probe("/readyz", health::readyz));
+}
+
+/// A resource served by `route` alone; other methods get 405 naming `allow`.
+pub(crate) fn only(
+    path: &str,
+    allow: &'static str,
+    route: actix_web::Route,
+) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move |req: HttpRequest| {
+            method_not_allowed(req, allow)
+        }))
 }
 
 /// A GET/HEAD-only resource; other methods get 405 with `Allow`.

@@ -20,34 +20,9 @@ use futures_util::future::LocalBoxFuture;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::{Config, OpenAiConfig, Timeouts};
+use crate::config::{Config, Timeouts};
 use crate::error::GatewayError;
 use crate::secret::Scrubber;
-
-/// Where a model name sends the request.
-#[derive(Debug, Clone, Copy)]
-pub enum Route<'c, 'm> {
-    /// Everything without a configured prefix goes to Ollama, unchanged.
-    Ollama,
-    /// `<prefix><model>` goes to this OpenAI-compatible upstream as `<model>`.
-    OpenAi {
-        upstream: &'c OpenAiConfig,
-        model: &'m str,
-    },
-}
-
-/// Picks the upstream for `model`: the longest matching configured prefix, else Ollama.
-pub fn route<'c, 'm>(config: &'c Config, model: &'m str) -> Route<'c, 'm> {
-    for upstream in &config.upstreams {
-        if let Some(rest) = model.strip_prefix(upstream.prefix.as_str()) {
-            return Route::OpenAi {
-                upstream,
-                model: rest,
-            };
-        }
-    }
-    Route::Ollama
-}
 
 /// Name of the Ollama upstream in messages, logs and metrics.
 pub const OLLAMA: &str = "ollama";

@@ -1,0 +1,52 @@
+//! Reading a client's request body: bounded in size (early, by Content-Length, when the
+//! client declares it) and in time.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+
+use crate::error::GatewayError;
+use crate::upstream;
+
+/// Reads the request body, refusing more than `limit` bytes (early, by Content-Length,
+/// when the client declares it) and bodies that take longer than `within` to arrive.
+pub async fn read(
+    payload: web::Payload,
+    req: &HttpRequest,
+    limit: usize,
+    within: Duration,
+) -> Result<Bytes, GatewayError> {
+    tokio::time::timeout(within, read_limited(payload, req, limit))
+        .await
+        .map_err(|_| GatewayError::BodyTimeout(humantime::format_duration(within).to_string()))?
+}
+
+async fn read_limited(
+    mut payload: web::Payload,
+    req: &HttpRequest,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            let what = upstream::payload_failure(&e, "before the body was complete");
+            GatewayError::BodyRead(format!("the client {what}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
