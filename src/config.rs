@@ -78,6 +78,7 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawOpenAi>,
     /// What the gateway accepts from every upstream, Ollama included.
     pub upstream: RawUpstream,
+    pub catalog: RawCatalog,
     pub timeouts: RawTimeouts,
     pub auth: RawAuth,
     pub limits: RawLimits,
@@ -104,6 +105,7 @@ impl Default for RawConfig {
             ollama: RawOllama::default(),
             upstreams,
             upstream: RawUpstream::default(),
+            catalog: RawCatalog::default(),
             timeouts: RawTimeouts::default(),
             auth: RawAuth::default(),
             limits: RawLimits::default(),
@@ -308,6 +310,33 @@ pub struct RawOpenAi {
     pub max_tokens_param: Option<String>,
     /// Set to false to switch the upstream off without deleting it.
     pub enabled: Option<bool>,
+    /// The models it serves, for servers that cannot list them: when set, `/api/tags` shows
+    /// these (under the prefix) instead of asking `GET {base_url}/models`.
+    pub models: Option<Vec<String>>,
+    /// What its models can do, as `/api/tags` and `/api/show` report it (Ollama's names:
+    /// `completion`, `tools`, `vision`, `thinking`, `embedding`).
+    pub capabilities: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCatalog {
+    /// How long an OpenAI-compatible upstream's model list (`GET {base_url}/models`) is
+    /// reused; Ollama's own list is asked for every time.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Longest wait for a model list, `show`, `ps` or `version` from an upstream.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RawCatalog {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -439,6 +468,7 @@ pub struct Config {
     /// Sorted by prefix length, longest first, so the most specific prefix wins.
     pub upstreams: Vec<OpenAiConfig>,
     pub upstream: RawUpstream,
+    pub catalog: RawCatalog,
     pub timeouts: Timeouts,
     pub auth: AuthConfig,
     pub limits: Limits,
@@ -505,6 +535,8 @@ pub enum TlsConfig {
 
 #[derive(Debug, Clone)]
 pub struct OllamaConfig {
+    /// `base_url` without a trailing `/`: `{base}/api/...` is every endpoint.
+    pub base: String,
     /// `{base_url}/api/chat`, parsed once.
     pub chat_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
@@ -540,6 +572,12 @@ pub struct OpenAiConfig {
     pub requires_api_key: bool,
     pub stream_usage: bool,
     pub max_tokens_param: MaxTokensParam,
+    /// `{base_url}/models`, where its model list is asked for.
+    pub models_uri: awc::http::Uri,
+    /// Its models as configured (`models`), instead of asking `models_uri`.
+    pub models: Option<Vec<String>>,
+    /// What its models can do (`capabilities`), in Ollama's words.
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -645,6 +683,7 @@ impl Config {
         };
         let ollama_base = parse_base_url("ollama.base_url", &raw.ollama.base_url)?;
         let ollama = OllamaConfig {
+            base: ollama_base.to_string(),
             chat_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/chat"))?,
             version_url: format!("{ollama_base}/api/version"),
         };
@@ -743,6 +782,10 @@ impl Config {
             ollama,
             upstreams,
             upstream,
+            catalog: RawCatalog {
+                cache_ttl: raw.catalog.cache_ttl,
+                timeout: nonzero("catalog.timeout", raw.catalog.timeout)?,
+            },
             timeouts,
             auth,
             limits,
@@ -968,6 +1011,12 @@ fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigErr
         requires_api_key: up.requires_api_key.unwrap_or(true),
         stream_usage: up.stream_usage.unwrap_or(true),
         max_tokens_param,
+        models_uri: parse_uri(&key("base_url"), &format!("{base}/models"))?,
+        models: up.models.clone(),
+        capabilities: up
+            .capabilities
+            .clone()
+            .unwrap_or_else(|| vec!["completion".into(), "tools".into()]),
     })
 }
 

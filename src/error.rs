@@ -72,6 +72,9 @@ pub enum GatewayError {
     /// The key's model allowlist does not cover the requested model.
     #[error("model {model:?} is not allowed for this API key")]
     ModelNotAllowed { model: String },
+    /// An upstream's model that its list does not hold (Ollama's words for the same).
+    #[error("model '{model}' not found")]
+    ModelNotFound { model: String },
     /// The key's token bucket is empty.
     #[error("rate limit exceeded for API key {key_id}; retry after {} s", .policy.reset)]
     RateLimited {
@@ -225,6 +228,7 @@ impl GatewayError {
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey => "auth",
             Self::AuthThrottled { .. } => "auth_throttled",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::ModelNotFound { .. } => "model_not_found",
             Self::RateLimited { .. } => "rate_limit",
             Self::TooManyInFlight { .. } => "in_flight",
             Self::HeadersTooLarge(_) => "header_too_large",
@@ -268,6 +272,7 @@ impl GatewayError {
             | Self::DisabledKey
             | Self::AuthThrottled { .. }
             | Self::ModelNotAllowed { .. }
+            | Self::ModelNotFound { .. }
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. }
             | Self::HeadersTooLarge(_)
@@ -297,6 +302,7 @@ impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::IpDenied | Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey => StatusCode::UNAUTHORIZED,
             Self::AuthThrottled { .. }
             | Self::RateLimited { .. }
@@ -509,6 +515,11 @@ mod tests {
                 GatewayError::ModelNotAllowed { model: "m".into() },
                 403,
                 "model_not_allowed",
+            ),
+            (
+                GatewayError::ModelNotFound { model: "m".into() },
+                404,
+                "model_not_found",
             ),
             (
                 GatewayError::RateLimited {

@@ -24,13 +24,14 @@ use crate::keys::ApiKey;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
-pub const REJECTION_REASONS: [&str; 16] = [
+pub const REJECTION_REASONS: [&str; 17] = [
     "ip",
     "auth",
     "auth_throttled",
     "rate_limit",
     "in_flight",
     "model_not_allowed",
+    "model_not_found",
     "body_too_large",
     "header_too_large",
     "body_timeout",
@@ -171,8 +172,8 @@ impl Metrics {
         let requests = counter_vec(
             &registry,
             "gateway_requests_total",
-            "Requests answered, by route, upstream, model, API key, team and HTTP status code.",
-            &["route", "upstream", "model", "key_id", "team", "code"],
+            "Requests answered, by endpoint, upstream, model, API key, team and HTTP status code.",
+            &["endpoint", "upstream", "model", "key_id", "team", "code"],
         );
         let duration = histogram_vec(
             &registry,
@@ -303,6 +304,13 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(REJECTION_REASONS.len() - 1)
+    }
+
+    /// Counts one failure of `upstream` outside a routed request (a model list, `ps`).
+    pub fn upstream_failed(&self, upstream: &str, fault: UpstreamFault) {
+        self.upstream_errors
+            .with_label_values(&[upstream, fault.label()])
+            .inc();
     }
 
     /// Counts one rejection; unknown reasons count as `other`.
@@ -680,6 +688,7 @@ impl RequestRecord {
             ($level:ident) => {
                 tracing::$level!(
                     request_id = &*self.request_id,
+                    endpoint = self.route,
                     key_id = &*self.key_id,
                     team = &*self.team,
                     model = self.model.as_str(),
@@ -808,8 +817,8 @@ mod tests {
         drop(r);
         let text = String::from_utf8(shared.render()).unwrap();
         for needle in [
-            "gateway_requests_total{code=\"200\",key_id=\"none\",model=\"llama3\",route=\"/api/chat\",team=\"none\",upstream=\"ollama\"} 1",
-            "gateway_requests_total{code=\"499\",key_id=\"none\",model=\"llama3\",route=\"/api/chat\",team=\"none\",upstream=\"ollama\"} 1",
+            "gateway_requests_total{code=\"200\",endpoint=\"/api/chat\",key_id=\"none\",model=\"llama3\",team=\"none\",upstream=\"ollama\"} 1",
+            "gateway_requests_total{code=\"499\",endpoint=\"/api/chat\",key_id=\"none\",model=\"llama3\",team=\"none\",upstream=\"ollama\"} 1",
             "gateway_tokens_total{key_id=\"none\",kind=\"completion\",model=\"llama3\",team=\"none\",upstream=\"ollama\"} 5",
             "gateway_requests_in_flight{upstream=\"ollama\"} 0",
             "gateway_ollama_generation_tokens_per_second_sum{model=\"llama3\"} 20",

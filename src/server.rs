@@ -132,6 +132,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         allowlist: Allowlist::new(&config.allowlist),
         metrics: Arc::clone(&metrics),
         readiness: Readiness::default(),
+        catalog: Default::default(),
         ollama_label: upstream::OLLAMA.into(),
     });
     let client_tls = upstream::client_tls();

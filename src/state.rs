@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::allowlist::Allowlist;
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::limits::AuthThrottle;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub allowlist: Allowlist,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
+    /// The OpenAI-compatible upstreams' model lists, cached.
+    pub catalog: Catalog,
     /// The Ollama upstream's name, interned once for metric labels.
     pub ollama_label: Arc<str>,
 }

@@ -455,7 +455,7 @@ async fn a_complete_ollama_stream_then_a_reset_is_a_complete_answer() {
         assert_eq!(gw.upstream_errors("ollama", kind), 0.0, "{kind}");
     }
     assert_eq!(
-        gw.metric(r#"gateway_requests_total{code="200",key_id="test-key",model="llama3",route="/api/chat",team="test",upstream="ollama"}"#),
+        gw.metric(r#"gateway_requests_total{code="200",endpoint="/api/chat",key_id="test-key",model="llama3",team="test",upstream="ollama"}"#),
         1.0,
         "counted complete, under its model"
     );

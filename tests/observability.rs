@@ -160,7 +160,7 @@ async fn metrics_move_exactly_after_a_scripted_set_of_requests() {
     let _ = health.body().await;
 
     let text = scrape(&gw).await;
-    let ok_llama = r#"{code="200",key_id="team-a-ci",model="llama3",route="/api/chat",team="team-a",upstream="ollama"}"#;
+    let ok_llama = r#"{code="200",endpoint="/api/chat",key_id="team-a-ci",model="llama3",team="team-a",upstream="ollama"}"#;
     assert_eq!(
         value(&text, &format!("gateway_requests_total{ok_llama}")),
         4.0
@@ -175,7 +175,7 @@ async fn metrics_move_exactly_after_a_scripted_set_of_requests() {
     assert_eq!(
         value(
             &text,
-            r#"gateway_requests_total{code="404",key_id="team-a-ci",model="other",route="/api/chat",team="team-a",upstream="ollama"}"#
+            r#"gateway_requests_total{code="404",endpoint="/api/chat",key_id="team-a-ci",model="other",team="team-a",upstream="ollama"}"#
         ),
         1.0,
         "a model the upstream did not know does not become a label"
@@ -183,14 +183,14 @@ async fn metrics_move_exactly_after_a_scripted_set_of_requests() {
     assert_eq!(
         value(
             &text,
-            r#"gateway_requests_total{code="200",key_id="team-a-ci",model="openai/gpt-4o-mini",route="/api/chat",team="team-a",upstream="openai"}"#
+            r#"gateway_requests_total{code="200",endpoint="/api/chat",key_id="team-a-ci",model="openai/gpt-4o-mini",team="team-a",upstream="openai"}"#
         ),
         2.0
     );
     assert_eq!(
         value(
             &text,
-            r#"gateway_requests_total{code="401",key_id="none",model="none",route="/api/chat",team="none",upstream="none"}"#
+            r#"gateway_requests_total{code="401",endpoint="/api/chat",key_id="none",model="none",team="none",upstream="none"}"#
         ),
         1.0
     );

@@ -49,14 +49,14 @@ async fn unknown_route_wrong_method_and_too_large() {
     let bearer = format!("Bearer {}", common::TEST_KEY);
 
     let mut resp = client
-        .get(format!("{}/api/tags", gw.url))
+        .get(format!("{}/api/nonexistent", gw.url))
         .insert_header(("authorization", bearer.as_str()))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     let v: Value = resp.json().await.unwrap();
-    assert!(v["error"].as_str().unwrap().contains("/api/tags"));
+    assert!(v["error"].as_str().unwrap().contains("/api/nonexistent"));
 
     let mut resp = client
         .get(format!("{}/api/chat", gw.url))

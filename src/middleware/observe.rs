@@ -28,15 +28,35 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-/// The `route` label: one of the gateway's own routes, or `other` (never the raw path).
+/// Every value of the `endpoint` label but `other`: the gateway's own routes.
+const ENDPOINTS: [&str; 18] = [
+    "/",
+    "/api/version",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/tags",
+    "/api/ps",
+    "/api/show",
+    "/api/pull",
+    "/api/push",
+    "/api/create",
+    "/api/copy",
+    "/api/delete",
+    "/api/blobs/{digest}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// The `endpoint` label: one of the gateway's own routes (as their patterns are written),
+/// or `other` (never the raw path, so the label stays bounded).
 fn route_label(pattern: Option<&str>) -> &'static str {
-    match pattern {
-        Some("/api/chat") => "/api/chat",
-        Some("/healthz") => "/healthz",
-        Some("/readyz") => "/readyz",
-        Some("/metrics") => "/metrics",
-        _ => "other",
-    }
+    pattern
+        .and_then(|p| ENDPOINTS.iter().find(|e| **e == p))
+        .copied()
+        .unwrap_or("other")
 }
 
 /// What the edge notes when a request comes in, to count and log it when its answer leaves.
@@ -97,12 +117,12 @@ impl Seen {
         let reason = error
             .filter(|e| e.blame() == Blame::Client)
             .map(GatewayError::kind);
+        let route = route_label(res.request().match_pattern().as_deref());
         if let Some(worker) = &worker {
             if let Some(reason) = reason {
                 worker.shared().rejected(reason);
             }
             let none = worker.none();
-            let route = route_label(res.request().match_pattern().as_deref());
             let (key_id, team) = key.as_ref().map_or_else(
                 || (Arc::clone(&none), Arc::clone(&none)),
                 |k| (Arc::clone(&k.id), Arc::clone(&k.team)),
@@ -115,6 +135,7 @@ impl Seen {
             key_id = key.as_ref().map(|k| &*k.id),
             team = key.as_ref().map(|k| &*k.team),
             method = res.request().method().as_str(),
+            endpoint = route,
             path = path.chars().take(200).collect::<String>().as_str(),
             status,
             outcome = reason.unwrap_or("answered"),

@@ -2,6 +2,7 @@
 //! HTTP client, and the two upstream kinds.
 
 pub mod headers;
+pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod relay;

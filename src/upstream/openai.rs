@@ -36,6 +36,20 @@ pub struct Call<'a> {
 }
 
 /// Translates and sends the request; answers in Ollama's shape.
+/// `req` with the upstream's key as `Authorization: Bearer` (marked sensitive), if it has one.
+pub(super) fn with_key(req: awc::ClientRequest, up: &OpenAiConfig) -> awc::ClientRequest {
+    if up.api_key.is_empty() {
+        return req;
+    }
+    match HeaderValue::try_from(format!("Bearer {}", up.api_key.expose())) {
+        Ok(mut value) => {
+            value.set_sensitive(true);
+            req.insert_header((header::AUTHORIZATION, value))
+        }
+        Err(_) => req,
+    }
+}
+
 pub async fn forward(
     client: &awc::Client,
     call: Call<'_>,
@@ -74,12 +88,7 @@ pub async fn forward(
         ))
         .insert_header((header::USER_AGENT, USER_AGENT))
         .insert_header(("x-request-id", call.request_id));
-    if !up.api_key.is_empty() {
-        if let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", up.api_key.expose())) {
-            value.set_sensitive(true);
-            req = req.insert_header((header::AUTHORIZATION, value));
-        }
-    }
+    req = with_key(req, up);
     let mut resp = match req.send_body(body).await {
         Ok(resp) => resp,
         Err(e) => return Err(record.fail(send_error(&up.name, e, timeouts))),
@@ -166,7 +175,7 @@ struct ErrorEnvelope {
 /// A 401/403 means the gateway's own upstream key was refused: that is not the client's
 /// fault, so it becomes 502, and the upstream's text (which may quote part of the key) is
 /// not passed on.
-fn status_error(
+pub(super) fn status_error(
     upstream: &str,
     status: StatusCode,
     body: &[u8],

@@ -664,6 +664,34 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Runs a python `script` with `GW` (the gateway's URL), `KEY` (the test key) and `CA`
+    /// (the certificate to trust) in its environment; its standard output. Fails the test
+    /// when the script fails.
+    pub async fn python(&self, script: &str) -> String {
+        let (url, ca, script) = (
+            self.url.clone(),
+            self.dir.0.join("cert.pem"),
+            script.to_string(),
+        );
+        let out = actix_rt::task::spawn_blocking(move || {
+            std::process::Command::new("python3")
+                .args(["-c", &script])
+                .env("GW", url)
+                .env("KEY", TEST_KEY)
+                .env("CA", ca)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `gateway_upstream_errors_total` for one upstream and kind.
     pub fn upstream_errors(&self, upstream: &str, kind: &str) -> f64 {
         self.metric(&format!(

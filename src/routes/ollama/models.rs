@@ -1,0 +1,215 @@
+//! The model lists and facts: `GET /api/tags` (Ollama's models merged with every
+//! OpenAI-compatible upstream's, under their prefixes), `GET /api/ps` and `POST /api/show`.
+//! A key sees only the models its `models` patterns allow, in every list.
+
+use std::sync::Arc;
+
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
+use futures_util::future::join_all;
+use serde::Deserialize;
+
+use crate::catalog::{self, Listed, Route};
+use crate::config::OpenAiConfig;
+use crate::error::{GatewayError, JSON_UTF8};
+use crate::keys::ApiKey;
+use crate::state::AppState;
+use crate::telemetry::RequestId;
+use crate::upstream::{self, models, OLLAMA};
+
+fn key_of(req: &HttpRequest) -> Option<Arc<ApiKey>> {
+    req.extensions().get::<Arc<ApiKey>>().cloned()
+}
+
+fn request_id(req: &HttpRequest) -> Arc<str> {
+    req.extensions()
+        .get::<RequestId>()
+        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0))
+}
+
+fn allowed(key: Option<&ApiKey>, model: &str) -> bool {
+    key.is_none_or(|k| k.allows_model(model))
+}
+
+fn json(body: &serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(JSON_UTF8)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body.to_string())
+}
+
+/// Notes an upstream that left its part out of a list.
+fn left_out(state: &AppState, upstream: &str, error: &GatewayError) {
+    if let Some(fault) = error.fault() {
+        state.metrics.upstream_failed(upstream, fault);
+    }
+    tracing::warn!(upstream, error = %error, "model list: this upstream's models are left out");
+}
+
+/// `up`'s models, from the cache or asked for now.
+async fn upstream_list(
+    state: &AppState,
+    client: &awc::Client,
+    up: &OpenAiConfig,
+    request_id: &str,
+) -> Result<Arc<[Listed]>, GatewayError> {
+    let ttl = state.config.catalog.cache_ttl;
+    if let Some(list) = state.catalog.cached(&up.name, ttl) {
+        return Ok(list);
+    }
+    let list: Arc<[Listed]> = models::openai(client, &state.config, up, request_id)
+        .await?
+        .into();
+    state.catalog.store(&up.name, Arc::clone(&list));
+    Ok(list)
+}
+
+/// `GET`/`HEAD /api/tags`: one list. An upstream that fails to answer leaves its part out
+/// (logged, counted in `gateway_upstream_errors_total`) instead of failing the list.
+pub async fn tags(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> HttpResponse {
+    let key = key_of(&req);
+    let id = request_id(&req);
+    let config = &state.config;
+    let ollama = models::ollama(&client, config, Method::GET, "/api/tags", None, &id);
+    let others = join_all(
+        config
+            .upstreams
+            .iter()
+            .map(|up| upstream_list(&state, &client, up, &id)),
+    );
+    let (ollama, others) = futures_util::future::join(ollama, others).await;
+    let mut entries = match ollama {
+        Ok(answer) if answer.status.is_success() => {
+            catalog::filter_ollama_list(&answer.body, |m| allowed(key.as_deref(), m))
+                .unwrap_or_else(|detail| {
+                    let e =
+                        upstream::unreadable_answer(OLLAMA, &answer.body, detail, &config.scrubber);
+                    left_out(&state, OLLAMA, &e);
+                    Vec::new()
+                })
+        }
+        Ok(answer) => {
+            let e = GatewayError::UpstreamStatus {
+                upstream: OLLAMA.into(),
+                status: answer.status,
+                message: format!("upstream {OLLAMA} answered {}", answer.status.as_u16()),
+                retry_after: None,
+            };
+            left_out(&state, OLLAMA, &e);
+            Vec::new()
+        }
+        Err(e) => {
+            left_out(&state, OLLAMA, &e);
+            Vec::new()
+        }
+    };
+    for (up, list) in config.upstreams.iter().zip(others) {
+        match list {
+            Ok(list) => entries.extend(
+                list.iter()
+                    .filter(|m| allowed(key.as_deref(), &format!("{}{}", up.prefix, m.id)))
+                    .map(|m| catalog::tag_entry(up, m)),
+            ),
+            Err(e) => left_out(&state, &up.name, &e),
+        }
+    }
+    json(&serde_json::json!({ "models": entries }))
+}
+
+/// `GET /api/ps`: Ollama's loaded models (the OpenAI-compatible upstreams load none), those
+/// the key may use.
+pub async fn ps(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, GatewayError> {
+    let key = key_of(&req);
+    let id = request_id(&req);
+    let answer = models::ollama(&client, &state.config, Method::GET, "/api/ps", None, &id).await?;
+    if !answer.status.is_success() {
+        return Ok(relay(answer));
+    }
+    let entries = catalog::filter_ollama_list(&answer.body, |m| allowed(key.as_deref(), m))
+        .map_err(|detail| {
+            upstream::unreadable_answer(OLLAMA, &answer.body, detail, &state.config.scrubber)
+        })?;
+    Ok(json(&serde_json::json!({ "models": entries })))
+}
+
+/// Ollama's answer as it came (status, JSON body).
+fn relay(answer: models::Answer) -> HttpResponse {
+    HttpResponse::build(answer.status)
+        .content_type(JSON_UTF8)
+        .body(answer.body)
+}
+
+#[derive(Deserialize)]
+struct ShowRequest {
+    #[serde(default)]
+    model: Option<String>,
+    /// The legacy field (LiteLLM still sends it).
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `POST /api/show`: Ollama's answer for its models; for an upstream's model, what is known.
+pub async fn show(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, GatewayError> {
+    let config = &state.config;
+    let body = crate::routes::body::read(
+        payload,
+        &req,
+        config.server.max_body_bytes,
+        config.server.request_body_timeout,
+    )
+    .await?;
+    if body.is_empty() {
+        return Err(GatewayError::EmptyBody);
+    }
+    let show: ShowRequest =
+        serde_json::from_slice(&body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let model = show
+        .model
+        .filter(|m| !m.is_empty())
+        .or(show.name.filter(|m| !m.is_empty()))
+        .ok_or(GatewayError::MissingModel)?;
+    let key = key_of(&req);
+    if !allowed(key.as_deref(), &model) {
+        return Err(GatewayError::ModelNotAllowed {
+            model: model.chars().take(200).collect(),
+        });
+    }
+    let id = request_id(&req);
+    match catalog::route(config, &model) {
+        Route::Ollama => {
+            let answer =
+                models::ollama(&client, config, Method::POST, "/api/show", Some(body), &id).await?;
+            Ok(relay(answer))
+        }
+        Route::OpenAi {
+            upstream: up,
+            model: name,
+        } => {
+            // The list says whether the model exists; when it cannot be had, answer anyway.
+            let listed = match upstream_list(&state, &client, up, &id).await {
+                Ok(list) => match list.iter().find(|m| m.id == name) {
+                    Some(m) => Some(m.created),
+                    None => return Err(GatewayError::ModelNotFound { model }),
+                },
+                Err(e) => {
+                    left_out(&state, &up.name, &e);
+                    None
+                }
+            };
+            Ok(json(&catalog::show_entry(up, name, listed.flatten())))
+        }
+    }
+}
