@@ -606,6 +606,7 @@ impl RequestRecord {
         ollama: Option<OllamaTimings>,
         ending: &Ending,
     ) {
+        let relayed;
         let (outcome, error) = match ending {
             Ending::Failed { fault, message } => {
                 self.upstream_error(*fault);
@@ -614,10 +615,8 @@ impl RequestRecord {
             // An upstream's own error status, relayed as is.
             Ending::Complete if status >= 400 => {
                 self.upstream_error(UpstreamFault::Status);
-                (
-                    "upstream_status",
-                    Some("the upstream answered with an error status"),
-                )
+                relayed = format!("upstream {} answered {status}", self.upstream);
+                ("upstream_status", Some(relayed.as_str()))
             }
             Ending::Complete => ("complete", None),
         };

@@ -396,6 +396,114 @@ async fn upstream_keys_quoted_by_an_upstream_reach_neither_client_nor_log() {
     }
 }
 
+#[actix_rt::test]
+async fn json_escaped_upstream_keys_reach_neither_client_nor_log() {
+    // The binary's OpenAI key (see `Proc::start_with`), written `\u0073k-...`, and a second
+    // upstream's key with a `/`, written `\/` as PHP's json_encode does.
+    const OPENAI_KEY: &str = "sk-never-logged-42";
+    const GROQ_KEY: &str = "gsk/escaped+key-7";
+    fn escaped(v: &serde_json::Value) -> Vec<u8> {
+        let text = serde_json::to_string(v).unwrap();
+        assert!(text.contains(OPENAI_KEY) && text.contains(GROQ_KEY));
+        text.replace("gsk/", "gsk\\/")
+            .replace(OPENAI_KEY, "\\u0073k-never-logged-42")
+            .into_bytes()
+    }
+    let quote = format!("Incorrect API key provided: {OPENAI_KEY} (also tried {GROQ_KEY})");
+    let json_error = |status: u16, body: Vec<u8>| Reply::Full {
+        status,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body,
+    };
+    let ollama_quote = quote.clone();
+    let ollama = FakeUpstream::start(move |req| {
+        let error = json!({ "error": ollama_quote });
+        if req.json()["model"] == "esc-status" {
+            return json_error(500, escaped(&error));
+        }
+        let mut lines: Vec<Vec<u8>> = common::ollama_stream_lines("llama3", &["a"])
+            .iter()
+            .take(1)
+            .map(|l| format!("{l}\n").into_bytes())
+            .collect();
+        let mut last = escaped(&error);
+        last.push(b'\n');
+        lines.push(last);
+        Reply::stream("application/x-ndjson", lines, common::End::Terminate)
+    });
+    let openai = FakeUpstream::start(move |req| {
+        let error = json!({"error":{"message":quote,"type":"invalid_request_error","param":null,"code":"invalid_api_key"}});
+        let mut sse = common::openai_sse(&["a"], "stop");
+        sse.truncate(2);
+        match req.json()["model"].as_str().unwrap() {
+            "esc-400" => json_error(400, escaped(&error)),
+            // A 200 error object where a stream was asked for.
+            "esc-200" => json_error(200, escaped(&error)),
+            "esc-event" => {
+                let mut event = b"data: ".to_vec();
+                event.extend(escaped(&error));
+                event.extend(b"\n\n");
+                sse.push(event);
+                Reply::sse(sse)
+            }
+            // An event that is not a chunk, whose parse error quotes the key decoded.
+            _ => {
+                let mut event = b"data: ".to_vec();
+                event.extend(escaped(&json!({ "choices": quote })));
+                event.extend(b"\n\n");
+                sse.push(event);
+                Reply::sse(sse)
+            }
+        }
+    });
+    let dir = TempDir::new("scrub-escaped");
+    let groq = [
+        (
+            "GATEWAY__UPSTREAMS__GROQ__BASE_URL",
+            format!("{}/v1", openai.url()),
+        ),
+        ("GATEWAY__UPSTREAMS__GROQ__API_KEY", GROQ_KEY.to_string()),
+    ];
+    let (proc, address, mut lines, client) = start_traced(&dir, "json", &ollama, &openai, &groq);
+    // Every encoding of either key holds one of these.
+    let tails = ["never-logged-42", "escaped+key-7"];
+    let cases = [
+        ("esc-status", true),
+        ("esc-status", false),
+        ("esc-line", true),
+        ("openai/esc-400", true),
+        ("openai/esc-400", false),
+        ("openai/esc-200", true),
+        ("openai/esc-event", true),
+        ("openai/esc-parse", true),
+    ];
+    for (model, stream) in cases {
+        let mut resp = client
+            .post(format!("{address}/api/chat"))
+            .insert_header(("x-api-key", common::TEST_KEY))
+            .send_json(&json!({"model": model, "stream": stream, "messages": [{"role":"user","content":"hi"}]}))
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&resp.body().await.unwrap()).to_string();
+        assert!(
+            body.contains("[redacted]"),
+            "{model}: the quote is relayed, scrubbed: {body}"
+        );
+        for tail in tails {
+            assert!(!body.contains(tail), "{model}: {body}");
+        }
+    }
+    for _ in cases {
+        lines.extend(proc.wait_for("\"message\":\"request\",\"request_id\""));
+    }
+    lines.extend(proc.finish());
+    let all = lines.join("\n");
+    assert!(all.contains("[redacted]"), "failures were logged: {all}");
+    for tail in tails {
+        assert!(!all.contains(tail), "the log contains {tail}");
+    }
+}
+
 #[test]
 fn keys_new_prints_the_key_then_an_entry_that_hash_agrees_with() {
     let dir = TempDir::new("keysnew");
@@ -562,6 +670,64 @@ async fn one_structured_json_line_per_request() {
     for field in ["duration_ms", "ttfb_ms"] {
         let text = v[field].to_string();
         assert!(decimals(&text) <= 3, "{field} to the microsecond: {text}");
+    }
+}
+
+#[actix_rt::test]
+async fn upstream_faults_are_logged_under_their_outcome_naming_the_upstream() {
+    let dir = TempDir::new("faultlog");
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("k", "t", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let ollama = FakeUpstream::start(|_| {
+        Reply::json(
+            404,
+            &json!({"error": "model \"nope\" not found, try pulling it first"}),
+        )
+    });
+    // Ignores `stream: true` and answers a whole completion.
+    let openai = FakeUpstream::start(|_| {
+        Reply::json(
+            200,
+            &json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}),
+        )
+    });
+    let proc = Proc::start_with(
+        &dir.0,
+        &ollama.url(),
+        &[
+            ("GATEWAY_LOG_FORMAT", "json".to_string()),
+            ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
+        ],
+    );
+    let address = listening_address(&proc.wait_for("listening"));
+    let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
+    for (id, model, status, outcome, error) in [
+        ("req-404", "nope", 404, "upstream_status", "upstream ollama answered 404"),
+        (
+            "req-json",
+            "openai/gpt-4o-mini",
+            502,
+            "upstream_protocol",
+            "upstream openai sent an invalid response: it answered a streamed request with application/json instead of an event stream",
+        ),
+    ] {
+        let mut resp = client
+            .post(format!("{address}/api/chat"))
+            .insert_header(("x-api-key", common::TEST_KEY))
+            .insert_header(("x-request-id", id))
+            .send_json(&json!({"model": model, "messages": [{"role":"user","content":"hi"}]}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{model}");
+        let _ = resp.body().await.unwrap();
+        let line = proc.wait_for(id);
+        let v: serde_json::Value = serde_json::from_str(line.last().unwrap()).unwrap();
+        assert_eq!(v["status"], status, "{v}");
+        assert_eq!(v["outcome"], outcome, "{v}");
+        assert_eq!(v["error"], error, "{v}");
     }
 }
 
