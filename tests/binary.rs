@@ -731,6 +731,64 @@ async fn upstream_faults_are_logged_under_their_outcome_naming_the_upstream() {
     }
 }
 
+#[actix_rt::test]
+async fn malformed_http_is_one_rate_limited_line_naming_the_client_and_no_error() {
+    let dir = TempDir::new("badhttp");
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("k", "t", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let ollama = FakeUpstream::ollama_ok();
+    let proc = Proc::start(&dir.0, &ollama.url());
+    let mut lines = proc.wait_for("listening");
+    let address = field(&lines, "address=").to_string();
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(client_tls(&dir.0.join("certs/selfsigned-cert.pem")));
+    for _ in 0..3 {
+        for request in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"GET /healthz HTTP/9.9\r\nHost: localhost\r\n\r\n",
+        ] {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut stream = tls.connect(name, tcp).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request)
+                .await
+                .unwrap();
+            let (status, _, _) = common::read_response(&mut stream).await;
+            assert_eq!(status, 400);
+        }
+    }
+    // One worker: whatever the six connections logged is written before this request's line.
+    let mut resp = https_client(&dir.0.join("certs/selfsigned-cert.pem"))
+        .post(format!("{address}/api/chat"))
+        .insert_header(("x-api-key", common::TEST_KEY))
+        .insert_header(("x-request-id", "req-after"))
+        .send_json(&json!({"model":"llama3","messages":[],"stream":false}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let _ = resp.body().await.unwrap();
+    lines.extend(proc.wait_for("req-after"));
+    let notes: Vec<&String> = lines.iter().filter(|l| l.contains("bad_http")).collect();
+    assert_eq!(notes.len(), 1, "{lines:#?}");
+    assert!(
+        notes[0].contains(" INFO ") && notes[0].contains("client=127.0.0.1"),
+        "{}",
+        notes[0]
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("ERROR") || l.contains("stream error")),
+        "{lines:#?}"
+    );
+}
+
 /// Digits after the decimal point.
 fn decimals(number: &str) -> usize {
     number.split_once('.').map_or(0, |(_, frac)| frac.len())
