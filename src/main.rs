@@ -47,8 +47,8 @@ enum Command {
     /// Run the gateway (the default).
     Serve(ConfigArg),
     /// Check everything `serve` checks before it binds (the configuration, RUST_LOG, the
-    /// TLS files, the keys file) without binding or writing anything; print the effective
-    /// configuration, secrets redacted.
+    /// TLS files or the self-signed certificate's directory, the keys file) without binding
+    /// or leaving anything; print the effective configuration, secrets redacted.
     CheckConfig(ConfigArg),
     /// Create and hash API keys.
     Keys {
@@ -246,12 +246,15 @@ fn keys_hash() -> anyhow::Result<()> {
 }
 
 /// `check-config`: what `serve` checks before it binds, in the same code, without binding a
-/// port or writing a file (a self-signed certificate that `serve` would generate is only
-/// announced).
+/// port or leaving a file (a self-signed certificate that `serve` would generate is only
+/// announced, once its directory is known to be writable).
 fn check_config(config: &Config) -> anyhow::Result<()> {
     let tls = match ollama_gateway::tls::check(&config.tls)? {
         Some(fingerprint) => format!("TLS certificate SHA-256 {fingerprint}"),
-        None => "a self-signed TLS certificate is generated at the first start".to_string(),
+        None => format!(
+            "a self-signed TLS certificate is generated at start (there is none yet, or it expires within {} days)",
+            ollama_gateway::tls::RENEW_WITHIN_DAYS
+        ),
     };
     let keys_file = &config.auth.keys_file;
     let keys = Keys::load(keys_file, config.limits, Arc::new(LimiterPool::default()))?;

@@ -168,6 +168,37 @@ async fn port_zero_self_signed_certificate_generated_then_reused() {
 }
 
 #[test]
+fn an_expiring_self_signed_certificate_is_made_anew_saying_how_many_days_were_left() {
+    let dir = TempDir::new("renew");
+    std::fs::create_dir_all(dir.0.join("certs")).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    // Half a day more, so that whole days left is 10 whenever the test runs.
+    params.not_after = now + time::Duration::days(10) + time::Duration::hours(12);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.0.join("certs/selfsigned-cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.0.join("certs/selfsigned-key.pem"), key.serialize_pem()).unwrap();
+    let ollama = FakeUpstream::ollama_ok();
+    let proc = Proc::start(&dir.0, &ollama.url());
+    let lines = proc.wait_for("listening");
+    let warned = lines
+        .iter()
+        .find(|l| l.contains("renewal window"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        warned.contains(" WARN ")
+            && warned.contains("days_left=10 ")
+            && warned.contains("renew_within_days=30"),
+        "{warned}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("generated a self-signed certificate")));
+}
+
+#[test]
 fn check_config_redacts_secrets_and_names_unknown_keys() {
     let out = Command::new(BIN)
         .args(["check-config", "--config", &repo_config()])

@@ -109,6 +109,26 @@ fn check_config_fails_on_what_serve_fails_on_naming_the_file() {
             pair("ca.pem"),
         ),
         (
+            vec![
+                keys_env.clone(),
+                ("GATEWAY_TLS_CERT", pair("server.pem")),
+                ("GATEWAY_TLS_KEY", pair("ca-key.pem")),
+            ],
+            format!(
+                "the private key in {} does not belong to the certificate in {}",
+                pair("ca-key.pem"),
+                pair("server.pem")
+            ),
+        ),
+        // A directory for the self-signed certificate that cannot be made.
+        (
+            vec![
+                keys_env.clone(),
+                ("GATEWAY__TLS__SELF_SIGNED_DIR", "/proc/nope/certs".into()),
+            ],
+            "cannot write /proc/nope/certs".into(),
+        ),
+        (
             vec![("GATEWAY_KEYS_FILE", dir.0.display().to_string())],
             format!("keys file {}", dir.0.display()),
         ),
