@@ -62,8 +62,11 @@ enum Command {
     },
     /// Exit 0 when the gateway at URL answers 2xx (for container health checks).
     Health {
-        /// A plain-HTTP URL; default: /healthz on the admin listener (GATEWAY_ADMIN_LISTEN,
-        /// an unspecified address such as 0.0.0.0 probed on loopback; 127.0.0.1:9464 if unset).
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A plain-HTTP URL; default: /healthz on the admin listener, `admin.listen` as
+        /// `serve` reads it (the configuration file, then GATEWAY_ADMIN_LISTEN), an
+        /// unspecified address such as 0.0.0.0 probed on loopback.
         #[arg(long)]
         url: Option<String>,
     },
@@ -193,15 +196,17 @@ fn certs_new(out: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     })
 }
 
-/// Where `health` looks by default: the admin listener's /healthz.
-fn health_url(url: Option<String>) -> String {
+/// Where `health` looks: `url`, or else the /healthz of the admin listener that `serve`
+/// with the same configuration (`config`, then the environment) listens on.
+fn health_url(url: Option<String>, config: Option<PathBuf>) -> anyhow::Result<String> {
     if let Some(url) = url {
-        return url;
+        return Ok(url);
     }
-    let listen = std::env::var("GATEWAY_ADMIN_LISTEN")
-        .ok()
-        .and_then(|v| v.trim().parse::<std::net::SocketAddr>().ok())
-        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9464)));
+    let Some(listen) = load_config(config)?.admin_listen else {
+        anyhow::bail!(
+            "the admin listener is off (admin.listen = \"\"), so there is no /healthz to probe: pass --url"
+        );
+    };
     let ip = match listen.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
         std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
@@ -209,10 +214,10 @@ fn health_url(url: Option<String>) -> String {
         }
         ip => ip,
     };
-    format!(
+    Ok(format!(
         "http://{}/healthz",
         std::net::SocketAddr::new(ip, listen.port())
-    )
+    ))
 }
 
 /// A liveness probe without curl in the image: GET `url`, succeed on 2xx.
@@ -318,7 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Certs {
             command: CertsCommand::New { out, names, force },
         }) => return certs_new(&out, &names, force),
-        Some(Command::Health { url }) => return health(&health_url(url)),
+        Some(Command::Health { config, url }) => return health(&health_url(url, config.config)?),
     };
     let config = load_config(config_arg.config)?;
     if !serve {
