@@ -382,29 +382,42 @@ async fn upstream_keys_quoted_by_an_upstream_reach_neither_client_nor_log() {
             }
         }
     });
+    let cases = [
+        ("quote-status", true),
+        ("quote-line", true),
+        ("openai/quote-400", true),
+        ("openai/quote-500", true),
+        ("openai/quote-200", true),
+        ("openai/quote-event", true),
+        ("openai/quote-parse", true),
+    ];
+    assert_scrubbed(&ollama, &openai, GROQ_KEY, &cases, &[OPENAI_KEY, GROQ_KEY]).await;
+}
+
+/// Sends each (model, stream) of `cases` through the gateway in front of `ollama` and
+/// `openai` (also as upstream `groq`, with `groq_key`); each answer, and the log, must show
+/// the upstream's quote scrubbed and hold none of `secrets`.
+async fn assert_scrubbed(
+    ollama: &FakeUpstream,
+    openai: &FakeUpstream,
+    groq_key: &str,
+    cases: &[(&str, bool)],
+    secrets: &[&str],
+) {
     let dir = TempDir::new("scrub");
     let groq = [
         (
             "GATEWAY__UPSTREAMS__GROQ__BASE_URL",
             format!("{}/v1", openai.url()),
         ),
-        ("GATEWAY__UPSTREAMS__GROQ__API_KEY", GROQ_KEY.to_string()),
+        ("GATEWAY__UPSTREAMS__GROQ__API_KEY", groq_key.to_string()),
     ];
-    let (proc, address, mut lines, client) = start_traced(&dir, "json", &ollama, &openai, &groq);
-    let models = [
-        "quote-status",
-        "quote-line",
-        "openai/quote-400",
-        "openai/quote-500",
-        "openai/quote-200",
-        "openai/quote-event",
-        "openai/quote-parse",
-    ];
-    for model in models {
+    let (proc, address, mut lines, client) = start_traced(&dir, "json", ollama, openai, &groq);
+    for (model, stream) in cases {
         let mut resp = client
             .post(format!("{address}/api/chat"))
             .insert_header(("x-api-key", common::TEST_KEY))
-            .send_json(&json!({"model": model, "messages": [{"role":"user","content":"hi"}]}))
+            .send_json(&json!({"model": model, "stream": stream, "messages": [{"role":"user","content":"hi"}]}))
             .await
             .unwrap();
         let body = String::from_utf8_lossy(&resp.body().await.unwrap()).to_string();
@@ -412,18 +425,18 @@ async fn upstream_keys_quoted_by_an_upstream_reach_neither_client_nor_log() {
             body.contains("[redacted]"),
             "{model}: the quote is relayed, scrubbed: {body}"
         );
-        for key in [OPENAI_KEY, GROQ_KEY] {
-            assert!(!body.contains(key), "{model}: {body}");
+        for secret in secrets {
+            assert!(!body.contains(secret), "{model}: {body}");
         }
     }
-    for _ in models {
+    for _ in cases {
         lines.extend(proc.wait_for("\"message\":\"request\",\"request_id\""));
     }
     lines.extend(proc.finish());
     let all = lines.join("\n");
     assert!(all.contains("[redacted]"), "failures were logged: {all}");
-    for key in [OPENAI_KEY, GROQ_KEY] {
-        assert!(!all.contains(key), "the log contains {key}");
+    for secret in secrets {
+        assert!(!all.contains(secret), "the log contains {secret}");
     }
 }
 
@@ -487,15 +500,6 @@ async fn json_escaped_upstream_keys_reach_neither_client_nor_log() {
             }
         }
     });
-    let dir = TempDir::new("scrub-escaped");
-    let groq = [
-        (
-            "GATEWAY__UPSTREAMS__GROQ__BASE_URL",
-            format!("{}/v1", openai.url()),
-        ),
-        ("GATEWAY__UPSTREAMS__GROQ__API_KEY", GROQ_KEY.to_string()),
-    ];
-    let (proc, address, mut lines, client) = start_traced(&dir, "json", &ollama, &openai, &groq);
     // Every encoding of either key holds one of these.
     let tails = ["never-logged-42", "escaped+key-7"];
     let cases = [
@@ -508,31 +512,7 @@ async fn json_escaped_upstream_keys_reach_neither_client_nor_log() {
         ("openai/esc-event", true),
         ("openai/esc-parse", true),
     ];
-    for (model, stream) in cases {
-        let mut resp = client
-            .post(format!("{address}/api/chat"))
-            .insert_header(("x-api-key", common::TEST_KEY))
-            .send_json(&json!({"model": model, "stream": stream, "messages": [{"role":"user","content":"hi"}]}))
-            .await
-            .unwrap();
-        let body = String::from_utf8_lossy(&resp.body().await.unwrap()).to_string();
-        assert!(
-            body.contains("[redacted]"),
-            "{model}: the quote is relayed, scrubbed: {body}"
-        );
-        for tail in tails {
-            assert!(!body.contains(tail), "{model}: {body}");
-        }
-    }
-    for _ in cases {
-        lines.extend(proc.wait_for("\"message\":\"request\",\"request_id\""));
-    }
-    lines.extend(proc.finish());
-    let all = lines.join("\n");
-    assert!(all.contains("[redacted]"), "failures were logged: {all}");
-    for tail in tails {
-        assert!(!all.contains(tail), "the log contains {tail}");
-    }
+    assert_scrubbed(&ollama, &openai, GROQ_KEY, &cases, &tails).await;
 }
 
 #[test]
