@@ -10,7 +10,9 @@
 //!    accept) and in number (`server.max_tls_handshakes`, all workers together). A peer that
 //!    sends nothing holds no handshake slot, only its own per-address slot;
 //! 4. HTTP/1.1 (actix-http's h1 dispatcher). ALPN offers `http/1.1` only: the gateway does not
-//!    serve HTTP/2, so an h2 stream never outlives the limits written for connections.
+//!    serve HTTP/2, so an h2 stream never outlives the limits written for connections. A
+//!    request it cannot parse gets actix-http's 400 (no body) and the connection is closed,
+//!    counted and noted as `bad_http`.
 //!
 //! The per-address count lives here, shared by all workers; it is per replica by nature
 //! (connections are local), unlike the request limits behind `limits`.
@@ -22,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_http::error::DispatchError;
 use actix_service::{fn_factory, fn_service, Service, ServiceFactory};
 use actix_web::rt::net::TcpStream;
 use dashmap::DashMap;
@@ -31,7 +34,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::allowlist::Allowlist;
-use crate::metrics::{ConnRejection, Metrics};
+use crate::metrics::{ConnRejection, Metrics, CONNECTION_REJECTIONS};
 
 /// The first byte of every TLS record that opens a handshake (ContentType handshake).
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -58,7 +61,7 @@ pub struct Edge {
     handshakes: Semaphore,
     handshake_timeout: Duration,
     metrics: Arc<Metrics>,
-    notes: [LogEvery; 5],
+    notes: [LogEvery; CONNECTION_REJECTIONS.len()],
 }
 
 impl Edge {
@@ -103,12 +106,37 @@ impl Edge {
     fn reject(&self, why: ConnRejection, peer: IpAddr) {
         self.metrics.connection_rejected(why);
         if let Some(suppressed) = self.notes[why as usize].due() {
+            let what = match why {
+                ConnRejection::BadHttp => {
+                    "connection closed after a request that is not valid HTTP/1.1 (answered 400)"
+                }
+                _ => "connection closed before any request",
+            };
             tracing::info!(
                 reason = why.as_str(),
                 client = %peer,
                 suppressed,
-                "connection closed before any request; further ones for this reason are noted at most every 10 s"
+                "{what}; further ones for this reason are noted at most every 10 s"
             );
+        }
+    }
+
+    /// How a connection's HTTP/1.1 dispatcher ended, if not cleanly: a request it could not
+    /// parse is the client's, noted like the closes below HTTP (actix-http's own line for it
+    /// is filtered out, see `telemetry::init`); broken or timed-out connections are common
+    /// and only debug; the rest would be a fault of the gateway's.
+    fn connection_ended(&self, peer: IpAddr, error: DispatchError) {
+        match error {
+            DispatchError::Parse(_) => self.reject(ConnRejection::BadHttp, peer.to_canonical()),
+            DispatchError::Io(_)
+            | DispatchError::SlowRequestTimeout
+            | DispatchError::DisconnectTimeout
+            | DispatchError::HandlerDroppedPayload => {
+                tracing::debug!(client = %peer, error = %error, "connection ended with an error");
+            }
+            error => {
+                tracing::error!(client = %peer, error = %error, "connection ended with an error");
+            }
         }
     }
 
@@ -178,10 +206,13 @@ pub fn https<F>(
     h1: F,
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()>
 where
-    F: ServiceFactory<(TlsStream<TcpStream>, Option<SocketAddr>), Config = (), Response = ()>
-        + 'static,
+    F: ServiceFactory<
+            (TlsStream<TcpStream>, Option<SocketAddr>),
+            Config = (),
+            Response = (),
+            Error = DispatchError,
+        > + 'static,
     F::Service: 'static,
-    F::Error: std::fmt::Display,
 {
     serve_with(h1, move |h1: Rc<F::Service>, stream: TcpStream| {
         let edge = Arc::clone(&edge);
@@ -194,7 +225,7 @@ where
                 return;
             };
             if let Err(e) = h1.call((stream, Some(peer))).await {
-                tracing::debug!(client = %peer.ip(), error = %e, "connection ended with an error");
+                edge.connection_ended(peer.ip(), e);
             }
         }
     })
@@ -206,9 +237,13 @@ pub fn plain<F>(
     h1: F,
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()>
 where
-    F: ServiceFactory<(TcpStream, Option<SocketAddr>), Config = (), Response = ()> + 'static,
+    F: ServiceFactory<
+            (TcpStream, Option<SocketAddr>),
+            Config = (),
+            Response = (),
+            Error = DispatchError,
+        > + 'static,
     F::Service: 'static,
-    F::Error: std::fmt::Display,
 {
     serve_with(h1, move |h1: Rc<F::Service>, stream: TcpStream| {
         let edge = Arc::clone(&edge);
@@ -217,7 +252,7 @@ where
                 return;
             };
             if let Err(e) = h1.call((stream, Some(peer))).await {
-                tracing::debug!(client = %peer.ip(), error = %e, "connection ended with an error");
+                edge.connection_ended(peer.ip(), e);
             }
         }
     })

@@ -47,8 +47,8 @@ enum Command {
     /// Run the gateway (the default).
     Serve(ConfigArg),
     /// Check everything `serve` checks before it binds (the configuration, RUST_LOG, the
-    /// TLS files, the keys file) without binding or writing anything; print the effective
-    /// configuration, secrets redacted.
+    /// TLS files or the self-signed certificate's directory, the keys file) without binding
+    /// or leaving anything; print the effective configuration, secrets redacted.
     CheckConfig(ConfigArg),
     /// Create and hash API keys.
     Keys {
@@ -62,8 +62,11 @@ enum Command {
     },
     /// Exit 0 when the gateway at URL answers 2xx (for container health checks).
     Health {
-        /// A plain-HTTP URL; default: /healthz on the admin listener (GATEWAY_ADMIN_LISTEN,
-        /// an unspecified address such as 0.0.0.0 probed on loopback; 127.0.0.1:9464 if unset).
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A plain-HTTP URL; default: /healthz on the admin listener, `admin.listen` as
+        /// `serve` reads it (the configuration file, then GATEWAY_ADMIN_LISTEN), an
+        /// unspecified address such as 0.0.0.0 probed on loopback.
         #[arg(long)]
         url: Option<String>,
     },
@@ -193,15 +196,17 @@ fn certs_new(out: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     })
 }
 
-/// Where `health` looks by default: the admin listener's /healthz.
-fn health_url(url: Option<String>) -> String {
+/// Where `health` looks: `url`, or else the /healthz of the admin listener that `serve`
+/// with the same configuration (`config`, then the environment) listens on.
+fn health_url(url: Option<String>, config: Option<PathBuf>) -> anyhow::Result<String> {
     if let Some(url) = url {
-        return url;
+        return Ok(url);
     }
-    let listen = std::env::var("GATEWAY_ADMIN_LISTEN")
-        .ok()
-        .and_then(|v| v.trim().parse::<std::net::SocketAddr>().ok())
-        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9464)));
+    let Some(listen) = load_config(config)?.admin_listen else {
+        anyhow::bail!(
+            "the admin listener is off (admin.listen = \"\"), so there is no /healthz to probe: pass --url"
+        );
+    };
     let ip = match listen.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
         std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
@@ -209,10 +214,10 @@ fn health_url(url: Option<String>) -> String {
         }
         ip => ip,
     };
-    format!(
+    Ok(format!(
         "http://{}/healthz",
         std::net::SocketAddr::new(ip, listen.port())
-    )
+    ))
 }
 
 /// A liveness probe without curl in the image: GET `url`, succeed on 2xx.
@@ -246,12 +251,15 @@ fn keys_hash() -> anyhow::Result<()> {
 }
 
 /// `check-config`: what `serve` checks before it binds, in the same code, without binding a
-/// port or writing a file (a self-signed certificate that `serve` would generate is only
-/// announced).
+/// port or leaving a file (a self-signed certificate that `serve` would generate is only
+/// announced, once its directory is known to be writable).
 fn check_config(config: &Config) -> anyhow::Result<()> {
     let tls = match ollama_gateway::tls::check(&config.tls)? {
         Some(fingerprint) => format!("TLS certificate SHA-256 {fingerprint}"),
-        None => "a self-signed TLS certificate is generated at the first start".to_string(),
+        None => format!(
+            "a self-signed TLS certificate is generated at start (there is none yet, or it expires within {} days)",
+            ollama_gateway::tls::RENEW_WITHIN_DAYS
+        ),
     };
     let keys_file = &config.auth.keys_file;
     let keys = Keys::load(keys_file, config.limits, Arc::new(LimiterPool::default()))?;
@@ -315,7 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Certs {
             command: CertsCommand::New { out, names, force },
         }) => return certs_new(&out, &names, force),
-        Some(Command::Health { url }) => return health(&health_url(url)),
+        Some(Command::Health { config, url }) => return health(&health_url(url, config.config)?),
     };
     let config = load_config(config_arg.config)?;
     if !serve {

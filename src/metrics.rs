@@ -46,12 +46,13 @@ pub const REJECTION_REASONS: [&str; 17] = [
 
 /// Why a connection was closed before it carried a request (the `reason` label of
 /// `gateway_connections_rejected_total`), in the order of [`ConnRejection`].
-pub const CONNECTION_REJECTIONS: [&str; 5] = [
+pub const CONNECTION_REJECTIONS: [&str; 6] = [
     "ip",
     "per_ip_limit",
     "plain_http",
     "tls_handshake_timeout",
     "tls_handshake_failed",
+    "bad_http",
 ];
 
 /// A connection closed below HTTP; indexes [`CONNECTION_REJECTIONS`].
@@ -67,6 +68,9 @@ pub enum ConnRejection {
     HandshakeTimeout = 3,
     /// The handshake failed (no common protocol, version or cipher; not TLS at all).
     HandshakeFailed = 4,
+    /// A request HTTP/1.1 cannot parse (an h2 preface, `HTTP/9.9`, conflicting lengths):
+    /// answered 400 by actix-http, then closed.
+    BadHttp = 5,
 }
 
 impl ConnRejection {
@@ -237,7 +241,7 @@ impl Metrics {
         let connection_rejections_vec = counter_vec(
             &registry,
             "gateway_connections_rejected_total",
-            "Connections closed before they carried a request (allowlist, per-address cap, plain HTTP, TLS handshake), by reason.",
+            "Connections closed before they carried a request (allowlist, per-address cap, plain HTTP, TLS handshake) or on one that is not valid HTTP/1.1, by reason.",
             &["reason"],
         );
         let connection_rejections = CONNECTION_REJECTIONS
@@ -614,6 +618,7 @@ impl RequestRecord {
         ollama: Option<OllamaTimings>,
         ending: &Ending,
     ) {
+        let relayed;
         let (outcome, error) = match ending {
             Ending::Failed { fault, message } => {
                 self.upstream_error(*fault);
@@ -622,10 +627,8 @@ impl RequestRecord {
             // An upstream's own error status, relayed as is.
             Ending::Complete if status >= 400 => {
                 self.upstream_error(UpstreamFault::Status);
-                (
-                    "upstream_status",
-                    Some("the upstream answered with an error status"),
-                )
+                relayed = format!("upstream {} answered {status}", self.upstream);
+                ("upstream_status", Some(relayed.as_str()))
             }
             Ending::Complete => ("complete", None),
         };

@@ -106,6 +106,83 @@ impl Scrubber {
         }
     }
 
+    /// `bytes` (an upstream's JSON or NDJSON) without the secrets, also where the upstream
+    /// wrote them JSON-escaped (`sk-a\/b`, `\u0073k-...`), which a search of the raw bytes
+    /// cannot see: after [`Self::scrub_bytes`], a body that still holds a backslash and
+    /// parses as JSON (whole, or line by line) has every string decoded and scrubbed, and is
+    /// written anew when one changed. Untouched otherwise; for bounded error texts only.
+    pub fn scrub_json_bytes(&self, bytes: Bytes) -> Bytes {
+        let bytes = self.scrub_bytes(bytes);
+        if self.0.is_empty() || memchr::memchr(b'\\', &bytes).is_none() {
+            return bytes;
+        }
+        if let Some(clean) = self.scrub_json(&bytes) {
+            return Bytes::from(clean);
+        }
+        let mut out = Vec::new();
+        let mut changed = false;
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            let body = line.strip_suffix(b"\n").unwrap_or(line);
+            match memchr::memchr(b'\\', body).and_then(|_| self.scrub_json(body)) {
+                Some(clean) => {
+                    out.extend_from_slice(&clean);
+                    out.extend_from_slice(&line[body.len()..]);
+                    changed = true;
+                }
+                None => out.extend_from_slice(line),
+            }
+        }
+        if changed {
+            Bytes::from(out)
+        } else {
+            bytes
+        }
+    }
+
+    /// `text` re-serialized without the secrets, when it is JSON and one of its decoded
+    /// strings (or object keys) holds one.
+    fn scrub_json(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let mut value: serde_json::Value = serde_json::from_slice(text).ok()?;
+        if !self.scrub_value(&mut value) {
+            return None;
+        }
+        serde_json::to_vec(&value).ok()
+    }
+
+    /// Scrubs every string in `value` in place; whether one changed. (Nesting is bounded by
+    /// serde_json's recursion limit.)
+    fn scrub_value(&self, value: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => match self.scrub(s) {
+                Cow::Borrowed(_) => false,
+                Cow::Owned(clean) => {
+                    *s = clean;
+                    true
+                }
+            },
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, item| self.scrub_value(item) | changed),
+            Value::Object(map) => {
+                let mut changed = false;
+                for (key, mut item) in std::mem::take(map) {
+                    changed |= self.scrub_value(&mut item);
+                    let key = match self.scrub(&key) {
+                        Cow::Borrowed(_) => key,
+                        Cow::Owned(clean) => {
+                            changed = true;
+                            clean
+                        }
+                    };
+                    map.insert(key, item);
+                }
+                changed
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+
     fn scrub_slice<'t>(&self, text: &'t [u8]) -> Cow<'t, [u8]> {
         let mut out = Cow::Borrowed(text);
         for finder in self.0.iter() {
@@ -157,6 +234,45 @@ mod tests {
             Bytes::from_static(b"{\"error\":\"[redacted][redacted]\"}")
         );
         assert_eq!(Scrubber::default().scrub("sk-live-123"), "sk-live-123");
+    }
+
+    #[test]
+    fn json_escaped_secrets_are_found_decoded() {
+        let keys = [
+            Secret::new("sk-abc/def+ghi123"),
+            Secret::new("sk-SECRET-42"),
+        ];
+        let s = Scrubber::new(&keys);
+        let scrub = |text: &str| {
+            let out = s.scrub_json_bytes(Bytes::copy_from_slice(text.as_bytes()));
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        // PHP's json_encode writes `/` as `\/`; any character may be a `\u` escape.
+        let out =
+            scrub(r#"{"error":{"message":"Incorrect API key provided: sk-abc\/def+ghi123"}}"#);
+        assert_eq!(
+            out,
+            r#"{"error":{"message":"Incorrect API key provided: [redacted]"}}"#
+        );
+        let out =
+            scrub(r#"{"error":"\u0073k-SECRET-42","n":1,"l":[true,null,"\u0073k-SECRET-42"]}"#);
+        assert!(
+            !out.contains("SECRET") && out.contains("[redacted]"),
+            "{out}"
+        );
+        // NDJSON: each line on its own; lines without a secret stay byte for byte.
+        let out = scrub("{\"done\":false,\"s\":\"a\\/b\"}\n{\"error\":\"sk-abc\\/def+ghi123\"}\n");
+        assert_eq!(
+            out,
+            "{\"done\":false,\"s\":\"a\\/b\"}\n{\"error\":\"[redacted]\"}\n"
+        );
+        // A key in an object key, and pretty-printed JSON spanning lines.
+        let out = scrub("{\n  \"sk-abc\\/def+ghi123\": \"x\"\n}");
+        assert_eq!(out, r#"{"[redacted]":"x"}"#);
+        // Escapes without a secret, and text that is not JSON, are left as they are.
+        for text in [r#"{"path":"a\/b"}"#, r"not json \/ sk-abc", "plain"] {
+            assert_eq!(scrub(text), text);
+        }
     }
 
     #[test]

@@ -25,10 +25,16 @@ use crate::config::{LogFormat, RawLog};
 /// Lines formatted but not yet written, at most; past it, threads that log wait.
 const LOG_QUEUE_LINES: usize = 4096;
 
+/// What the default filter holds back (see [`init`]).
+const QUIET: &str = "rustls=error,actix_http::h1::dispatcher=off";
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
 ///
 /// rustls is held at `error` unless asked for: clients that send an IP address as SNI make
-/// it warn on every handshake, which would flood the log.
+/// it warn on every handshake, which would flood the log. actix-http's h1 dispatcher is off
+/// unless asked for: it writes one `ERROR stream error: ...` per connection that sends a
+/// request it cannot parse, without the client's address; the listener notes each such
+/// connection itself, rate-limited (see `listener`).
 ///
 /// Lines are formatted on the thread that logs them and written to stdout by a writer
 /// thread, in batches: a request never waits for a `write(2)` (measured: about a tenth of the
@@ -38,10 +44,10 @@ const LOG_QUEUE_LINES: usize = 4096;
 pub fn init(log: &RawLog, rust_log: Option<&str>) -> WorkerGuard {
     let directives = match rust_log {
         Some(value) if !value.trim().is_empty() => value.to_string(),
-        _ => format!("{},rustls=error", log.level),
+        _ => format!("{},{QUIET}", log.level),
     };
     let filter =
-        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET}")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)

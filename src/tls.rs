@@ -35,6 +35,8 @@ pub enum TlsError {
     },
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
+    #[error("the private key in {key} does not belong to the certificate in {cert}")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("certificate and key do not form a usable pair: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("cannot generate a self-signed certificate: {0}")]
@@ -112,7 +114,12 @@ pub fn load(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
             let missing = !cert.exists() && !key.exists();
             let expiring = !missing && expires_within(&cert, RENEW_WITHIN_DAYS)?;
             if expiring {
-                tracing::warn!(path = %cert.display(), days = RENEW_WITHIN_DAYS, "the self-signed certificate expires within the renewal window: making a new one");
+                tracing::warn!(
+                    path = %cert.display(),
+                    days_left = days_left(&cert)?,
+                    renew_within_days = RENEW_WITHIN_DAYS,
+                    "the self-signed certificate expires within the renewal window: making a new one"
+                );
             }
             if missing || expiring {
                 generate_self_signed(&cert, &key)?;
@@ -152,6 +159,11 @@ pub fn expires_within(path: &Path, days: i64) -> Result<bool, TlsError> {
     Ok(not_after - unix_now() < days * 86_400)
 }
 
+/// Whole days until the first certificate in `path` expires (negative once it has).
+pub fn days_left(path: &Path) -> Result<i64, TlsError> {
+    Ok((not_after(path)? - unix_now()).div_euclid(86_400))
+}
+
 /// The expiry of the first certificate in `path`, in seconds since the Unix epoch.
 pub fn not_after(path: &Path) -> Result<i64, TlsError> {
     let cert = CertificateDer::pem_file_iter(path)
@@ -187,22 +199,53 @@ fn validity(params: &mut rcgen::CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
-/// What [`load`] checks of `cfg`, without writing anything (for `check-config`): the
-/// certificate and key files must form a usable pair. Returns the certificate's
-/// fingerprint, or `None` when [`load`] would generate a self-signed one (neither file of
-/// `tls.self_signed_dir` exists yet).
+/// What [`load`] checks of `cfg`, leaving nothing behind (for `check-config`): the
+/// certificate and key files must form a usable pair, or, where [`load`] would generate a
+/// self-signed one (neither file of `tls.self_signed_dir` exists yet, or the certificate
+/// expires within [`RENEW_WITHIN_DAYS`]), the directory must be one it can create and
+/// write. Returns the certificate's fingerprint, or `None` when one would be generated.
 pub fn check(cfg: &TlsConfig) -> Result<Option<String>, TlsError> {
     let (cert, key) = match cfg {
         TlsConfig::Files { cert, key } => (cert.clone(), key.clone()),
         TlsConfig::SelfSigned { dir } => {
             let (cert, key) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
-            if !cert.exists() && !key.exists() {
+            let missing = !cert.exists() && !key.exists();
+            if missing || expires_within(&cert, RENEW_WITHIN_DAYS)? {
+                probe_writable(dir)?;
                 return Ok(None);
             }
             (cert, key)
         }
     };
     load_pair(&cert, &key).map(|(_, fingerprint)| Some(fingerprint))
+}
+
+/// Whether [`generate_self_signed`] could write into `dir`: creates it (with any missing
+/// parents), writes and removes a probe file, then removes the directories it created.
+fn probe_writable(dir: &Path) -> Result<(), TlsError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let write_err = |source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    // The directories that do not exist yet, deepest first.
+    let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    let result = std::fs::create_dir_all(dir)
+        .map_err(write_err)
+        .and_then(|()| {
+            let probe = dir.join(format!(".check-config-{}.tmp", std::process::id()));
+            std::fs::write(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(write_err)
+        });
+    for made in created {
+        let _ = std::fs::remove_dir(made);
+    }
+    result
 }
 
 /// SHA-256 over both files (an unreadable file counts as empty).
@@ -232,7 +275,13 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(CertifiedKey, String)
     };
     let fingerprint = fingerprint(leaf);
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(read_err(key_path))?;
-    let certified = CertifiedKey::from_der(certs, key, &provider())?;
+    let certified = CertifiedKey::from_der(certs, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+        },
+        e => TlsError::Rustls(e),
+    })?;
     Ok((certified, fingerprint))
 }
 
@@ -392,7 +441,7 @@ mod tests {
     }
 
     fn days_left(path: &Path) -> i64 {
-        not_after(path).map_or(-1, |t| (t - unix_now()) / 86_400)
+        super::days_left(path).unwrap_or(-1)
     }
 
     #[test]
@@ -428,6 +477,56 @@ mod tests {
         assert!(loaded.is_ok_and(|l| l.generated));
         assert_ne!(std::fs::read(&cert).unwrap_or_default(), old);
         assert!(days_left(&cert) >= 364);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn check_probes_the_self_signed_dir_and_leaves_nothing() {
+        let dir = temp_dir("probe");
+        let new_dir = dir.join("a/b/certs");
+        let cfg = TlsConfig::SelfSigned {
+            dir: new_dir.clone(),
+        };
+        assert!(matches!(check(&cfg), Ok(None)));
+        assert!(!dir.join("a").exists(), "the directories made are removed");
+        let cfg = TlsConfig::SelfSigned {
+            dir: PathBuf::from("/proc/nope/certs"),
+        };
+        let e = check(&cfg).map(|_| ()).map_err(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.starts_with("cannot write /proc/nope/certs")),
+            "{e:?}"
+        );
+        // An expiring certificate would be made anew: probed too, not fingerprinted.
+        let (cert, key) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
+        assert!(write_self_signed(&cert, &key, 10).is_ok());
+        // Whole days: 10 days from now is 10, or 9 once the second it was made is over.
+        assert!((9..=10).contains(&days_left(&cert)));
+        let cfg = TlsConfig::SelfSigned { dir: dir.clone() };
+        assert!(matches!(check(&cfg), Ok(None)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_said_in_words() {
+        let dir = temp_dir("mismatch");
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        let other = dir.join("other.pem");
+        assert!(write_self_signed(&cert, &key, 10).is_ok());
+        assert!(write_self_signed(&other, &key, 10).is_ok());
+        // `key` now belongs to `other`; `cert`'s own key is gone.
+        let e = load_pair(&cert, &key)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            e,
+            Err(format!(
+                "the private key in {} does not belong to the certificate in {}",
+                key.display(),
+                cert.display()
+            ))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

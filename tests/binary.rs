@@ -168,6 +168,37 @@ async fn port_zero_self_signed_certificate_generated_then_reused() {
 }
 
 #[test]
+fn an_expiring_self_signed_certificate_is_made_anew_saying_how_many_days_were_left() {
+    let dir = TempDir::new("renew");
+    std::fs::create_dir_all(dir.0.join("certs")).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    // Half a day more, so that whole days left is 10 whenever the test runs.
+    params.not_after = now + time::Duration::days(10) + time::Duration::hours(12);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.0.join("certs/selfsigned-cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.0.join("certs/selfsigned-key.pem"), key.serialize_pem()).unwrap();
+    let ollama = FakeUpstream::ollama_ok();
+    let proc = Proc::start(&dir.0, &ollama.url());
+    let lines = proc.wait_for("listening");
+    let warned = lines
+        .iter()
+        .find(|l| l.contains("renewal window"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        warned.contains(" WARN ")
+            && warned.contains("days_left=10 ")
+            && warned.contains("renew_within_days=30"),
+        "{warned}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("generated a self-signed certificate")));
+}
+
+#[test]
 fn check_config_redacts_secrets_and_names_unknown_keys() {
     let out = Command::new(BIN)
         .args(["check-config", "--config", &repo_config()])
@@ -351,29 +382,42 @@ async fn upstream_keys_quoted_by_an_upstream_reach_neither_client_nor_log() {
             }
         }
     });
+    let cases = [
+        ("quote-status", true),
+        ("quote-line", true),
+        ("openai/quote-400", true),
+        ("openai/quote-500", true),
+        ("openai/quote-200", true),
+        ("openai/quote-event", true),
+        ("openai/quote-parse", true),
+    ];
+    assert_scrubbed(&ollama, &openai, GROQ_KEY, &cases, &[OPENAI_KEY, GROQ_KEY]).await;
+}
+
+/// Sends each (model, stream) of `cases` through the gateway in front of `ollama` and
+/// `openai` (also as upstream `groq`, with `groq_key`); each answer, and the log, must show
+/// the upstream's quote scrubbed and hold none of `secrets`.
+async fn assert_scrubbed(
+    ollama: &FakeUpstream,
+    openai: &FakeUpstream,
+    groq_key: &str,
+    cases: &[(&str, bool)],
+    secrets: &[&str],
+) {
     let dir = TempDir::new("scrub");
     let groq = [
         (
             "GATEWAY__UPSTREAMS__GROQ__BASE_URL",
             format!("{}/v1", openai.url()),
         ),
-        ("GATEWAY__UPSTREAMS__GROQ__API_KEY", GROQ_KEY.to_string()),
+        ("GATEWAY__UPSTREAMS__GROQ__API_KEY", groq_key.to_string()),
     ];
-    let (proc, address, mut lines, client) = start_traced(&dir, "json", &ollama, &openai, &groq);
-    let models = [
-        "quote-status",
-        "quote-line",
-        "openai/quote-400",
-        "openai/quote-500",
-        "openai/quote-200",
-        "openai/quote-event",
-        "openai/quote-parse",
-    ];
-    for model in models {
+    let (proc, address, mut lines, client) = start_traced(&dir, "json", ollama, openai, &groq);
+    for (model, stream) in cases {
         let mut resp = client
             .post(format!("{address}/api/chat"))
             .insert_header(("x-api-key", common::TEST_KEY))
-            .send_json(&json!({"model": model, "messages": [{"role":"user","content":"hi"}]}))
+            .send_json(&json!({"model": model, "stream": stream, "messages": [{"role":"user","content":"hi"}]}))
             .await
             .unwrap();
         let body = String::from_utf8_lossy(&resp.body().await.unwrap()).to_string();
@@ -381,19 +425,94 @@ async fn upstream_keys_quoted_by_an_upstream_reach_neither_client_nor_log() {
             body.contains("[redacted]"),
             "{model}: the quote is relayed, scrubbed: {body}"
         );
-        for key in [OPENAI_KEY, GROQ_KEY] {
-            assert!(!body.contains(key), "{model}: {body}");
+        for secret in secrets {
+            assert!(!body.contains(secret), "{model}: {body}");
         }
     }
-    for _ in models {
+    for _ in cases {
         lines.extend(proc.wait_for("\"message\":\"request\",\"request_id\""));
     }
     lines.extend(proc.finish());
     let all = lines.join("\n");
     assert!(all.contains("[redacted]"), "failures were logged: {all}");
-    for key in [OPENAI_KEY, GROQ_KEY] {
-        assert!(!all.contains(key), "the log contains {key}");
+    for secret in secrets {
+        assert!(!all.contains(secret), "the log contains {secret}");
     }
+}
+
+#[actix_rt::test]
+async fn json_escaped_upstream_keys_reach_neither_client_nor_log() {
+    // The binary's OpenAI key (see `Proc::start_with`), written `\u0073k-...`, and a second
+    // upstream's key with a `/`, written `\/` as PHP's json_encode does.
+    const OPENAI_KEY: &str = "sk-never-logged-42";
+    const GROQ_KEY: &str = "gsk/escaped+key-7";
+    fn escaped(v: &serde_json::Value) -> Vec<u8> {
+        let text = serde_json::to_string(v).unwrap();
+        assert!(text.contains(OPENAI_KEY) && text.contains(GROQ_KEY));
+        text.replace("gsk/", "gsk\\/")
+            .replace(OPENAI_KEY, "\\u0073k-never-logged-42")
+            .into_bytes()
+    }
+    let quote = format!("Incorrect API key provided: {OPENAI_KEY} (also tried {GROQ_KEY})");
+    let json_error = |status: u16, body: Vec<u8>| Reply::Full {
+        status,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body,
+    };
+    let ollama_quote = quote.clone();
+    let ollama = FakeUpstream::start(move |req| {
+        let error = json!({ "error": ollama_quote });
+        if req.json()["model"] == "esc-status" {
+            return json_error(500, escaped(&error));
+        }
+        let mut lines: Vec<Vec<u8>> = common::ollama_stream_lines("llama3", &["a"])
+            .iter()
+            .take(1)
+            .map(|l| format!("{l}\n").into_bytes())
+            .collect();
+        let mut last = escaped(&error);
+        last.push(b'\n');
+        lines.push(last);
+        Reply::stream("application/x-ndjson", lines, common::End::Terminate)
+    });
+    let openai = FakeUpstream::start(move |req| {
+        let error = json!({"error":{"message":quote,"type":"invalid_request_error","param":null,"code":"invalid_api_key"}});
+        let mut sse = common::openai_sse(&["a"], "stop");
+        sse.truncate(2);
+        match req.json()["model"].as_str().unwrap() {
+            "esc-400" => json_error(400, escaped(&error)),
+            // A 200 error object where a stream was asked for.
+            "esc-200" => json_error(200, escaped(&error)),
+            "esc-event" => {
+                let mut event = b"data: ".to_vec();
+                event.extend(escaped(&error));
+                event.extend(b"\n\n");
+                sse.push(event);
+                Reply::sse(sse)
+            }
+            // An event that is not a chunk, whose parse error quotes the key decoded.
+            _ => {
+                let mut event = b"data: ".to_vec();
+                event.extend(escaped(&json!({ "choices": quote })));
+                event.extend(b"\n\n");
+                sse.push(event);
+                Reply::sse(sse)
+            }
+        }
+    });
+    // Every encoding of either key holds one of these.
+    let tails = ["never-logged-42", "escaped+key-7"];
+    let cases = [
+        ("esc-status", true),
+        ("esc-status", false),
+        ("esc-line", true),
+        ("openai/esc-400", true),
+        ("openai/esc-400", false),
+        ("openai/esc-200", true),
+        ("openai/esc-event", true),
+        ("openai/esc-parse", true),
+    ];
+    assert_scrubbed(&ollama, &openai, GROQ_KEY, &cases, &tails).await;
 }
 
 #[test]
@@ -563,6 +682,122 @@ async fn one_structured_json_line_per_request() {
         let text = v[field].to_string();
         assert!(decimals(&text) <= 3, "{field} to the microsecond: {text}");
     }
+}
+
+#[actix_rt::test]
+async fn upstream_faults_are_logged_under_their_outcome_naming_the_upstream() {
+    let dir = TempDir::new("faultlog");
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("k", "t", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let ollama = FakeUpstream::start(|_| {
+        Reply::json(
+            404,
+            &json!({"error": "model \"nope\" not found, try pulling it first"}),
+        )
+    });
+    // Ignores `stream: true` and answers a whole completion.
+    let openai = FakeUpstream::start(|_| {
+        Reply::json(
+            200,
+            &json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}),
+        )
+    });
+    let proc = Proc::start_with(
+        &dir.0,
+        &ollama.url(),
+        &[
+            ("GATEWAY_LOG_FORMAT", "json".to_string()),
+            ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
+        ],
+    );
+    let address = listening_address(&proc.wait_for("listening"));
+    let client = https_client(&dir.0.join("certs/selfsigned-cert.pem"));
+    for (id, model, status, outcome, error) in [
+        ("req-404", "nope", 404, "upstream_status", "upstream ollama answered 404"),
+        (
+            "req-json",
+            "openai/gpt-4o-mini",
+            502,
+            "upstream_protocol",
+            "upstream openai sent an invalid response: it answered a streamed request with application/json instead of an event stream",
+        ),
+    ] {
+        let mut resp = client
+            .post(format!("{address}/api/chat"))
+            .insert_header(("x-api-key", common::TEST_KEY))
+            .insert_header(("x-request-id", id))
+            .send_json(&json!({"model": model, "messages": [{"role":"user","content":"hi"}]}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{model}");
+        let _ = resp.body().await.unwrap();
+        let line = proc.wait_for(id);
+        let v: serde_json::Value = serde_json::from_str(line.last().unwrap()).unwrap();
+        assert_eq!(v["status"], status, "{v}");
+        assert_eq!(v["outcome"], outcome, "{v}");
+        assert_eq!(v["error"], error, "{v}");
+    }
+}
+
+#[actix_rt::test]
+async fn malformed_http_is_one_rate_limited_line_naming_the_client_and_no_error() {
+    let dir = TempDir::new("badhttp");
+    std::fs::write(
+        dir.0.join("keys.toml"),
+        common::key_entry("k", "t", common::TEST_KEY, ""),
+    )
+    .unwrap();
+    let ollama = FakeUpstream::ollama_ok();
+    let proc = Proc::start(&dir.0, &ollama.url());
+    let mut lines = proc.wait_for("listening");
+    let address = field(&lines, "address=").to_string();
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(client_tls(&dir.0.join("certs/selfsigned-cert.pem")));
+    for _ in 0..3 {
+        for request in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"GET /healthz HTTP/9.9\r\nHost: localhost\r\n\r\n",
+        ] {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut stream = tls.connect(name, tcp).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request)
+                .await
+                .unwrap();
+            let (status, _, _) = common::read_response(&mut stream).await;
+            assert_eq!(status, 400);
+        }
+    }
+    // One worker: whatever the six connections logged is written before this request's line.
+    let mut resp = https_client(&dir.0.join("certs/selfsigned-cert.pem"))
+        .post(format!("{address}/api/chat"))
+        .insert_header(("x-api-key", common::TEST_KEY))
+        .insert_header(("x-request-id", "req-after"))
+        .send_json(&json!({"model":"llama3","messages":[],"stream":false}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let _ = resp.body().await.unwrap();
+    lines.extend(proc.wait_for("req-after"));
+    let notes: Vec<&String> = lines.iter().filter(|l| l.contains("bad_http")).collect();
+    assert_eq!(notes.len(), 1, "{lines:#?}");
+    assert!(
+        notes[0].contains(" INFO ") && notes[0].contains("client=127.0.0.1"),
+        "{}",
+        notes[0]
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("ERROR") || l.contains("stream error")),
+        "{lines:#?}"
+    );
 }
 
 /// Digits after the decimal point.

@@ -109,6 +109,26 @@ fn check_config_fails_on_what_serve_fails_on_naming_the_file() {
             pair("ca.pem"),
         ),
         (
+            vec![
+                keys_env.clone(),
+                ("GATEWAY_TLS_CERT", pair("server.pem")),
+                ("GATEWAY_TLS_KEY", pair("ca-key.pem")),
+            ],
+            format!(
+                "the private key in {} does not belong to the certificate in {}",
+                pair("ca-key.pem"),
+                pair("server.pem")
+            ),
+        ),
+        // A directory for the self-signed certificate that cannot be made.
+        (
+            vec![
+                keys_env.clone(),
+                ("GATEWAY__TLS__SELF_SIGNED_DIR", "/proc/nope/certs".into()),
+            ],
+            "cannot write /proc/nope/certs".into(),
+        ),
+        (
             vec![("GATEWAY_KEYS_FILE", dir.0.display().to_string())],
             format!("keys file {}", dir.0.display()),
         ),
@@ -250,6 +270,7 @@ fn config_is_an_option_only_of_the_commands_that_read_it() {
         &["--help"][..],
         &["serve", "--help"],
         &["check-config", "--help"],
+        &["health", "--help"],
     ] {
         assert!(help(args).contains("--config <PATH>"), "{args:?}");
     }
@@ -258,7 +279,6 @@ fn config_is_an_option_only_of_the_commands_that_read_it() {
         &["keys", "new", "--help"],
         &["keys", "hash", "--help"],
         &["certs", "new", "--help"],
-        &["health", "--help"],
     ] {
         assert!(!help(args).contains("--config"), "{args:?}");
     }
@@ -356,4 +376,59 @@ fn keys_new_append_refuses_an_id_already_in_the_file() {
     .unwrap();
     assert!(check.status.success(), "{}", text(&check.stderr));
     assert!(text(&check.stdout).contains("2 API key(s)"));
+}
+
+#[test]
+fn health_probes_the_admin_listener_the_configuration_names() {
+    use common::{FakeUpstream, Reply};
+    let dir = TempDir::new("cli-health");
+    // Stands in for the admin listener's /healthz.
+    let admin = FakeUpstream::start(|_| Reply::json(200, &serde_json::json!({"status": "ok"})));
+    let file = dir.0.join("gateway.toml");
+    let write = |listen: &str| {
+        std::fs::write(&file, format!("[admin]\nlisten = \"{listen}\"\n")).unwrap();
+    };
+    let health = |args: &[&str], env: &[(&str, String)]| {
+        gateway(&dir.0, &[&["health"], args].concat(), env)
+            .output()
+            .unwrap()
+    };
+    let file_arg = file.display().to_string();
+    let unspecified = format!("0.0.0.0:{}", admin.addr.port());
+    for listen in [admin.addr.to_string(), unspecified] {
+        write(&listen);
+        let out = health(&["--config", &file_arg], &[]);
+        assert!(out.status.success(), "{listen}: {}", text(&out.stderr));
+        let out = health(&[], &[("GATEWAY_CONFIG", file_arg.clone())]);
+        assert!(out.status.success(), "{listen}: {}", text(&out.stderr));
+    }
+    assert_eq!(admin.requests().len(), 4);
+    assert!(admin.requests().iter().all(|r| r.path == "/healthz"));
+
+    // The environment wins over the file, as for serve.
+    let closed = common::closed_port_url();
+    let closed = closed.trim_start_matches("http://");
+    let out = health(
+        &["--config", &file_arg],
+        &[("GATEWAY_ADMIN_LISTEN", closed.to_string())],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!("http://{closed}/healthz")),
+        "{}",
+        text(&out.stderr)
+    );
+    // A configuration that switches the admin listener off says so.
+    write("");
+    let out = health(&["--config", &file_arg], &[]);
+    assert!(!out.status.success());
+    assert!(
+        one_error_line(&out).contains("the admin listener is off"),
+        "{}",
+        text(&out.stderr)
+    );
+    // `--url` needs no configuration.
+    let url = format!("http://{}/healthz", admin.addr);
+    let out = health(&["--url", &url], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

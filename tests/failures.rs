@@ -230,6 +230,73 @@ async fn openai_statuses_are_mapped() {
 }
 
 #[actix_rt::test]
+async fn a_json_answer_to_a_streamed_request_is_a_protocol_fault_said_in_words() {
+    let openai = FakeUpstream::start(|req| {
+        let json = |body: Vec<u8>| Reply::Full {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body,
+        };
+        match req.json()["model"].as_str().unwrap() {
+            // Ignores `stream` and answers a whole completion.
+            "ignores" => json(
+                serde_json::to_vec(&json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}))
+                    .unwrap(),
+            ),
+            "error" => json(br#"{"error":{"message":"quota exceeded"}}"#.to_vec()),
+            "big" => json(vec![b' '; 70_000]),
+            _ => Reply::Full {
+                status: 200,
+                headers: vec![],
+                body: b"junk".to_vec(),
+            },
+        }
+    });
+    let gw = Gateway::start(None, Some(&openai), |_| {}).await;
+    let what = "upstream openai sent an invalid response: it answered a streamed request with";
+    for (model, message) in [
+        ("ignores", format!("{what} application/json instead of an event stream")),
+        (
+            "error",
+            format!("{what} application/json instead of an event stream; its message: quota exceeded"),
+        ),
+        (
+            "big",
+            format!("{what} application/json instead of an event stream, of more than the 65536 bytes the gateway reads of one"),
+        ),
+        (
+            "junk",
+            format!("{what} a body without a Content-Type instead of an event stream"),
+        ),
+    ] {
+        let (status, _, body) = gw
+            .chat(&json!({"model":format!("openai/{model}"),"messages":[{"role":"user","content":"x"}],"stream":true}))
+            .await;
+        assert_eq!(status, 502, "{model}");
+        assert_eq!(error_of(&body), message);
+    }
+    assert_eq!(gw.upstream_errors("openai", "protocol"), 4.0);
+    assert_eq!(gw.upstream_errors("openai", "status"), 0.0);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_ollama_error_status_with_a_huge_body_keeps_its_status() {
+    let ollama = FakeUpstream::start(|_| Reply::json(500, &json!({ "error": "x".repeat(70_000) })));
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    let (status, _, body) = gw
+        .chat(&json!({"model":"llama3","messages":[],"stream":false}))
+        .await;
+    assert_eq!(status, 500);
+    assert_eq!(
+        error_of(&body),
+        "upstream ollama answered 500 with an error body larger than the 65536 bytes the gateway reads of one"
+    );
+    assert_eq!(gw.upstream_errors("ollama", "status"), 1.0);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
 async fn truncated_streams_end_with_an_error_line_never_done() {
     // OpenAI: tokens, then the connection closes without finish_reason or [DONE].
     let mut sse = openai_sse(&["a", "b"], "stop");

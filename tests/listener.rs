@@ -246,6 +246,42 @@ async fn plain_http_on_the_https_port_gets_400_then_close() {
     gw.stop().await;
 }
 
+/// Requests HTTP/1.1 cannot parse, as a prober sends them over TLS.
+const BAD_HTTP: [&[u8]; 4] = [
+    // An HTTP/2 client with prior knowledge, ignoring ALPN.
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    b"GET /healthz HTTP/9.9\r\nHost: localhost\r\n\r\n",
+    b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}",
+    b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n0\r\n\r\n",
+];
+
+#[actix_rt::test]
+async fn malformed_http_over_tls_gets_400_and_is_counted() {
+    let ollama = FakeUpstream::ollama_ok();
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    for (n, request) in BAD_HTTP.iter().enumerate() {
+        let mut tls = gw.raw_tls().await;
+        tls.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{n}: {text}");
+        let done = n as u64 + 1;
+        until("the bad request to be counted", || {
+            gw.metrics.connection_rejections(ConnRejection::BadHttp) == done
+        })
+        .await;
+    }
+    assert_eq!(
+        gw.metric("gateway_connections_rejected_total{reason=\"bad_http\"}"),
+        4.0
+    );
+    gw.stop().await;
+}
+
 fn client_with_alpn(gw: &Gateway, protocols: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut config = (*gw.tls).clone();
     config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();

@@ -133,7 +133,8 @@ async fn llm_scripts_print_answers_and_fail_loudly() {
 
 /// Fake `docker` and `docker-compose` in `dir`, logging their arguments to `dir/calls`:
 /// `FAKE_PLUGIN=1` makes `docker compose` work, `FAKE_STANDALONE=<version>` makes
-/// `docker-compose` exist.
+/// `docker-compose` exist, `FAKE_ENGINE=0` is a Docker engine that does not answer (the
+/// standalone docker-compose then ends in a traceback, as 1.29 does).
 fn fake_docker(dir: &Path) {
     let docker = r#"#!/bin/sh
 echo "docker $*" >> "$FAKE_DIR/calls"
@@ -141,11 +142,19 @@ if [ "$1" = compose ] && [ "$FAKE_PLUGIN" != 1 ]; then
   echo "docker: 'compose' is not a docker command." >&2
   exit 1
 fi
+if [ "$1" = info ] && [ "$FAKE_ENGINE" = 0 ]; then
+  echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2
+  exit 1
+fi
 "#;
     let standalone = r#"#!/bin/sh
 [ -n "$FAKE_STANDALONE" ] || { echo "docker-compose: not found" >&2; exit 127; }
 echo "docker-compose $*" >> "$FAKE_DIR/calls"
-if [ "$1" = version ]; then echo "$FAKE_STANDALONE"; fi
+if [ "$1" = version ]; then echo "$FAKE_STANDALONE"; exit 0; fi
+if [ "$FAKE_ENGINE" = 0 ]; then
+  echo "Traceback (most recent call last):" >&2
+  exit 1
+fi
 "#;
     for (name, text) in [("docker", docker), ("docker-compose", standalone)] {
         let path = dir.join(name);
@@ -158,21 +167,61 @@ if [ "$1" = version ]; then echo "$FAKE_STANDALONE"; fi
     }
 }
 
-/// Runs `script` (under scripts/) with the fakes first on PATH; returns its output and the
-/// commands the fakes saw (version probes left out).
-fn with_fake_docker(
-    script: &str,
-    args: &[&str],
+/// What the fakes of [`fake_docker`] are.
+#[derive(Clone, Copy)]
+struct Docker<'a> {
+    /// Whether `docker` exists at all (without it, PATH holds only the fakes and the few
+    /// tools the scripts need before they look for Docker).
+    installed: bool,
     plugin: bool,
-    standalone: &str,
-) -> (Output, String) {
+    /// The standalone docker-compose's version, or "" for none.
+    standalone: &'a str,
+    engine: bool,
+}
+
+impl<'a> Docker<'a> {
+    fn compose(plugin: bool, standalone: &'a str) -> Self {
+        Self {
+            installed: true,
+            plugin,
+            standalone,
+            engine: true,
+        }
+    }
+}
+
+/// Links the tools the scripts run besides Docker (found on PATH) into `dir`.
+fn link_tools(dir: &Path) {
+    let path = std::env::var("PATH").unwrap_or_default();
+    for tool in [
+        "bash", "sh", "dirname", "hostname", "mkdir", "grep", "tail", "cat",
+    ] {
+        let found = std::env::split_paths(&path)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file());
+        if let Some(found) = found {
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(found, dir.join(tool)).unwrap();
+        }
+    }
+}
+
+/// Runs `script` (under scripts/) with the fakes first on PATH; returns its output and the
+/// commands the fakes saw (version and engine probes left out).
+fn with_fake_docker(script: &str, args: &[&str], docker: Docker<'_>) -> (Output, String) {
     let dir = common::TempDir::new("fake-docker");
     fake_docker(&dir.0);
-    let path = format!(
-        "{}:{}",
-        dir.0.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = if docker.installed {
+        format!(
+            "{}:{}",
+            dir.0.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    } else {
+        std::fs::remove_file(dir.0.join("docker")).unwrap();
+        link_tools(&dir.0);
+        dir.0.display().to_string()
+    };
     let out = Command::new("bash")
         .arg(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -182,8 +231,9 @@ fn with_fake_docker(
         .args(args)
         .env("PATH", path)
         .env("FAKE_DIR", &dir.0)
-        .env("FAKE_PLUGIN", if plugin { "1" } else { "0" })
-        .env("FAKE_STANDALONE", standalone)
+        .env("FAKE_PLUGIN", if docker.plugin { "1" } else { "0" })
+        .env("FAKE_STANDALONE", docker.standalone)
+        .env("FAKE_ENGINE", if docker.engine { "1" } else { "0" })
         .env_remove("MAKE_CERTS_LOCAL")
         .stdin(std::process::Stdio::null())
         .output()
@@ -191,7 +241,7 @@ fn with_fake_docker(
     let calls = std::fs::read_to_string(dir.0.join("calls")).unwrap_or_default();
     let calls = calls
         .lines()
-        .filter(|l| !l.contains(" version"))
+        .filter(|l| !l.contains(" version") && *l != "docker info")
         .collect::<Vec<_>>()
         .join("\n");
     (out, calls)
@@ -208,14 +258,15 @@ fn compose_scripts_use_the_compose_this_machine_has_or_say_what_is_missing() {
         (false, "1.29.2", "docker-compose"),
         (false, "2.24.6", "docker-compose"),
     ] {
-        let (out, calls) = with_fake_docker("pull-model.sh", &["qwen2.5:7b"], plugin, standalone);
+        let docker = Docker::compose(plugin, standalone);
+        let (out, calls) = with_fake_docker("pull-model.sh", &["qwen2.5:7b"], docker);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(
             calls,
             format!("{compose} exec -T ollama ollama pull qwen2.5:7b"),
             "plugin={plugin} standalone={standalone}"
         );
-        let (out, calls) = with_fake_docker("make-certs.sh", &[], plugin, standalone);
+        let (out, calls) = with_fake_docker("make-certs.sh", &[], docker);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let calls: Vec<&str> = calls.lines().collect();
         assert_eq!(calls[0], format!("{compose} build gateway"), "{calls:?}");
@@ -224,13 +275,31 @@ fn compose_scripts_use_the_compose_this_machine_has_or_say_what_is_missing() {
             "{calls:?}"
         );
     }
-    // Neither, or a docker-compose too old for docker-compose.yaml: a clear error, no call.
-    for (standalone, needle) in [
-        ("", "neither 'docker compose'"),
-        ("1.25.0", "docker-compose 1.25.0 is too old"),
+    // Neither, a docker-compose too old for docker-compose.yaml, no docker at all, or an
+    // engine that does not answer (with either Compose): a clear error, no call.
+    let down = |plugin| Docker {
+        engine: false,
+        ..Docker::compose(plugin, "1.29.2")
+    };
+    let engine_down = "error: the Docker engine is not running (or this user cannot reach it): 'docker info' failed: Cannot connect to the Docker daemon";
+    for (docker, needle) in [
+        (Docker::compose(false, ""), "neither 'docker compose'"),
+        (
+            Docker::compose(false, "1.25.0"),
+            "docker-compose 1.25.0 is too old",
+        ),
+        (
+            Docker {
+                installed: false,
+                ..Docker::compose(false, "1.29.2")
+            },
+            "error: Docker is not installed: there is no 'docker' command here",
+        ),
+        (down(false), engine_down),
+        (down(true), engine_down),
     ] {
         for script in ["pull-model.sh", "make-certs.sh"] {
-            let (out, calls) = with_fake_docker(script, &["m"], false, standalone);
+            let (out, calls) = with_fake_docker(script, &["m"], docker);
             assert!(!out.status.success(), "{script}");
             assert!(
                 text(&out.stderr).contains(needle),

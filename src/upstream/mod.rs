@@ -232,7 +232,10 @@ impl BodyError for PayloadError {
 
 // Upstream text enters the gateway in three ways: an error body (any status), a 2xx body
 // that is not an answer, and the failing step of a stream (`relay`). Each goes through
-// `Config::scrubber` there, so no configured upstream key reaches a client or the log.
+// `Config::scrubber` there, so no configured upstream key reaches a client or the log:
+// bodies relayed as they are with `scrub_json_bytes` (which also finds a key the upstream
+// JSON-escaped), and any text the gateway decoded from them to build its own message again
+// once decoded.
 
 /// The error for a whole 2xx answer that could not be read as what it should be:
 /// JSON cut short is a broken answer (awc ends a chunked body cut by a close as if it were
@@ -257,7 +260,8 @@ pub fn unreadable_answer(
 }
 
 /// Reads an upstream's error body (of any status, or a 2xx that is not the answer asked
-/// for), at most [`MAX_ERROR_BYTES`] of it, scrubbed of every configured upstream key.
+/// for), at most [`MAX_ERROR_BYTES`] of it, scrubbed of every configured upstream key, in
+/// whatever JSON encoding the upstream wrote it.
 pub async fn read_error_body<S>(
     resp: &mut awc::ClientResponse<S>,
     upstream: &str,
@@ -268,7 +272,7 @@ where
     S: futures_util::Stream<Item = Result<Bytes, PayloadError>> + Unpin,
 {
     let body = read_body(resp, upstream, MAX_ERROR_BYTES, deadline, &config.timeouts).await?;
-    Ok(config.scrubber.scrub_bytes(body))
+    Ok(config.scrubber.scrub_json_bytes(body))
 }
 
 /// Reads a whole upstream body of at most `limit` bytes before `deadline` (the end of

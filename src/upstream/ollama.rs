@@ -74,7 +74,21 @@ pub async fn forward(
     let body = if status.is_success() {
         read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await
     } else {
-        read_error_body(&mut resp, OLLAMA, deadline, config).await
+        match read_error_body(&mut resp, OLLAMA, deadline, config).await {
+            // The status still says what happened; the body is only its explanation.
+            Err(GatewayError::UpstreamTooLarge { limit, .. }) => {
+                Err(GatewayError::UpstreamStatus {
+                    upstream: OLLAMA.to_string(),
+                    status,
+                    message: format!(
+                        "upstream {OLLAMA} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
+                        status.as_u16()
+                    ),
+                    retry_after: None,
+                })
+            }
+            other => other,
+        }
     };
     let body = match body {
         Ok(body) => body,

@@ -15,6 +15,7 @@ use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWE
 use crate::config::{Config, OpenAiConfig};
 use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
+use crate::secret::Scrubber;
 use crate::translate::ollama::ChatRequest;
 use crate::translate::openai::{
     from_openai_response, to_openai_request, Progress, RequestShape, SseToNdjson, StreamError,
@@ -101,7 +102,8 @@ pub async fn forward(
         let body = read_error_body(&mut resp, &up.name, deadline, call.config)
             .await
             .unwrap_or_default();
-        return Err(record.fail(status_error(&up.name, status, &body, retry_after)));
+        let scrubber = &call.config.scrubber;
+        return Err(record.fail(status_error(&up.name, status, &body, retry_after, scrubber)));
     }
     let client_model = call.chat.model();
     let is_sse = resp
@@ -132,13 +134,10 @@ pub async fn forward(
             .streaming(relay));
     }
     if stream {
-        // Asked for a stream, got something else: an error object with a 200, or garbage.
-        return Err(record.fail(
-            match read_error_body(&mut resp, &up.name, deadline, call.config).await {
-                Ok(body) => status_error(&up.name, StatusCode::BAD_GATEWAY, &body, None),
-                Err(e) => e,
-            },
-        ));
+        // Asked for a stream, got something else (an upstream that ignores `stream`, an
+        // error object with a 200, or garbage): the upstream broke the protocol.
+        let error = not_a_stream(&mut resp, &up.name, deadline, call.config).await;
+        return Err(record.fail(error));
     }
     let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline, timeouts).await {
         Ok(body) => body,
@@ -170,6 +169,54 @@ struct ErrorEnvelope {
     error: UpstreamErrorBody,
 }
 
+/// The upstream's own message in an OpenAI error body, if it is one, scrubbed once decoded
+/// (the body was scrubbed as bytes; a decoded string is checked again, before it is cut
+/// short, so that no part of a key survives either) and at most 500 characters long.
+fn upstream_message(body: &[u8], scrubber: &Scrubber) -> Option<String> {
+    let envelope = serde_json::from_slice::<ErrorEnvelope>(body).ok()?;
+    let message = scrubber.scrub(envelope.error.message());
+    Some(message.chars().take(500).collect())
+}
+
+/// The error for a 2xx that is not the event stream asked for: its content type in words,
+/// and the upstream's message when the body is an OpenAI error object.
+async fn not_a_stream<S>(
+    resp: &mut awc::ClientResponse<S>,
+    upstream: &str,
+    deadline: Instant,
+    config: &Config,
+) -> GatewayError
+where
+    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let media_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .and_then(|v| v.split(';').next().map(|t| t.trim().to_string()))
+        .filter(|t| !t.is_empty());
+    let got = match media_type {
+        Some(t) => config.scrubber.scrub_string(t.chars().take(100).collect()),
+        None => "a body without a Content-Type".into(),
+    };
+    let what = format!("it answered a streamed request with {got} instead of an event stream");
+    let detail = match read_error_body(resp, upstream, deadline, config).await {
+        Ok(body) => match upstream_message(&body, &config.scrubber) {
+            Some(message) => format!("{what}; its message: {message}"),
+            None => what,
+        },
+        // Such a body is read only for its message, as an error body is.
+        Err(GatewayError::UpstreamTooLarge { limit, .. }) => {
+            format!("{what}, of more than the {limit} bytes the gateway reads of one")
+        }
+        Err(e) => return e,
+    };
+    GatewayError::UpstreamProtocol {
+        upstream: upstream.to_string(),
+        detail,
+    }
+}
+
 /// Maps an upstream error status to what the client sees (PROTOCOLS.md 6.5).
 ///
 /// A 401/403 means the gateway's own upstream key was refused: that is not the client's
@@ -180,15 +227,11 @@ pub(super) fn status_error(
     status: StatusCode,
     body: &[u8],
     retry_after: Option<HeaderValue>,
+    scrubber: &Scrubber,
 ) -> GatewayError {
-    let upstream_message = serde_json::from_slice::<ErrorEnvelope>(body)
-        .ok()
-        .map(|e| e.error.message().to_string());
+    let upstream_message = upstream_message(body, scrubber);
     let describe = |fallback: &str| {
-        let text = upstream_message
-            .clone()
-            .unwrap_or_else(|| fallback.to_string());
-        let text: String = text.chars().take(500).collect();
+        let text = upstream_message.as_deref().unwrap_or(fallback);
         format!("upstream {upstream}: {text}")
     };
     let reason = status.canonical_reason().unwrap_or("error");
@@ -204,11 +247,6 @@ pub(super) fn status_error(
         408 | 504 => (StatusCode::GATEWAY_TIMEOUT, describe(reason), None),
         429 | 503 => (status, describe(reason), retry_after),
         400..=499 => (status, describe(reason), None),
-        200..=299 => (
-            StatusCode::BAD_GATEWAY,
-            describe("the answer is not a valid response"),
-            None,
-        ),
         _ => (StatusCode::BAD_GATEWAY, describe(reason), None),
     };
     GatewayError::UpstreamStatus {
@@ -297,8 +335,9 @@ mod tests {
 
     #[test]
     fn status_mapping() {
+        let none = Scrubber::default();
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
-        let e = status_error("openai", StatusCode::UNAUTHORIZED, body, None);
+        let e = status_error("openai", StatusCode::UNAUTHORIZED, body, None, &none);
         let text = e.to_string();
         assert!(!text.contains("sk-"), "{text}");
         assert!(
@@ -311,6 +350,7 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS,
             body,
             Some(HeaderValue::from_static("3")),
+            &none,
         );
         assert_eq!(e.to_string(), "upstream openai: Rate limit reached");
         assert!(
@@ -322,6 +362,7 @@ mod tests {
             StatusCode::NOT_FOUND,
             br#"{"error":{"message":"The model `x` does not exist"}}"#,
             None,
+            &none,
         );
         assert!(
             matches!(e, GatewayError::UpstreamStatus { status, .. } if status == StatusCode::NOT_FOUND)
@@ -331,12 +372,31 @@ mod tests {
             StatusCode::INTERNAL_SERVER_ERROR,
             b"<html>oops</html>",
             None,
+            &none,
         );
         assert_eq!(e.to_string(), "upstream groq: Internal Server Error");
         assert!(
             matches!(e, GatewayError::UpstreamStatus { status, .. } if status == StatusCode::BAD_GATEWAY)
         );
-        let e = status_error("groq", StatusCode::GATEWAY_TIMEOUT, b"", None);
+        // A quoted key is scrubbed once decoded, and before the message is cut to 500
+        // characters, so not even its first characters are left.
+        let keys = [crate::secret::Secret::new("sk-abc/def+ghi123")];
+        let scrubber = Scrubber::new(&keys);
+        let body = format!(
+            r#"{{"error":{{"message":"{} sk-abc\/def+ghi123"}}}}"#,
+            "x".repeat(490)
+        );
+        let e = status_error(
+            "groq",
+            StatusCode::BAD_REQUEST,
+            body.as_bytes(),
+            None,
+            &scrubber,
+        );
+        let text = e.to_string();
+        assert!(!text.contains("sk-"), "{text}");
+        assert!(text.ends_with(" [redacted"), "{text}");
+        let e = status_error("groq", StatusCode::GATEWAY_TIMEOUT, b"", None, &none);
         assert!(
             matches!(e, GatewayError::UpstreamStatus { status, .. } if status == StatusCode::GATEWAY_TIMEOUT)
         );

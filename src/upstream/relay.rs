@@ -198,7 +198,7 @@ where
                     message,
                 } => {
                     // The upstream's own error line is in `forward`.
-                    let forward = forward.map(|b| this.scrubber.scrub_bytes(b));
+                    let forward = forward.map(|b| this.scrubber.scrub_json_bytes(b));
                     let message = this.scrubber.scrub_string(message);
                     (forward, None, Some(Ending::Failed { fault, message }))
                 }
@@ -291,6 +291,14 @@ mod tests {
                 },
                 b"relay" => Step::Relayed {
                     forward: Some(Bytes::from_static(b"{\"error\":\"bad key sk-test-key\"}\n")),
+                    fault: UpstreamFault::MidStream,
+                    message: "relayed".into(),
+                },
+                // The same, the key JSON-escaped.
+                b"relay-escaped" => Step::Relayed {
+                    forward: Some(Bytes::from_static(
+                        b"{\"error\":\"bad key \\u0073k-test\\u002dkey\"}\n",
+                    )),
                     fault: UpstreamFault::MidStream,
                     message: "relayed".into(),
                 },
@@ -396,12 +404,12 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_upstream_key_never_leaves_in_a_failing_step() {
-        for script in [&b"leak"[..], b"relay"] {
+        for script in [&b"leak"[..], b"relay", b"relay-escaped"] {
             let (tx, mut relay, _, _) = fed();
             tx.send(Ok(Bytes::from_static(script))).unwrap();
             let out = body(&mut relay).await.concat();
             let text = String::from_utf8_lossy(&out);
-            assert!(!text.contains("sk-test-key"), "{text}");
+            assert!(!text.contains("k-test"), "{text}");
             assert!(text.contains("bad key [redacted]"), "{text}");
         }
     }
