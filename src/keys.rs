@@ -45,6 +45,11 @@ pub struct KeyEntry {
     pub burst: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+    /// The bucket of cheap reads (tags, ps, version, `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_burst: Option<u32>,
     /// Glob patterns (`llama3:*`); absent means every model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
@@ -130,11 +135,26 @@ impl KeyTable {
                     .unwrap_or(defaults.requests_per_minute),
                 burst: entry.burst.unwrap_or(defaults.burst),
                 max_in_flight: entry.max_in_flight.unwrap_or(defaults.max_in_flight),
+                reads_per_minute: entry.reads_per_minute.unwrap_or(defaults.reads_per_minute),
+                read_burst: entry.read_burst.unwrap_or(defaults.read_burst),
             };
-            if limits.requests_per_minute == 0 || limits.burst == 0 || limits.max_in_flight == 0 {
-                return Err(at(
-                    "requests_per_minute, burst and max_in_flight must be greater than 0".into(),
-                ));
+            let Limits {
+                requests_per_minute,
+                burst,
+                max_in_flight,
+                reads_per_minute,
+                read_burst,
+            } = limits;
+            if [
+                requests_per_minute,
+                burst,
+                max_in_flight,
+                reads_per_minute,
+                read_burst,
+            ]
+            .contains(&0)
+            {
+                return Err(at("requests_per_minute, burst, max_in_flight, reads_per_minute and read_burst must be greater than 0".into()));
             }
             let models = match entry.models {
                 None => None,
@@ -381,6 +401,8 @@ mod tests {
         requests_per_minute: 60,
         burst: 5,
         max_in_flight: 2,
+        reads_per_minute: 600,
+        read_burst: 60,
     };
 
     fn table(text: &str) -> Result<KeyTable, KeysError> {
@@ -441,6 +463,7 @@ mod tests {
             ("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"abc\"\n".to_string(), "sha256"),
             (format!("[[keys]]\nid = \"a b\"\nteam = \"t\"\nsha256 = \"{h}\"\n"), "id"),
             (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\nburst = 0\n"), "greater than 0"),
+            (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\nread_burst = 0\n"), "greater than 0"),
             (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\nsecret = \"x\"\n"), "secret"),
             (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\n[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{}\"\n", to_hex(&hash_key("j"))), "twice"),
             (format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\n[[keys]]\nid = \"b\"\nteam = \"t\"\nsha256 = \"{h}\"\n"), "twice"),
