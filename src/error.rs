@@ -56,8 +56,9 @@ pub enum GatewayError {
     /// The client address is not allowed; says nothing more.
     #[error("access denied")]
     IpDenied,
-    /// No API key in `Authorization: Bearer` or `X-API-Key`.
-    #[error("missing API key: send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
+    /// No API key in `X-API-Key` or `Authorization` (Bearer, or Basic's password), and the
+    /// client address in no trusted network.
+    #[error("missing API key: send it as `Authorization: Bearer <key>`, as `X-API-Key: <key>`, or as the password of `Authorization: Basic`")]
     MissingKey,
     /// A key that is not in the keys file.
     #[error("invalid API key")]
