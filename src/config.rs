@@ -518,6 +518,8 @@ pub struct OllamaConfig {
     pub chat_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
     pub version_url: String,
+    /// The same, parsed once, for `GET /api/version`.
+    pub version_uri: awc::http::Uri,
 }
 
 /// Which OpenAI parameter carries Ollama's `num_predict`.
@@ -656,6 +658,7 @@ impl Config {
         let ollama = OllamaConfig {
             chat_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/chat"))?,
             version_url: format!("{ollama_base}/api/version"),
+            version_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/version"))?,
         };
         let mut upstreams = Vec::new();
         for (name, up) in &raw.upstreams {

@@ -32,6 +32,8 @@ fn is_probe(path: &str) -> bool {
 fn route_label(pattern: Option<&str>) -> &'static str {
     match pattern {
         Some("/api/chat") => "/api/chat",
+        Some("/") => "/",
+        Some("/api/version") => "/api/version",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",

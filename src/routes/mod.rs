@@ -33,7 +33,7 @@ pub(crate) fn only(
 }
 
 /// A GET/HEAD-only resource; other methods get 405 with `Allow`.
-fn probe<F, Args>(path: &str, handler: F) -> actix_web::Resource
+pub(crate) fn probe<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: actix_web::Handler<Args> + Clone,
     Args: actix_web::FromRequest + 'static,
