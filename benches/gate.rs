@@ -26,6 +26,8 @@ fn table(n: usize, pool: &LimiterPool) -> KeyTable {
         requests_per_minute: u32::MAX / 60,
         burst: u32::MAX / 2,
         max_in_flight: 1_000_000,
+        reads_per_minute: u32::MAX / 60,
+        read_burst: u32::MAX / 2,
     };
     KeyTable::parse(&text, std::path::Path::new("bench"), limits, pool).unwrap()
 }

@@ -211,6 +211,10 @@ pub struct RawLimits {
     pub requests_per_minute: u32,
     pub burst: u32,
     pub max_in_flight: u32,
+    /// The separate bucket of cheap reads (`middleware::rate_limit::is_cheap_read`), which
+    /// take no in-flight slot: sustained rate and burst.
+    pub reads_per_minute: u32,
+    pub read_burst: u32,
 }
 
 impl Default for RawLimits {
@@ -219,6 +223,9 @@ impl Default for RawLimits {
             requests_per_minute: 120,
             burst: 20,
             max_in_flight: 4,
+            // A UI polling tags, ps and version every few seconds, with several tabs open.
+            reads_per_minute: 600,
+            read_burst: 60,
         }
     }
 }
@@ -512,12 +519,14 @@ pub struct AuthConfig {
     pub ban: Duration,
 }
 
-/// A token bucket and an in-flight cap (all values > 0).
+/// A token bucket and an in-flight cap, and the bucket of cheap reads (all values > 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limits {
     pub requests_per_minute: u32,
     pub burst: u32,
     pub max_in_flight: u32,
+    pub reads_per_minute: u32,
+    pub read_burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -541,6 +550,8 @@ pub struct OllamaConfig {
     pub chat_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
     pub version_url: String,
+    /// The same, parsed once, for `GET /api/version`.
+    pub version_uri: awc::http::Uri,
 }
 
 /// Which OpenAI parameter carries Ollama's `num_predict`.
@@ -686,6 +697,7 @@ impl Config {
             base: ollama_base.to_string(),
             chat_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/chat"))?,
             version_url: format!("{ollama_base}/api/version"),
+            version_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/version"))?,
         };
         let mut upstreams = Vec::new();
         for (name, up) in &raw.upstreams {
@@ -741,6 +753,8 @@ impl Config {
             )?,
             burst: positive("limits.burst", raw.limits.burst)?,
             max_in_flight: positive("limits.max_in_flight", raw.limits.max_in_flight)?,
+            reads_per_minute: positive("limits.reads_per_minute", raw.limits.reads_per_minute)?,
+            read_burst: positive("limits.read_burst", raw.limits.read_burst)?,
         };
         let allowlist = AllowlistConfig {
             cidrs: match (raw.allowlist.allow_all, raw.allowlist.cidrs.is_empty()) {
@@ -1283,6 +1297,12 @@ mod tests {
     fn edge_limits_are_validated() {
         for (k, v, needle) in [
             ("GATEWAY__LIMITS__BURST", "0", "limits.burst"),
+            ("GATEWAY__LIMITS__READ_BURST", "0", "limits.read_burst"),
+            (
+                "GATEWAY__LIMITS__READS_PER_MINUTE",
+                "0",
+                "limits.reads_per_minute",
+            ),
             (
                 "GATEWAY__UPSTREAM__MAX_STREAM_LINE_BYTES",
                 "1023",

@@ -56,8 +56,9 @@ pub enum GatewayError {
     /// The client address is not allowed; says nothing more.
     #[error("access denied")]
     IpDenied,
-    /// No API key in `Authorization: Bearer` or `X-API-Key`.
-    #[error("missing API key: send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
+    /// No API key in `X-API-Key` or `Authorization` (Bearer, or Basic's password), and the
+    /// client address in no trusted network.
+    #[error("missing API key: send it as `Authorization: Bearer <key>`, as `X-API-Key: <key>`, or as the password of `Authorization: Basic`")]
     MissingKey,
     /// A key that is not in the keys file.
     #[error("invalid API key")]
@@ -75,8 +76,8 @@ pub enum GatewayError {
     /// An upstream's model that its list does not hold (Ollama's words for the same).
     #[error("model '{model}' not found")]
     ModelNotFound { model: String },
-    /// The key's token bucket is empty.
-    #[error("rate limit exceeded for API key {key_id}; retry after {} s", .policy.reset)]
+    /// The key's token bucket (of inference, or of cheap reads) is empty.
+    #[error("{} exceeded for API key {key_id}; retry after {} s", .policy.what(), .policy.reset)]
     RateLimited {
         key_id: Arc<str>,
         policy: RatePolicy,
@@ -132,6 +133,8 @@ pub enum GatewayError {
 /// A key's rate-limit state, sent as the IETF draft `RateLimit` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RatePolicy {
+    /// The policy's name in the headers: [`Self::DEFAULT`] or [`Self::READS`].
+    pub name: &'static str,
     /// Requests per 60 s window.
     pub quota: u32,
     /// Requests the bucket still allows right now.
@@ -141,12 +144,28 @@ pub struct RatePolicy {
 }
 
 impl RatePolicy {
+    /// The bucket of inference and everything else.
+    pub const DEFAULT: &'static str = "default";
+    /// The bucket of cheap reads (`limits.reads_per_minute`, `limits.read_burst`).
+    pub const READS: &'static str = "reads";
+
+    /// What ran out, in words.
+    pub fn what(&self) -> &'static str {
+        if self.name == Self::READS {
+            "rate limit for cheap reads"
+        } else {
+            "rate limit"
+        }
+    }
+
     /// `RateLimit-Policy: "default";q=120;w=60` (draft-ietf-httpapi-ratelimit-headers-10).
     /// (Both are written on every answer: itoa, not the formatting machinery.)
     pub fn policy_header(&self) -> String {
         let mut n = itoa::Buffer::new();
         let mut h = String::with_capacity(24);
-        h.push_str("\"default\";q=");
+        h.push('"');
+        h.push_str(self.name);
+        h.push_str("\";q=");
         h.push_str(n.format(self.quota));
         h.push_str(";w=60");
         h
@@ -156,7 +175,9 @@ impl RatePolicy {
     pub fn state_header(&self) -> String {
         let mut n = itoa::Buffer::new();
         let mut h = String::with_capacity(32);
-        h.push_str("\"default\";r=");
+        h.push('"');
+        h.push_str(self.name);
+        h.push_str("\";r=");
         h.push_str(n.format(self.remaining));
         h.push_str(";t=");
         h.push_str(n.format(self.reset));
@@ -397,12 +418,27 @@ mod tests {
     #[test]
     fn ratelimit_headers_follow_the_draft() {
         let p = RatePolicy {
+            name: RatePolicy::DEFAULT,
             quota: 120_000,
             remaining: 0,
             reset: 60,
         };
         assert_eq!(p.policy_header(), "\"default\";q=120000;w=60");
         assert_eq!(p.state_header(), "\"default\";r=0;t=60");
+        let reads = RatePolicy {
+            name: RatePolicy::READS,
+            ..p
+        };
+        assert_eq!(reads.policy_header(), "\"reads\";q=120000;w=60");
+        assert_eq!(reads.state_header(), "\"reads\";r=0;t=60");
+        let err = GatewayError::RateLimited {
+            key_id: "ui".into(),
+            policy: RatePolicy { reset: 6, ..reads },
+        };
+        assert_eq!(
+            err.to_string(),
+            "rate limit for cheap reads exceeded for API key ui; retry after 6 s"
+        );
     }
 
     fn body_of(err: &GatewayError) -> serde_json::Value {
@@ -525,6 +561,7 @@ mod tests {
                 GatewayError::RateLimited {
                     key_id: "k".into(),
                     policy: RatePolicy {
+                        name: RatePolicy::DEFAULT,
                         quota: 1,
                         remaining: 0,
                         reset: 5,
@@ -594,6 +631,7 @@ mod tests {
         let resp = GatewayError::RateLimited {
             key_id: "k".into(),
             policy: RatePolicy {
+                name: RatePolicy::DEFAULT,
                 quota: 120,
                 remaining: 0,
                 reset: 7,

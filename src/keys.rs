@@ -3,11 +3,13 @@
 //! keep the key they started with.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use base64::Engine as _;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -30,21 +32,34 @@ pub enum KeysError {
     IdTaken { path: PathBuf, id: String },
 }
 
-/// One `[[keys]]` entry of the keys file: the user-facing contract.
+/// One `[[keys]]` or `[[networks]]` entry of the keys file: the user-facing contract. Both
+/// describe an identity (id, team, limits, models); a key is known by the hash of its
+/// secret (`sha256`), a trusted network by its client addresses (`cidrs`); each entry has
+/// its own of the two and not the other's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyEntry {
-    /// Not secret; shown in logs and metrics.
+    /// Not secret; shown in logs and metrics. Unique across keys and networks.
     pub id: String,
     pub team: String,
-    /// SHA-256 of the key, 64 hex characters.
-    pub sha256: String,
+    /// `[[keys]]`: SHA-256 of the key, 64 hex characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `[[networks]]`: client networks (CIDRs, or single addresses) whose requests without
+    /// a key are served as this identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidrs: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+    /// The bucket of cheap reads (tags, ps, version, `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_burst: Option<u32>,
     /// Glob patterns (`llama3:*`); absent means every model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
@@ -57,9 +72,12 @@ pub struct KeyEntry {
 struct KeysFile {
     #[serde(default)]
     keys: Vec<KeyEntry>,
+    #[serde(default)]
+    networks: Vec<KeyEntry>,
 }
 
-/// A key as the gateway uses it (the secret itself is never held).
+/// An identity as the gateway uses it: an API key (the secret itself is never held), or a
+/// trusted network, which requests without a key from its addresses are served as.
 pub struct ApiKey {
     pub id: Arc<str>,
     pub team: Arc<str>,
@@ -88,15 +106,21 @@ impl ApiKey {
     }
 }
 
-/// The keys in force, by hash. The digests are already uniform, and the table holds only
-/// configured keys, so a fast hasher is enough (no presented key can lengthen a probe).
+/// The keys in force, by hash, and the trusted networks. The digests are already uniform,
+/// and the table holds only configured keys, so a fast hasher is enough (no presented key
+/// can lengthen a probe).
 #[derive(Debug, Default)]
 pub struct KeyTable {
     by_hash: HashMap<[u8; 32], Arc<ApiKey>, foldhash::fast::RandomState>,
+    /// Every network of every `[[networks]]` entry, the most specific (longest prefix)
+    /// first, so that the first one containing an address is the one that wins.
+    networks: Vec<(IpNet, Arc<ApiKey>)>,
+    /// How many `[[networks]]` entries there are.
+    network_entries: usize,
 }
 
 impl KeyTable {
-    /// Parses a keys file's text; limits not given per key come from `defaults`.
+    /// Parses a keys file's text; limits not given per key or network come from `defaults`.
     pub fn parse(
         text: &str,
         path: &Path,
@@ -116,50 +140,55 @@ impl KeyTable {
         for (n, entry) in file.keys.into_iter().enumerate() {
             let label = format!("key #{} ({:?})", n + 1, entry.id);
             let at = |what: String| invalid(format!("{label}: {what}"));
-            check_label(&entry.id).map_err(|e| at(format!("id {e}")))?;
-            check_label(&entry.team).map_err(|e| at(format!("team {e}")))?;
-            if !ids.insert(entry.id.clone()) {
-                return Err(at("the id is used twice".into()));
-            }
-            let hash = parse_hash(&entry.sha256).ok_or_else(|| {
-                at("sha256 must be 64 hex characters (the SHA-256 of the key)".into())
-            })?;
-            let limits = Limits {
-                requests_per_minute: entry
-                    .requests_per_minute
-                    .unwrap_or(defaults.requests_per_minute),
-                burst: entry.burst.unwrap_or(defaults.burst),
-                max_in_flight: entry.max_in_flight.unwrap_or(defaults.max_in_flight),
-            };
-            if limits.requests_per_minute == 0 || limits.burst == 0 || limits.max_in_flight == 0 {
+            if entry.cidrs.is_some() {
                 return Err(at(
-                    "requests_per_minute, burst and max_in_flight must be greater than 0".into(),
+                    "cidrs belongs in a [[networks]] entry; a key is known by its sha256".into(),
                 ));
             }
-            let models = match entry.models {
-                None => None,
-                Some(list) => Some(
-                    list.iter()
-                        .map(|p| {
-                            glob::Pattern::new(p)
-                                .map_err(|e| at(format!("model pattern {p:?}: {e}")))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-            };
-            let id: Arc<str> = entry.id.as_str().into();
-            let key = ApiKey {
-                quota: pool.key_limits(Arc::clone(&id), limits),
-                id,
-                team: entry.team.into(),
-                enabled: entry.enabled.unwrap_or(true),
-                models,
-            };
+            let hash =
+                parse_hash(entry.sha256.as_deref().unwrap_or_default()).ok_or_else(|| {
+                    at("sha256 must be 64 hex characters (the SHA-256 of the key)".into())
+                })?;
+            let key = identity(entry, defaults, pool, &mut ids).map_err(at)?;
             if by_hash.insert(hash, Arc::new(key)).is_some() {
                 return Err(at("the same sha256 appears twice".into()));
             }
         }
-        Ok(Self { by_hash })
+        let network_entries = file.networks.len();
+        let mut networks = Vec::new();
+        let mut seen: HashMap<IpNet, Arc<str>> = HashMap::default();
+        for (n, mut entry) in file.networks.into_iter().enumerate() {
+            let label = format!("network #{} ({:?})", n + 1, entry.id);
+            let at = |what: String| invalid(format!("{label}: {what}"));
+            if entry.sha256.is_some() {
+                return Err(at("sha256 belongs in a [[keys]] entry; a network is trusted by its addresses, without a key".into()));
+            }
+            let cidrs = entry.cidrs.take().unwrap_or_default();
+            if cidrs.is_empty() {
+                return Err(at(
+                    "cidrs is required: the client networks served as this identity".into(),
+                ));
+            }
+            let nets = cidrs
+                .iter()
+                .map(|c| parse_net(c).map_err(|e| at(format!("cidr {c:?} {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let network = Arc::new(identity(entry, defaults, pool, &mut ids).map_err(at)?);
+            for net in nets {
+                if let Some(other) = seen.insert(net, Arc::clone(&network.id)) {
+                    return Err(at(format!(
+                        "cidr {net} is listed twice (also in network {other:?}); which one wins would be a guess"
+                    )));
+                }
+                networks.push((net, Arc::clone(&network)));
+            }
+        }
+        networks.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        Ok(Self {
+            by_hash,
+            networks,
+            network_entries,
+        })
     }
 
     /// The key whose hash matches `presented`, if any. The table is indexed by hash, so
@@ -168,18 +197,114 @@ impl KeyTable {
         self.by_hash.get(&hash_key(presented))
     }
 
+    /// The identity of a request without a key from `ip` (a canonical client address):
+    /// the most specific trusted network containing it, unless that one is disabled (a
+    /// disabled network carves its addresses out of a wider one).
+    pub fn network(&self, ip: IpAddr) -> Option<&Arc<ApiKey>> {
+        self.networks
+            .iter()
+            .find(|(net, _)| net.contains(&ip))
+            .map(|(_, network)| network)
+            .filter(|network| network.enabled)
+    }
+
+    /// How many keys there are.
     pub fn len(&self) -> usize {
         self.by_hash.len()
     }
 
-    /// Whether a key with this id is in the table.
-    pub fn has_id(&self, id: &str) -> bool {
-        self.by_hash.values().any(|k| &*k.id == id)
+    /// How many trusted networks (`[[networks]]` entries) there are.
+    pub fn networks(&self) -> usize {
+        self.network_entries
     }
 
+    /// Whether a key or a network with this id is in the table.
+    pub fn has_id(&self, id: &str) -> bool {
+        self.by_hash.values().any(|k| &*k.id == id)
+            || self.networks.iter().any(|(_, n)| &*n.id == id)
+    }
+
+    /// Whether there are no keys (networks aside).
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
+}
+
+/// The identity an entry describes; `ids` are the ids taken so far (keys and networks).
+fn identity(
+    entry: KeyEntry,
+    defaults: Limits,
+    pool: &LimiterPool,
+    ids: &mut std::collections::HashSet<String>,
+) -> Result<ApiKey, String> {
+    check_label(&entry.id).map_err(|e| format!("id {e}"))?;
+    check_label(&entry.team).map_err(|e| format!("team {e}"))?;
+    if !ids.insert(entry.id.clone()) {
+        return Err("the id is used twice (ids are unique across keys and networks)".into());
+    }
+    let limits = Limits {
+        requests_per_minute: entry
+            .requests_per_minute
+            .unwrap_or(defaults.requests_per_minute),
+        burst: entry.burst.unwrap_or(defaults.burst),
+        max_in_flight: entry.max_in_flight.unwrap_or(defaults.max_in_flight),
+        reads_per_minute: entry.reads_per_minute.unwrap_or(defaults.reads_per_minute),
+        read_burst: entry.read_burst.unwrap_or(defaults.read_burst),
+    };
+    let Limits {
+        requests_per_minute,
+        burst,
+        max_in_flight,
+        reads_per_minute,
+        read_burst,
+    } = limits;
+    if [
+        requests_per_minute,
+        burst,
+        max_in_flight,
+        reads_per_minute,
+        read_burst,
+    ]
+    .contains(&0)
+    {
+        return Err("requests_per_minute, burst, max_in_flight, reads_per_minute and read_burst must be greater than 0".into());
+    }
+    let models = match entry.models {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .map(|p| glob::Pattern::new(p).map_err(|e| format!("model pattern {p:?}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let id: Arc<str> = entry.id.as_str().into();
+    Ok(ApiKey {
+        quota: pool.key_limits(Arc::clone(&id), limits),
+        id,
+        team: entry.team.into(),
+        enabled: entry.enabled.unwrap_or(true),
+        models,
+    })
+}
+
+/// A trusted network as the keys file writes it: a CIDR (`10.1.2.0/24`) or one address.
+/// Host bits set (`10.1.2.3/24`) are refused rather than truncated: whether one host or
+/// its whole network was meant is a guess, and the wrong guess trusts too much.
+fn parse_net(text: &str) -> Result<IpNet, &'static str> {
+    let text = text.trim();
+    let net = text
+        .parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| "is not an IP network like 10.0.0.0/8 or 2001:db8::/32")?;
+    if net.trunc() != net {
+        return Err("has host bits set: write the network address (10.0.0.0/8), or a /32 (/128) for one host");
+    }
+    if let IpNet::V6(v6) = net {
+        if v6.addr().to_ipv4_mapped().is_some() {
+            return Err("is IPv4-mapped IPv6: write the IPv4 network (clients are matched by their IPv4 address)");
+        }
+    }
+    Ok(net)
 }
 
 /// Ids and teams become log fields and metric labels: short, plain.
@@ -381,6 +506,8 @@ mod tests {
         requests_per_minute: 60,
         burst: 5,
         max_in_flight: 2,
+        reads_per_minute: 600,
+        read_burst: 60,
     };
 
     fn table(text: &str) -> Result<KeyTable, KeysError> {
@@ -432,6 +559,16 @@ mod tests {
         let k = t.lookup("ogw_example_do_not_use").unwrap();
         assert_eq!(&*k.team, "team-a");
         assert!(k.allows_model("llama3:instruct"));
+        assert_eq!(t.networks(), 0, "no network is trusted by default");
+        // The commented-out network example, uncommented, is valid too.
+        let (_, example) = text.split_once("# [[networks]]").unwrap();
+        let uncommented: String = std::iter::once("[[networks]]")
+            .chain(example.lines().filter_map(|l| l.strip_prefix("# ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let t = KeyTable::parse(&uncommented, &path, DEFAULTS, &LimiterPool::default()).unwrap();
+        let lab = t.network(IpAddr::from([10, 30, 0, 7])).unwrap();
+        assert_eq!((&*lab.id, &*lab.team), ("lab-workstations", "research"));
     }
 
     #[test]
@@ -451,5 +588,86 @@ mod tests {
             assert!(err.contains(needle), "{text}: {err}");
         }
         assert!(table("").unwrap().is_empty());
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_serve_their_addresses_most_specific_first() {
+        let text = format!(
+            "{}[[networks]]\nid = \"lab\"\nteam = \"research\"\ncidrs = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n\
+             [[networks]]\nid = \"gpu-box\"\nteam = \"ml\"\ncidrs = [\"10.1.2.3\"]\nmax_in_flight = 9\nread_burst = 7\nmodels = [\"llama3:*\"]\n\
+             [[networks]]\nid = \"printers\"\nteam = \"it\"\ncidrs = [\"10.9.0.0/16\"]\nenabled = false\n",
+            entry_toml("k", "t", "ogw_k")
+        );
+        let t = table(&text).unwrap();
+        assert_eq!((t.len(), t.networks()), (1, 3));
+        let id = |addr: &str| t.network(ip(addr)).map(|n| n.id.to_string());
+        assert_eq!(id("10.200.0.1").as_deref(), Some("lab"));
+        assert_eq!(id("2001:db8::7").as_deref(), Some("lab"));
+        assert_eq!(id("10.1.2.3").as_deref(), Some("gpu-box"), "longest prefix");
+        assert_eq!(id("10.1.2.4").as_deref(), Some("lab"));
+        assert_eq!(
+            id("10.9.1.1"),
+            None,
+            "a disabled network carves its addresses out"
+        );
+        assert_eq!(id("192.168.1.1"), None);
+        let gpu = t.network(ip("10.1.2.3")).unwrap();
+        assert_eq!(&*gpu.team, "ml");
+        assert_eq!(gpu.quota.limits.max_in_flight, 9);
+        assert_eq!(gpu.quota.limits.read_burst, 7);
+        assert_eq!(gpu.quota.limits.burst, DEFAULTS.burst);
+        assert!(gpu.allows_model("llama3:8b") && !gpu.allows_model("mistral"));
+        assert!(t.has_id("printers") && t.has_id("k") && !t.has_id("nope"));
+        assert!(t.lookup("ogw_k").is_some());
+        assert_eq!(table("").unwrap().networks(), 0);
+    }
+
+    #[test]
+    fn invalid_networks_are_rejected_naming_them() {
+        let net = |extra: &str| {
+            format!("[[networks]]\nid = \"lab\"\nteam = \"t\"\ncidrs = [\"10.0.0.0/8\"]\n{extra}")
+        };
+        let h = to_hex(&hash_key("k"));
+        for (text, needle) in [
+            (
+                "[[networks]]\nid = \"lab\"\nteam = \"t\"\ncidrs = [\"10.0.0.0/33\"]\n".to_string(),
+                "network #1 (\"lab\"): cidr \"10.0.0.0/33\" is not an IP network",
+            ),
+            (
+                "[[networks]]\nid = \"lab\"\nteam = \"t\"\ncidrs = [\"10.0.0.1/8\"]\n".to_string(),
+                "\"10.0.0.1/8\" has host bits set",
+            ),
+            (
+                "[[networks]]\nid = \"lab\"\nteam = \"t\"\ncidrs = [\"::ffff:10.0.0.0/104\"]\n".to_string(),
+                "IPv4-mapped",
+            ),
+            ("[[networks]]\nid = \"lab\"\nteam = \"t\"\n".to_string(), "cidrs is required"),
+            ("[[networks]]\nid = \"lab\"\nteam = \"t\"\ncidrs = []\n".to_string(), "cidrs is required"),
+            (net(&format!("sha256 = \"{h}\"\n")), "sha256 belongs in a [[keys]] entry"),
+            (net("burst = 0\n"), "greater than 0"),
+            (net("read_burst = 0\n"), "greater than 0"),
+            (net("secret = \"x\"\n"), "secret"),
+            (
+                format!("{}{}", entry_toml("lab", "t", "ogw_k"), net("")),
+                "network #1 (\"lab\"): the id is used twice",
+            ),
+            (format!("{}{}", net(""), net("")), "network #2 (\"lab\"): the id is used twice"),
+            (
+                format!("{}{}", net(""), net("").replace("\"lab\"", "\"lab2\"")),
+                "network #2 (\"lab2\"): cidr 10.0.0.0/8 is listed twice (also in network \"lab\")",
+            ),
+            (
+                format!("[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{h}\"\ncidrs = [\"10.0.0.0/8\"]\n"),
+                "key #1 (\"a\"): cidrs belongs in a [[networks]] entry",
+            ),
+            ("[[keys]]\nid = \"a\"\nteam = \"t\"\n".to_string(), "sha256 must be 64 hex"),
+        ] {
+            let err = table(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! Shared limiter state, built once for all workers: per-key token buckets (governor),
-//! per-key in-flight counters, and the failed-authentication throttle per client IP.
+//! Shared limiter state, built once for all workers: per-key token buckets (governor), one
+//! for inference and one for cheap reads, per-key in-flight counters, and the
+//! failed-authentication throttle per client IP.
 //! State outlives keys-file reloads: editing the file does not refill a bucket unless the
-//! key's id or its quota (requests_per_minute, burst) changes, which starts a new bucket.
+//! key's id or its quota (requests_per_minute and burst, or reads_per_minute and
+//! read_burst) changes, which starts a new bucket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,10 +25,16 @@ use crate::error::{GatewayError, RatePolicy};
 pub type Bucket =
     RateLimiter<Arc<str>, DashMapStateStore<Arc<str>>, DefaultClock, StateInformationMiddleware>;
 
+/// Bucket sets by (per minute, burst).
+type Buckets = Mutex<HashMap<(u32, u32), Arc<Bucket>>>;
+
 /// Limiter state that survives reloads of the keys file.
 #[derive(Default)]
 pub struct LimiterPool {
-    buckets: Mutex<HashMap<(u32, u32), Arc<Bucket>>>,
+    buckets: Buckets,
+    /// Apart from `buckets`, so that a key's reads never share its inference bucket even
+    /// when both have the same quota.
+    read_buckets: Buckets,
     in_flight: Mutex<HashMap<Arc<str>, Arc<AtomicU32>>>,
 }
 
@@ -37,18 +45,19 @@ fn nonzero(n: u32) -> NonZeroU32 {
 impl LimiterPool {
     /// The bucket set for `rpm` requests per minute with bursts of `burst`.
     pub fn bucket(&self, rpm: u32, burst: u32) -> Arc<Bucket> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(buckets.entry((rpm, burst)).or_insert_with(|| {
-            let quota = Quota::per_minute(nonzero(rpm)).allow_burst(nonzero(burst));
-            Arc::new(RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>())
-        }))
+        bucket_in(&self.buckets, rpm, burst)
     }
 
-    /// The limits of identity `id` (a key's id), with the state it shares with earlier
-    /// loads of the keys file under the same id and limits.
+    /// The limits of identity `id` (a key's or a network's id), with the state it shares
+    /// with earlier loads of the keys file under the same id and limits.
     pub fn key_limits(&self, id: Arc<str>, limits: Limits) -> KeyLimits {
         KeyLimits {
             bucket: self.bucket(limits.requests_per_minute, limits.burst),
+            reads: bucket_in(
+                &self.read_buckets,
+                limits.reads_per_minute,
+                limits.read_burst,
+            ),
             in_flight: self.in_flight(&id),
             id,
             limits,
@@ -63,11 +72,12 @@ impl LimiterPool {
 
     /// Drops state nobody needs any more: full buckets, idle counters of removed keys.
     pub fn sweep(&self) {
-        let buckets: Vec<Arc<Bucket>> = self
-            .buckets
-            .lock()
-            .map(|b| b.values().cloned().collect())
-            .unwrap_or_default();
+        let mut buckets: Vec<Arc<Bucket>> = Vec::new();
+        for set in [&self.buckets, &self.read_buckets] {
+            if let Ok(b) = set.lock() {
+                buckets.extend(b.values().cloned());
+            }
+        }
         for bucket in buckets {
             bucket.retain_recent();
             bucket.shrink_to_fit();
@@ -78,14 +88,24 @@ impl LimiterPool {
     }
 }
 
-/// One identity's request limits and their live state: its place in a bucket shared with
-/// the identities of the same limits, and its in-flight counter. An API key holds one. The
-/// in-process state sits behind these few calls ([`take`], [`InFlight::acquire`]), so that a
-/// store shared by replicas can take its place without a caller changing.
+fn bucket_in(set: &Buckets, rpm: u32, burst: u32) -> Arc<Bucket> {
+    let mut buckets = set.lock().unwrap_or_else(|e| e.into_inner());
+    Arc::clone(buckets.entry((rpm, burst)).or_insert_with(|| {
+        let quota = Quota::per_minute(nonzero(rpm)).allow_burst(nonzero(burst));
+        Arc::new(RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>())
+    }))
+}
+
+/// One identity's request limits and their live state: its place in the buckets (inference
+/// and cheap reads) shared with the identities of the same limits, and its in-flight
+/// counter. An API key or a trusted network holds one. The in-process state sits behind
+/// these few calls ([`take`], [`take_read`], [`InFlight::acquire`]), so that a store
+/// shared by replicas can take its place without a caller changing.
 pub struct KeyLimits {
     pub id: Arc<str>,
     pub limits: Limits,
     bucket: Arc<Bucket>,
+    reads: Arc<Bucket>,
     in_flight: Arc<AtomicU32>,
 }
 
@@ -101,24 +121,54 @@ fn retry_secs(wait: Duration) -> u64 {
 
 /// Takes one request from the key's bucket.
 pub fn take(key: &KeyLimits) -> Result<RatePolicy, GatewayError> {
-    let quota = key.limits.requests_per_minute;
+    let l = &key.limits;
+    take_from(
+        key,
+        &key.bucket,
+        RatePolicy::DEFAULT,
+        l.requests_per_minute,
+        l.burst,
+    )
+}
+
+/// Takes one cheap read from the key's bucket of reads (never from its inference bucket).
+pub fn take_read(key: &KeyLimits) -> Result<RatePolicy, GatewayError> {
+    let l = &key.limits;
+    take_from(
+        key,
+        &key.reads,
+        RatePolicy::READS,
+        l.reads_per_minute,
+        l.read_burst,
+    )
+}
+
+fn take_from(
+    key: &KeyLimits,
+    bucket: &Bucket,
+    name: &'static str,
+    quota: u32,
+    burst: u32,
+) -> Result<RatePolicy, GatewayError> {
     // Seconds for one token to come back.
     let refill = retry_secs(Duration::from_secs(60) / quota.max(1));
-    match key.bucket.check_key(&key.id) {
+    match bucket.check_key(&key.id) {
         Ok(snapshot) => Ok(RatePolicy {
+            name,
             quota,
             remaining: snapshot.remaining_burst_capacity(),
-            reset: if snapshot.remaining_burst_capacity() < key.limits.burst {
+            reset: if snapshot.remaining_burst_capacity() < burst {
                 refill
             } else {
                 0
             },
         }),
         Err(not_until) => {
-            let wait = not_until.wait_time_from(key.bucket.clock().now());
+            let wait = not_until.wait_time_from(bucket.clock().now());
             Err(GatewayError::RateLimited {
                 key_id: Arc::clone(&key.id),
                 policy: RatePolicy {
+                    name,
                     quota,
                     remaining: 0,
                     reset: retry_secs(wait),
@@ -236,6 +286,8 @@ mod tests {
             requests_per_minute: 1,
             burst: 3,
             max_in_flight: 1,
+            reads_per_minute: 1,
+            read_burst: 3,
         };
         let k = key(&pool, limits);
         let remaining: Vec<u32> = (0..3).map(|_| take(&k).unwrap().remaining).collect();
@@ -248,6 +300,14 @@ mod tests {
         // The same key parsed again (a reload) shares the bucket.
         let again = key(&pool, limits);
         assert!(take(&again).is_err());
+        // Its reads have a bucket of their own, though of the same quota.
+        let reads: Vec<u32> = (0..3).map(|_| take_read(&k).unwrap().remaining).collect();
+        assert_eq!(reads, [2, 1, 0]);
+        let err = take_read(&again).unwrap_err();
+        let GatewayError::RateLimited { policy, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(policy.name, RatePolicy::READS);
     }
 
     #[test]
@@ -259,6 +319,8 @@ mod tests {
                 requests_per_minute: 60,
                 burst: 60,
                 max_in_flight: 2,
+                reads_per_minute: 60,
+                read_burst: 60,
             },
         );
         let a = InFlight::acquire(&k).unwrap();

@@ -273,8 +273,9 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     print(|out| {
         writeln!(
             out,
-            "# configuration is valid; {} API key(s) in {}; {tls}; effective values (secrets redacted):",
+            "# configuration is valid; {} API key(s) and {} trusted network(s) in {}; {tls}; effective values (secrets redacted):",
             keys.table().len(),
+            keys.table().networks(),
             keys_file.display()
         )?;
         out.write_all(config.to_redacted_toml().as_bytes())

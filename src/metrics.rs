@@ -651,7 +651,12 @@ impl RequestRecord {
         self.in_flight.dec();
         let elapsed = self.started.elapsed();
         let success = (200..300).contains(&status) && error.is_none();
-        let model = self.worker.shared.model_label(&self.model, success);
+        // A request about no model (a version) has the `none` label, not `other`.
+        let model = if self.model.is_empty() {
+            self.worker.none()
+        } else {
+            self.worker.shared.model_label(&self.model, success)
+        };
         self.worker.count_request(
             self.route,
             &self.upstream,

@@ -27,7 +27,8 @@ impl Reloader {
         tracing::debug!("checking the keys file and the TLS certificate for changes");
         match self.keys.reload_if_changed() {
             Ok(Some(n)) => {
-                tracing::info!(path = %self.keys.path().display(), keys = n, "reloaded API keys")
+                let networks = self.keys.table().networks();
+                tracing::info!(path = %self.keys.path().display(), keys = n, networks, "reloaded API keys")
             }
             Ok(None) => {}
             Err(e) => {

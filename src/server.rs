@@ -96,14 +96,15 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         Arc::clone(&pool),
     )?);
     let key_count = keys.table().len();
-    if key_count == 0 {
+    let networks = keys.table().networks();
+    if key_count == 0 && networks == 0 {
         tracing::warn!(
             path = %config.auth.keys_file.display(),
             "no API keys configured: every request is refused (401). Create one with `ollama-gateway keys new --team NAME` and add the printed [[keys]] entry to {}",
             config.auth.keys_file.display()
         );
     } else {
-        tracing::info!(path = %config.auth.keys_file.display(), keys = key_count, "loaded API keys");
+        tracing::info!(path = %config.auth.keys_file.display(), keys = key_count, networks, "loaded API keys");
     }
     if config.allowlist.cidrs.is_none() {
         tracing::warn!("allowlist.allow_all is set: every client address is served");

@@ -187,11 +187,12 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
         .expect("closed by the gateway")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    assert_eq!(
+    until("the timeout to be counted", || {
         gw.metrics
-            .connection_rejections(ConnRejection::HandshakeTimeout),
-        1
-    );
+            .connection_rejections(ConnRejection::HandshakeTimeout)
+            == 1
+    })
+    .await;
     gw.stop().await;
 }
 

@@ -1,14 +1,19 @@
-//! Credentials: the request must carry a key in `Authorization: Bearer` or `X-API-Key`
-//! (never the query string). Deny by default: every path except liveness needs one.
-//! Also the request-head sanity limits, which apply before credentials are read.
+//! Credentials: who the request is. A key, from `X-API-Key` if the request has one, else
+//! from `Authorization`: a Bearer token, or the password of Basic credentials (the user
+//! name is ignored; LangChain and others send Basic from an `https://user:KEY@host` URL).
+//! Never from the query string. A request that carries a key is judged by that key alone.
+//! A request without any key is served as the trusted network (`[[networks]]` in the keys
+//! file) that its client address falls in, if any. Deny by default: every path except
+//! liveness needs a key or a network. Also the request-head sanity limits, which apply
+//! before credentials are read.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix_web::dev::ServiceRequest;
-use actix_web::http::header::{self, Header as _, HeaderMap};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::Method;
-use actix_web_httpauth::headers::authorization::{Authorization, Bearer};
+use actix_web_httpauth::headers::authorization::{Basic, Bearer, Scheme};
 
 use crate::error::GatewayError;
 use crate::keys::ApiKey;
@@ -69,7 +74,7 @@ pub fn check_upgrade(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-/// What the client presented: `X-API-Key` first, else a Bearer token.
+/// What the client presented: `X-API-Key` first, else `Authorization`.
 enum Presented {
     None,
     Malformed,
@@ -83,30 +88,48 @@ fn presented_key(req: &ServiceRequest) -> Presented {
             _ => Presented::Malformed,
         };
     }
-    if !req.headers().contains_key(header::AUTHORIZATION) {
-        return Presented::None;
-    }
-    let token = match Authorization::<Bearer>::parse(req) {
-        Ok(auth) => auth.as_ref().token().trim().to_string(),
-        // RFC 9110 11.1: the scheme name is case-insensitive ("bearer", "BEARER").
-        Err(_) => req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim().to_string())
-            .unwrap_or_default(),
-    };
-    if token.is_empty() {
-        Presented::Malformed
-    } else {
-        Presented::Key(token)
+    match req.headers().get(header::AUTHORIZATION) {
+        None => Presented::None,
+        Some(value) => authorization_key(value).map_or(Presented::Malformed, Presented::Key),
     }
 }
 
-/// The key the request may use (`None` on public paths), or why it may not proceed.
-/// `ip` is the client address the allowlist resolved.
+/// The key in an `Authorization` value: a Bearer token, or the password of Basic
+/// credentials (RFC 7617; the user name is ignored). `None` for anything else: another
+/// scheme, invalid base64, no colon, an empty key. actix-web-httpauth parses both schemes;
+/// it only knows their canonical spelling, and RFC 9110 11.1 makes the scheme name
+/// case-insensitive, so `bearer` or `BASIC` is respelled for it first.
+fn authorization_key(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let (scheme, rest) = text.split_once(' ')?;
+    let canonical = |name: &str| -> Option<HeaderValue> {
+        if scheme == name {
+            Some(value.clone())
+        } else {
+            HeaderValue::from_str(&format!("{name} {rest}")).ok()
+        }
+    };
+    let key = if scheme.eq_ignore_ascii_case("bearer") {
+        Bearer::parse(&canonical("Bearer")?)
+            .ok()?
+            .token()
+            .trim()
+            .to_string()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        Basic::parse(&canonical("Basic")?)
+            .ok()?
+            .password()?
+            .trim()
+            .to_string()
+    } else {
+        return None;
+    };
+    (!key.is_empty()).then_some(key)
+}
+
+/// The identity the request is served as (`None` on public paths): its key, or without a
+/// key the trusted network of `ip` (the client address the allowlist resolved, trusted
+/// proxies included); or why it may not proceed.
 pub fn check(
     state: &AppState,
     req: &ServiceRequest,
@@ -120,7 +143,10 @@ pub fn check(
     }
     state.throttle.check(ip)?;
     match presented_key(req) {
-        Presented::None => Err(GatewayError::MissingKey),
+        Presented::None => match state.keys.table().network(ip) {
+            Some(network) => Ok(Some(Arc::clone(network))),
+            None => Err(GatewayError::MissingKey),
+        },
         Presented::Malformed => Err(state.throttle.fail(ip, GatewayError::InvalidKey)),
         Presented::Key(secret) => match state.keys.table().lookup(&secret) {
             None => Err(state.throttle.fail(ip, GatewayError::InvalidKey)),
@@ -143,6 +169,44 @@ mod tests {
         assert!(!is_public(&Method::GET, "/healthz/"));
         assert!(!is_public(&Method::POST, "/api/chat"));
         assert!(!is_public(&Method::GET, "/nope"));
+    }
+
+    fn key_of(value: &str) -> Option<String> {
+        authorization_key(&HeaderValue::from_str(value).unwrap())
+    }
+
+    #[test]
+    fn authorization_bearer_or_basic_password() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert_eq!(key_of("Bearer ogw_a").as_deref(), Some("ogw_a"));
+        assert_eq!(key_of("bEaReR  ogw_a ").as_deref(), Some("ogw_a"));
+        let basic = format!("Basic {}", b64("anyone:ogw_a"));
+        assert_eq!(
+            key_of(&basic).as_deref(),
+            Some("ogw_a"),
+            "user name ignored"
+        );
+        let basic = format!("basic {}", b64(":ogw_a"));
+        assert_eq!(
+            key_of(&basic).as_deref(),
+            Some("ogw_a"),
+            "empty user, any case"
+        );
+        let basic = format!("Basic {}", b64("u:ogw:with:colons"));
+        assert_eq!(key_of(&basic).as_deref(), Some("ogw:with:colons"));
+        for malformed in [
+            "Bearer ".to_string(),
+            "Bearer".to_string(),
+            "Basic !!notbase64!!".to_string(),
+            format!("Basic {}", b64("no-colon-here")),
+            format!("Basic {}", b64("user:")),
+            format!("Basic {}", b64("user:   ")),
+            "Digest username=x".to_string(),
+            "ogw_a".to_string(),
+        ] {
+            assert_eq!(key_of(&malformed), None, "{malformed}");
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The edge: one middleware that every request passes before any upstream work, in this
 //! order: `observe` notes it, `allowlist` checks the client address, `auth` the request
-//! head and the key, `rate_limit` the key's in-flight slots and bucket; on the way out,
-//! `rate_limit` adds its headers and `observe` the request id, counts and logs. One layer
-//! rather than four: each actix middleware costs two boxed futures per request and one
-//! more level on every poll (measured with callgrind: 1.6% of the instructions of a
-//! proxied request).
+//! head and the key (or the trusted network), `rate_limit` the key's in-flight slot and
+//! bucket (a cheap read: only its bucket of reads); on the way out, `rate_limit` adds its
+//! headers and `observe` the request id, counts and logs. One layer rather than four: each
+//! actix middleware costs two boxed futures per request and one more level on every poll
+//! (measured with callgrind: 1.6% of the instructions of a proxied request).
 //! `server` wraps it inside tracing-actix-web's `TracingLogger`.
 
 pub mod auth;
@@ -62,7 +62,8 @@ fn admit(
     if let Some(key) = &key {
         req.extensions_mut().insert(Arc::clone(key));
     }
-    rate_limit::admit(key.as_deref())
+    let cheap_read = rate_limit::is_cheap_read(req.method(), req.path());
+    rate_limit::admit(key.as_deref(), cheap_read)
 }
 
 /// Most of a refused request's body read (and dropped) before answering.

@@ -1,5 +1,8 @@
 //! Per-key limits: an in-flight slot (held until the response body ends) and a token from
-//! the key's bucket. Answers carry the IETF draft `RateLimit-Policy` / `RateLimit` headers.
+//! the key's bucket; or, for a cheap read ([`is_cheap_read`]), a token from the key's
+//! bucket of reads and no slot, so that a UI polling its model list never makes the same
+//! key's inference wait or 429. Answers carry the IETF draft `RateLimit-Policy` /
+//! `RateLimit` headers of the bucket they drew on.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,6 +10,7 @@ use std::task::{Context, Poll};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
 use bytes::Bytes;
 
 use crate::error::{GatewayError, RatePolicy};
@@ -40,19 +44,47 @@ impl<B: MessageBody> MessageBody for Guarded<B> {
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// What a request admitted by the limits holds: its in-flight slot and the bucket's state
-/// (nothing on public paths, which carry no key and are not limited).
-pub struct Admission(Option<(InFlight, RatePolicy)>);
+/// Whether a request is a cheap read: one that UIs poll, that costs the upstream next to
+/// nothing, and that answers at once. These take no in-flight slot and draw on the key's
+/// bucket of reads (`reads_per_minute`, `read_burst`) instead of its inference bucket. The
+/// one place that says which requests they are.
+pub fn is_cheap_read(method: &Method, path: &str) -> bool {
+    let get_or_head = method == Method::GET || method == Method::HEAD;
+    match path {
+        "/" | "/api/tags" | "/api/version" => get_or_head,
+        "/api/ps" => method == Method::GET,
+        _ => false,
+    }
+}
 
-/// Takes the key's in-flight slot, then a token from its bucket. The slot comes first, so a
-/// request refused for concurrency does not spend a token.
-pub fn admit(key: Option<&ApiKey>) -> Result<Admission, GatewayError> {
+/// What a request admitted by the limits holds: its in-flight slot (none for a cheap read)
+/// and the state of the bucket it drew on (neither on public paths, which carry no key and
+/// are not limited).
+pub struct Admission {
+    slot: Option<InFlight>,
+    policy: Option<RatePolicy>,
+}
+
+/// Takes the key's in-flight slot, then a token from its bucket; for a cheap read, only a
+/// token from its bucket of reads. The slot comes first, so a request refused for
+/// concurrency does not spend a token.
+pub fn admit(key: Option<&ApiKey>, cheap_read: bool) -> Result<Admission, GatewayError> {
     let Some(key) = key else {
-        return Ok(Admission(None));
+        return Ok(Admission {
+            slot: None,
+            policy: None,
+        });
     };
-    let slot = InFlight::acquire(&key.quota)?;
-    let policy = limits::take(&key.quota)?;
-    Ok(Admission(Some((slot, policy))))
+    let (slot, policy) = if cheap_read {
+        (None, limits::take_read(&key.quota)?)
+    } else {
+        let slot = InFlight::acquire(&key.quota)?;
+        (Some(slot), limits::take(&key.quota)?)
+    };
+    Ok(Admission {
+        slot,
+        policy: Some(policy),
+    })
 }
 
 impl Admission {
@@ -61,16 +93,52 @@ impl Admission {
         self,
         mut res: ServiceResponse<B>,
     ) -> ServiceResponse<BoxBody> {
-        let Some((slot, policy)) = self.0 else {
-            return res.map_into_boxed_body();
-        };
-        let headers = res.headers_mut();
-        if let Ok(v) = HeaderValue::try_from(policy.policy_header()) {
-            headers.insert(RATELIMIT_POLICY, v);
+        if let Some(policy) = self.policy {
+            let headers = res.headers_mut();
+            if let Ok(v) = HeaderValue::try_from(policy.policy_header()) {
+                headers.insert(RATELIMIT_POLICY, v);
+            }
+            if let Ok(v) = HeaderValue::try_from(policy.state_header()) {
+                headers.insert(RATELIMIT, v);
+            }
         }
-        if let Ok(v) = HeaderValue::try_from(policy.state_header()) {
-            headers.insert(RATELIMIT, v);
+        match self.slot {
+            Some(slot) => res.map_body(|_, body| BoxBody::new(Guarded { body, slot })),
+            None => res.map_into_boxed_body(),
         }
-        res.map_body(|_, body| BoxBody::new(Guarded { body, slot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cheap_reads_are_the_polled_gets_only() {
+        for (method, path) in [
+            (Method::GET, "/"),
+            (Method::HEAD, "/"),
+            (Method::GET, "/api/tags"),
+            (Method::HEAD, "/api/tags"),
+            (Method::GET, "/api/ps"),
+            (Method::GET, "/api/version"),
+            (Method::HEAD, "/api/version"),
+        ] {
+            assert!(is_cheap_read(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::POST, "/"),
+            (Method::POST, "/api/tags"),
+            (Method::HEAD, "/api/ps"),
+            (Method::POST, "/api/chat"),
+            (Method::GET, "/api/chat"),
+            (Method::POST, "/api/show"),
+            (Method::GET, "/api/version/"),
+            (Method::GET, "/api/versions"),
+            (Method::DELETE, "/api/version"),
+            (Method::GET, "/metrics"),
+        ] {
+            assert!(!is_cheap_read(&method, path), "{method} {path}");
+        }
     }
 }

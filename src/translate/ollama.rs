@@ -192,9 +192,48 @@ pub struct OutToolFunction {
     pub arguments: Box<RawValue>,
 }
 
+/// `GET /api/version`'s answer (PROTOCOLS.md 1.6), `{"version":"0.5.1"}`. Clients parse the
+/// value as dotted integers, so the gateway relays Ollama's bytes as they are and only
+/// checks that they are this.
+#[derive(Debug, Deserialize)]
+pub struct VersionResponse<'a> {
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+}
+
+impl VersionResponse<'_> {
+    /// Whether `body` is a version answer; the reason if not.
+    pub fn check(body: &[u8]) -> Result<(), String> {
+        serde_json::from_slice::<VersionResponse<'_>>(body)
+            .map(drop)
+            .map_err(|e| format!("the answer is not {{\"version\": \"...\"}} ({e})"))
+    }
+}
+
 /// Nanoseconds in a duration, saturating.
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::VersionResponse;
+
+    #[test]
+    fn a_version_answer_is_an_object_with_a_version_string() {
+        assert!(VersionResponse::check(br#"{"version":"0.12.6"}"#).is_ok());
+        assert!(VersionResponse::check(br#"{"version":"0.5.1-rc2","extra":1}"#).is_ok());
+        for bad in [
+            &br#"{"version":5}"#[..],
+            b"{}",
+            b"Ollama is running",
+            b"",
+            b"[]",
+        ] {
+            let err = VersionResponse::check(bad).unwrap_err();
+            assert!(err.contains("not {\"version\""), "{err}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -96,7 +96,13 @@ pub async fn openai(
         let body = read_error_body(&mut resp, &up.name, deadline, config)
             .await
             .unwrap_or_default();
-        return Err(status_error(&up.name, status, &body, None, &config.scrubber));
+        return Err(status_error(
+            &up.name,
+            status,
+            &body,
+            None,
+            &config.scrubber,
+        ));
     }
     let body = read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline, &timeouts).await?;
     catalog::parse_openai_models(&body)

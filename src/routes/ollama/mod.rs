@@ -1,16 +1,65 @@
 //! Ollama's own API (`/api/...`), one file per concern.
 
 pub mod chat;
+pub mod meta;
 pub mod models;
 
-use actix_web::web;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpMessage as _, HttpRequest};
 
 use super::{only, probe};
+use crate::keys::ApiKey;
+use crate::metrics::{RequestRecord, WorkerMetrics};
+use crate::middleware::observe::Recorded;
+use crate::state::AppState;
+use crate::telemetry::RequestId;
 
 /// Registers Ollama's endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(only("/api/chat", "POST", web::post().to(chat::chat)))
+        .service(probe("/", meta::root))
+        .service(probe("/api/version", meta::version))
         .service(probe("/api/tags", models::tags))
         .service(only("/api/ps", "GET", web::get().to(models::ps)))
         .service(only("/api/show", "POST", web::post().to(models::show)));
+}
+
+/// Hands a routed request over to its record, which from here on counts and logs it when
+/// its answer ends (the edge no longer does). Returns the record and the request id.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record(
+    req: &HttpRequest,
+    state: &AppState,
+    route: &'static str,
+    started: Instant,
+    upstream: Arc<str>,
+    is_ollama: bool,
+    model: &str,
+    streams: bool,
+) -> (RequestRecord, Arc<str>) {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0));
+    let key = req.extensions().get::<Arc<ApiKey>>().cloned();
+    let worker = req
+        .app_data::<Rc<WorkerMetrics>>()
+        .cloned()
+        .unwrap_or_else(|| Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics))));
+    req.extensions_mut().insert(Recorded);
+    let record = RequestRecord::start(
+        worker,
+        route,
+        started,
+        Arc::clone(&request_id),
+        upstream,
+        is_ollama,
+        model,
+        key.as_deref(),
+        streams,
+    );
+    (record, request_id)
 }
