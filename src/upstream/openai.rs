@@ -15,7 +15,7 @@ use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWE
 use crate::config::{Config, OpenAiConfig};
 use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
-use crate::translate::ollama::ChatRequest;
+use crate::translate::ollama::{ChatRequest, Shape, Timing};
 use crate::translate::openai::{
     from_openai_response, to_openai_request, Progress, RequestShape, SseToNdjson, StreamError,
     UpstreamErrorBody,
@@ -84,6 +84,7 @@ pub async fn forward(
         Ok(resp) => resp,
         Err(e) => return Err(record.fail(send_error(&up.name, e, timeouts))),
     };
+    let answered = StdInstant::now();
 
     let status = resp.status();
     if !status.is_success() {
@@ -105,6 +106,7 @@ pub async fn forward(
             resp,
             SseTransform {
                 inner: SseToNdjson::with_max(
+                    Shape::Chat,
                     client_model,
                     call.started,
                     call.config.upstream.max_stream_line_bytes,
@@ -135,7 +137,12 @@ pub async fn forward(
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    let translated = match from_openai_response(&body, client_model, call.started) {
+    let timing = Timing {
+        started: call.started,
+        first: Some(answered),
+        last: Some(StdInstant::now()),
+    };
+    let translated = match from_openai_response(&body, Shape::Chat, client_model, timing) {
         Ok(t) => t,
         Err(detail) => {
             return Err(record.fail(unreadable_answer(
