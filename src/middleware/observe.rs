@@ -32,6 +32,9 @@ fn is_probe(path: &str) -> bool {
 fn route_label(pattern: Option<&str>) -> &'static str {
     match pattern {
         Some("/api/chat") => "/api/chat",
+        Some("/api/generate") => "/api/generate",
+        Some("/api/embed") => "/api/embed",
+        Some("/api/embeddings") => "/api/embeddings",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",

@@ -2,6 +2,7 @@
 //! that record what they receive and answer as each test scripts them.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod gen;
 pub mod skip;
 
 use std::net::SocketAddr;
