@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::gen::{open_stream, requests, tokens};
 use common::{json_error, key_entry, End, FakeUpstream, Gateway, Reply, TEST_KEY, UPSTREAM_KEY};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn post(
     gw: &Gateway,
@@ -25,15 +25,7 @@ async fn post(
 }
 
 fn prompt_tokens(gw: &Gateway, model: &str, upstream: &str) -> f64 {
-    gw.metric(&format!(
-        r#"gateway_tokens_total{{key_id="test-key",kind="prompt",model="{model}",team="test",upstream="{upstream}"}}"#
-    ))
-}
-
-fn requests(gw: &Gateway, route: &str, model: &str, upstream: &str, code: u16) -> f64 {
-    gw.metric(&format!(
-        r#"gateway_requests_total{{code="{code}",key_id="test-key",model="{model}",route="{route}",team="test",upstream="{upstream}"}}"#
-    ))
+    tokens(gw, "prompt", model, upstream)
 }
 
 #[actix_rt::test]
@@ -312,20 +304,7 @@ async fn an_open_generate_stream_holds_its_in_flight_slot_against_embeddings() {
         TEST_KEY,
         "max_in_flight = 1",
     ));
-    let mut tls = gw.raw_tls().await;
-    let request = common::raw_chat_request(r#"{"model":"hold","prompt":"x"}"#, "").replacen(
-        "/api/chat",
-        "/api/generate",
-        1,
-    );
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("\"done\":false") {
-        let n = tls.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the stream started");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let tls = open_stream(&gw, "/api/generate", r#"{"model":"hold","prompt":"x"}"#).await;
     let embed = json!({"model":"nomic-embed-text","input":"x"});
     let (status, _, v) = post(&gw, "/api/embed", &embed).await;
     assert_eq!(status, 429);

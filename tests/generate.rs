@@ -7,10 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::gen::{ollama_generate_done, ollama_generate_lines, TOKENS};
+use common::gen::{
+    ollama_generate_done, ollama_generate_lines, open_stream, requests, tokens, TOKENS,
+};
 use common::{json_error, ndjson, End, FakeUpstream, Gateway, Reply, UPSTREAM_KEY};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn generate(gw: &Gateway, body: &Value) -> (u16, awc::http::header::HeaderMap, Vec<u8>) {
     gw.post_raw("/api/generate", serde_json::to_vec(body).unwrap(), &[])
@@ -40,19 +41,6 @@ fn assert_keys(line: &str, keys: &[&str]) {
             .unwrap_or_else(|| panic!("{key} after byte {at} in {line}"));
         at += found + needle.len();
     }
-}
-
-/// The metrics' series for one request count of `route`, through the test key.
-fn requests(gw: &Gateway, route: &str, model: &str, upstream: &str, code: u16) -> f64 {
-    gw.metric(&format!(
-        r#"gateway_requests_total{{code="{code}",key_id="test-key",model="{model}",route="{route}",team="test",upstream="{upstream}"}}"#
-    ))
-}
-
-fn tokens(gw: &Gateway, kind: &str, model: &str, upstream: &str) -> f64 {
-    gw.metric(&format!(
-        r#"gateway_tokens_total{{key_id="test-key",kind="{kind}",model="{model}",team="test",upstream="{upstream}"}}"#
-    ))
 }
 
 #[actix_rt::test]
@@ -445,17 +433,8 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_request() {
             &openai
         };
 
-        let mut tls = gw.raw_tls().await;
         let body = format!(r#"{{"model":"{model}","prompt":"x"}}"#);
-        let request = common::raw_chat_request(&body, "").replacen("/api/chat", "/api/generate", 1);
-        tls.write_all(request.as_bytes()).await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&seen).contains("\"done\":false") {
-            let n = tls.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the stream started");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        let tls = open_stream(&gw, "/api/generate", &body).await;
         drop(tls);
         assert!(
             fake.wait_closed(Duration::from_secs(10)).await,

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Gateway;
 use serde_json::{json, Value};
 
@@ -46,25 +44,7 @@ async fn ollama_python_generate_and_embeddings_work_through_the_gateway() {
     let ollama = common::gen::ollama();
     let openai = common::gen::openai();
     let gw = Gateway::start(Some(&ollama), Some(&openai), |_| {}).await;
-    let ca = gw.dir.0.join("cert.pem");
-    let url = gw.url.clone();
-    let output = actix_rt::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args(["-c", SCRIPT])
-            .env("GW", url)
-            .env("GW_CA", ca)
-            .env("GW_KEY", common::TEST_KEY)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let v: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let v = common::run_python(&gw, SCRIPT).await;
     let expect = |kind: &str, field: &str, value: Value| {
         assert_eq!(v[format!("{kind}_{field}")], value, "{kind} {field}: {v}");
     };

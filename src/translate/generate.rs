@@ -54,16 +54,7 @@ fn is_set(text: &Option<Cow<'_, str>>) -> bool {
 impl<'a> GenerateRequest<'a> {
     /// Parses and checks a request body: JSON syntax and types, and a non-empty model.
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
-        parse_request(body, |r: &Self| r.model())
-    }
-
-    pub fn model(&self) -> &str {
-        self.model.as_deref().unwrap_or_default()
-    }
-
-    /// Ollama streams unless `stream` is explicitly false.
-    pub fn streams(&self) -> bool {
-        self.stream != Some(false)
+        parse_request(body, |r: &Self| r.model.as_deref().unwrap_or_default())
     }
 
     /// The first field set that Chat Completions cannot express: `raw` (a prompt without
@@ -313,8 +304,8 @@ mod tests {
                 Err(GatewayError::InvalidJson(_))
             ));
         }
-        let req = parse(r#"{"model":"m","stream":false}"#);
-        assert!(!req.streams());
-        assert!(parse(r#"{"model":"m"}"#).streams());
+        let chat = parse(r#"{"model":"m","stream":false}"#).into_chat().chat;
+        assert!(!chat.streams() && chat.model() == "m");
+        assert!(parse(r#"{"model":"m"}"#).into_chat().chat.streams());
     }
 }

@@ -4,6 +4,7 @@
 
 mod embed;
 
+use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -23,7 +24,7 @@ use crate::translate::generate::{load_answer, AsChat};
 use crate::translate::ollama::{ChatRequest, Shape, Timing};
 use crate::translate::openai::{
     from_openai_response, to_openai_request, Progress, RequestShape, SseToNdjson, StreamError,
-    UpstreamErrorBody,
+    Translated, UpstreamErrorBody,
 };
 
 const USER_AGENT: &str = concat!("ollama-gateway/", env!("CARGO_PKG_VERSION"));
@@ -36,7 +37,7 @@ pub struct Call<'a> {
     pub model: &'a str,
     /// When the gateway received the request (durations are measured from here).
     pub started: StdInstant,
-    pub request_id: &'a str,
+    pub request_id: Arc<str>,
 }
 
 /// The upstream's answer to a request sent, and when its head arrived.
@@ -68,7 +69,7 @@ async fn send(
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((header::ACCEPT, accept))
         .insert_header((header::USER_AGENT, USER_AGENT))
-        .insert_header(("x-request-id", call.request_id));
+        .insert_header(("x-request-id", &*call.request_id));
     if !up.api_key.is_empty() {
         if let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", up.api_key.expose())) {
             value.set_sensitive(true);
@@ -110,9 +111,7 @@ pub async fn generate(
     }
     if let Some(done_reason) = generate.load {
         record.finish(200, Tokens::default(), None, &metrics::Ending::Complete);
-        return Ok(HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, JSON_UTF8))
-            .body(load_answer(generate.chat.model(), done_reason)));
+        return Ok(json_answer(load_answer(generate.chat.model(), done_reason)));
     }
     forward(client, call, &generate.chat, Shape::Generate, record).await
 }
@@ -185,24 +184,44 @@ pub async fn forward(
             },
         ));
     }
-    let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline, timeouts).await {
+    whole_answer(&mut resp, &call, deadline, record, |body| {
+        let timing = Timing {
+            started: call.started,
+            first: Some(answered),
+            last: Some(StdInstant::now()),
+        };
+        from_openai_response(body, shape, chat.model(), timing)
+    })
+    .await
+}
+
+/// A whole answer in Ollama's JSON.
+fn json_answer(body: Vec<u8>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, JSON_UTF8))
+        .body(body)
+}
+
+/// Reads the upstream's whole answer and `translate`s it; one it cannot read is the
+/// upstream's fault (502, its text scrubbed). Records the tokens the upstream reported.
+async fn whole_answer(
+    resp: &mut awc::ClientResponse,
+    call: &Call<'_>,
+    deadline: Instant,
+    record: RequestRecord,
+    translate: impl FnOnce(&[u8]) -> Result<Translated, String>,
+) -> Result<HttpResponse, GatewayError> {
+    let up = call.upstream;
+    let timeouts = &call.config.timeouts;
+    let body = match read_body(resp, &up.name, MAX_ANSWER_BYTES, deadline, timeouts).await {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    let timing = Timing {
-        started: call.started,
-        first: Some(answered),
-        last: Some(StdInstant::now()),
-    };
-    let translated = match from_openai_response(&body, shape, client_model, timing) {
+    let translated = match translate(&body) {
         Ok(t) => t,
         Err(detail) => {
-            return Err(record.fail(unreadable_answer(
-                &up.name,
-                &body,
-                detail,
-                &call.config.scrubber,
-            )))
+            let scrubber = &call.config.scrubber;
+            return Err(record.fail(unreadable_answer(&up.name, &body, detail, scrubber)));
         }
     };
     let tokens = Tokens {
@@ -210,9 +229,7 @@ pub async fn forward(
         completion: translated.usage.completion_tokens,
     };
     record.finish(200, tokens, None, &metrics::Ending::Complete);
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, JSON_UTF8))
-        .body(translated.body))
+    Ok(json_answer(translated.body))
 }
 
 #[derive(Deserialize)]

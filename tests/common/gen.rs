@@ -4,8 +4,9 @@
 //! serving `/v1/chat/completions` and `/v1/embeddings`.
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{openai_sse, FakeUpstream, Recorded, Reply};
+use super::{openai_sse, raw_chat_request, FakeUpstream, Gateway, Recorded, Reply};
 
 /// The tokens every fake generates.
 pub const TOKENS: [&str; 2] = ["你", "好"];
@@ -125,4 +126,42 @@ pub fn openai_answer(req: &Recorded) -> Reply {
 /// A fake OpenAI-compatible server answering with [`openai_answer`].
 pub fn openai() -> FakeUpstream {
     FakeUpstream::start(openai_answer)
+}
+
+/// `gateway_requests_total` for the test key's requests at `route`.
+pub fn requests(gw: &Gateway, route: &str, model: &str, upstream: &str, code: u16) -> f64 {
+    gw.metric(&format!(
+        r#"gateway_requests_total{{code="{code}",key_id="test-key",model="{model}",route="{route}",team="test",upstream="{upstream}"}}"#
+    ))
+}
+
+/// `gateway_tokens_total` of `kind` for the test key.
+pub fn tokens(gw: &Gateway, kind: &str, model: &str, upstream: &str) -> f64 {
+    gw.metric(&format!(
+        r#"gateway_tokens_total{{key_id="test-key",kind="{kind}",model="{model}",team="test",upstream="{upstream}"}}"#
+    ))
+}
+
+/// POSTs `body` to `path` with the test key on a raw TLS connection and reads until the
+/// first `"done":false` line arrived: a stream that is open now.
+pub async fn open_stream(
+    gw: &Gateway,
+    path: &str,
+    body: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = gw.raw_tls().await;
+    let request = raw_chat_request(body, "").replacen("/api/chat", path, 1);
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"done\":false") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "the stream started: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    tls
 }

@@ -5,11 +5,10 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::routed::{self, Routed};
-use crate::catalog::Route;
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::translate::ollama::{ChatRequest, Shape};
-use crate::upstream::{self, openai};
+use crate::upstream::openai;
 
 pub async fn chat(
     req: HttpRequest,
@@ -20,41 +19,13 @@ pub async fn chat(
     let started = Instant::now();
     let body = routed::body(payload, &req, &state).await?;
     let chat = ChatRequest::parse(&body)?;
-    let Routed {
-        route,
-        request_id,
-        record,
-    } = routed::admit(
-        &req,
-        &state,
-        "/api/chat",
-        chat.model(),
-        started,
-        chat.streams(),
-    )?;
-    let config = &state.config;
-    match route {
-        Route::Ollama => {
-            let uri = &config.ollama.chat_uri;
-            upstream::ollama::forward(
-                &client,
-                config,
-                &req,
-                uri,
-                body.clone(),
-                &request_id,
-                record,
-            )
-            .await
+    let (model, streams) = (chat.model(), chat.streams());
+    match routed::admit(&req, &state, "/api/chat", model, started, streams)? {
+        Routed::Ollama(to) => {
+            let uri = &state.config.ollama.chat_uri;
+            to.forward(&client, &req, uri, body.clone()).await
         }
-        Route::OpenAi { upstream, model } => {
-            let call = openai::Call {
-                upstream,
-                config,
-                model,
-                started,
-                request_id: &request_id,
-            };
+        Routed::OpenAi(call, record) => {
             openai::forward(&client, call, &chat, Shape::Chat, record).await
         }
     }

@@ -6,11 +6,10 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::routed::{self, Routed};
-use crate::catalog::Route;
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::translate::embed::{EmbedRequest, Endpoint};
-use crate::upstream::{self, openai};
+use crate::upstream::openai;
 
 pub async fn embed(
     req: HttpRequest,
@@ -18,7 +17,7 @@ pub async fn embed(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    handle(req, payload, state, client, Endpoint::Embed).await
+    handle(Endpoint::Embed, req, payload, state, client).await
 }
 
 pub async fn embeddings(
@@ -27,54 +26,26 @@ pub async fn embeddings(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    handle(req, payload, state, client, Endpoint::Legacy).await
+    handle(Endpoint::Legacy, req, payload, state, client).await
 }
 
 async fn handle(
+    endpoint: Endpoint,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
-    endpoint: Endpoint,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
     let body = routed::body(payload, &req, &state).await?;
     let embed = EmbedRequest::parse(&body)?;
-    let label = match endpoint {
-        Endpoint::Embed => "/api/embed",
-        Endpoint::Legacy => "/api/embeddings",
+    let (label, uri) = match endpoint {
+        Endpoint::Embed => ("/api/embed", &state.config.ollama.embed_uri),
+        Endpoint::Legacy => ("/api/embeddings", &state.config.ollama.embeddings_uri),
     };
-    let Routed {
-        route,
-        request_id,
-        record,
-    } = routed::admit(&req, &state, label, embed.model(), started, false)?;
-    let config = &state.config;
-    match route {
-        Route::Ollama => {
-            let uri = match endpoint {
-                Endpoint::Embed => &config.ollama.embed_uri,
-                Endpoint::Legacy => &config.ollama.embeddings_uri,
-            };
-            upstream::ollama::forward(
-                &client,
-                config,
-                &req,
-                uri,
-                body.clone(),
-                &request_id,
-                record,
-            )
-            .await
-        }
-        Route::OpenAi { upstream, model } => {
-            let call = openai::Call {
-                upstream,
-                config,
-                model,
-                started,
-                request_id: &request_id,
-            };
+    match routed::admit(&req, &state, label, embed.model(), started, false)? {
+        Routed::Ollama(to) => to.forward(&client, &req, uri, body.clone()).await,
+        Routed::OpenAi(call, record) => {
             openai::embed(&client, call, &embed, endpoint, record).await
         }
     }

@@ -6,11 +6,10 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::routed::{self, Routed};
-use crate::catalog::Route;
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::translate::generate::GenerateRequest;
-use crate::upstream::{self, openai};
+use crate::upstream::openai;
 
 pub async fn generate(
     req: HttpRequest,
@@ -22,43 +21,12 @@ pub async fn generate(
     let body = routed::body(payload, &req, &state).await?;
     // Moves the parsed fields, copies nothing: cheap even when the body goes to Ollama.
     let generate = GenerateRequest::parse(&body)?.into_chat();
-    let chat = &generate.chat;
-    let Routed {
-        route,
-        request_id,
-        record,
-    } = routed::admit(
-        &req,
-        &state,
-        "/api/generate",
-        chat.model(),
-        started,
-        chat.streams(),
-    )?;
-    let config = &state.config;
-    match route {
-        Route::Ollama => {
-            let uri = &config.ollama.generate_uri;
-            upstream::ollama::forward(
-                &client,
-                config,
-                &req,
-                uri,
-                body.clone(),
-                &request_id,
-                record,
-            )
-            .await
+    let (model, streams) = (generate.chat.model(), generate.chat.streams());
+    match routed::admit(&req, &state, "/api/generate", model, started, streams)? {
+        Routed::Ollama(to) => {
+            let uri = &state.config.ollama.generate_uri;
+            to.forward(&client, &req, uri, body.clone()).await
         }
-        Route::OpenAi { upstream, model } => {
-            let call = openai::Call {
-                upstream,
-                config,
-                model,
-                started,
-                request_id: &request_id,
-            };
-            openai::generate(&client, call, &generate, record).await
-        }
+        Routed::OpenAi(call, record) => openai::generate(&client, call, &generate, record).await,
     }
 }

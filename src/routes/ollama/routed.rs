@@ -6,22 +6,50 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::{web, HttpMessage as _, HttpRequest};
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use crate::catalog::{self, Route};
+use crate::config::Config;
 use crate::error::GatewayError;
 use crate::keys::ApiKey;
 use crate::metrics::{RequestRecord, WorkerMetrics};
 use crate::middleware::observe::Recorded;
 use crate::state::AppState;
 use crate::telemetry::RequestId;
+use crate::upstream::{self, openai};
 
-/// A request admitted to its upstream.
-pub struct Routed<'c, 'm> {
-    pub route: Route<'c, 'm>,
-    pub request_id: Arc<str>,
-    pub record: RequestRecord,
+/// A request admitted to its upstream, with the record that follows it.
+pub enum Routed<'a> {
+    /// To Ollama, the body as it came.
+    Ollama(ToOllama<'a>),
+    /// To an OpenAI-compatible upstream, translated.
+    OpenAi(openai::Call<'a>, RequestRecord),
+}
+
+/// A request for Ollama.
+pub struct ToOllama<'a> {
+    config: &'a Config,
+    request_id: Arc<str>,
+    record: RequestRecord,
+}
+
+impl ToOllama<'_> {
+    /// Sends `body` as it came to Ollama's `uri` (the endpoint's own) and relays the answer.
+    pub async fn forward(
+        self,
+        client: &awc::Client,
+        req: &HttpRequest,
+        uri: &awc::http::Uri,
+        body: Bytes,
+    ) -> Result<HttpResponse, GatewayError> {
+        let Self {
+            config,
+            request_id,
+            record,
+        } = self;
+        upstream::ollama::forward(client, config, req, uri, body, &request_id, record).await
+    }
 }
 
 /// The request body, bounded in size and time (`server.max_body_bytes`,
@@ -41,16 +69,16 @@ pub async fn body(
     .await
 }
 
-/// Admits a request for `model` at `endpoint` (the `route` label): 403 when the key's
-/// `models` exclude it; else its upstream and its record, started at `started`.
-pub fn admit<'c, 'm>(
+/// Admits a request for `model` at `endpoint` (the `route` label), received at `started`:
+/// 403 when the key's `models` exclude it; else its upstream and its record.
+pub fn admit<'a>(
     req: &HttpRequest,
-    state: &'c AppState,
+    state: &'a AppState,
     endpoint: &'static str,
-    model: &'m str,
+    model: &'a str,
     started: Instant,
     streams: bool,
-) -> Result<Routed<'c, 'm>, GatewayError> {
+) -> Result<Routed<'a>, GatewayError> {
     let key = req.extensions().get::<Arc<ApiKey>>().cloned();
     if let Some(key) = &key {
         if !key.allows_model(model) {
@@ -63,7 +91,8 @@ pub fn admit<'c, 'm>(
         .extensions()
         .get::<RequestId>()
         .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0));
-    let route = catalog::route(&state.config, model);
+    let config = &*state.config;
+    let route = catalog::route(config, model);
     let (label, is_ollama) = match route {
         Route::Ollama => (Arc::clone(&state.ollama_label), true),
         Route::OpenAi { upstream, .. } => (Arc::clone(&upstream.label), false),
@@ -85,9 +114,21 @@ pub fn admit<'c, 'm>(
         key.as_deref(),
         streams,
     );
-    Ok(Routed {
-        route,
-        request_id,
-        record,
+    Ok(match route {
+        Route::Ollama => Routed::Ollama(ToOllama {
+            config,
+            request_id,
+            record,
+        }),
+        Route::OpenAi { upstream, model } => {
+            let call = openai::Call {
+                upstream,
+                config,
+                model,
+                started,
+                request_id,
+            };
+            Routed::OpenAi(call, record)
+        }
     })
 }
