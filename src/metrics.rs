@@ -528,6 +528,8 @@ pub struct RequestRecord {
     first_byte: Option<Instant>,
     streaming: bool,
     done: bool,
+    /// Answered by the gateway without asking the upstream (see `answered_locally`).
+    local: bool,
 }
 
 impl RequestRecord {
@@ -559,6 +561,7 @@ impl RequestRecord {
             first_byte: None,
             streaming,
             done: false,
+            local: false,
             upstream,
             worker,
         }
@@ -624,6 +627,14 @@ impl RequestRecord {
         self.complete(status, tokens, ollama, outcome, error);
     }
 
+    /// The gateway answered 200 itself, with nothing to ask the upstream (a load for an
+    /// OpenAI-compatible upstream, nothing to embed): outcome `answered_locally`, and the
+    /// model is not admitted as a label, since no upstream vouched for it.
+    pub fn answered_locally(mut self) {
+        self.local = true;
+        self.complete(200, Tokens::default(), None, "answered_locally", None);
+    }
+
     /// Counts and logs the answer once; `error` is what the client was told, if it failed.
     fn complete(
         &mut self,
@@ -640,7 +651,10 @@ impl RequestRecord {
         self.in_flight.dec();
         let elapsed = self.started.elapsed();
         let success = (200..300).contains(&status) && error.is_none();
-        let model = self.worker.shared.model_label(&self.model, success);
+        let model = self
+            .worker
+            .shared
+            .model_label(&self.model, success && !self.local);
         self.worker.count_request(
             self.route,
             &self.upstream,

@@ -149,6 +149,11 @@ async fn to_openai_nothing_to_embed_is_answered_without_the_upstream() {
     assert_eq!(status, 200);
     assert_eq!(v, json!({"embedding": []}));
     assert!(openai.requests().is_empty());
+    assert_eq!(requests(&gw, "/api/embed", "other", "openai", 200), 3.0);
+    assert_eq!(
+        requests(&gw, "/api/embeddings", "other", "openai", 200),
+        1.0
+    );
     gw.stop().await;
 }
 

@@ -110,7 +110,7 @@ pub async fn generate(
         ))));
     }
     if let Some(done_reason) = generate.load {
-        record.finish(200, Tokens::default(), None, &metrics::Ending::Complete);
+        record.answered_locally();
         return Ok(json_answer(load_answer(generate.chat.model(), done_reason)));
     }
     forward(client, call, &generate.chat, Shape::Generate, record).await

@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use super::{json_answer, send, whole_answer, Call};
 use crate::error::GatewayError;
-use crate::metrics::{self, RequestRecord, Tokens};
+use crate::metrics::RequestRecord;
 use crate::translate::embed::{empty_answer, from_openai_embeddings, EmbedRequest, Endpoint};
 
 /// Translates and sends an embedding request; answers in Ollama's shape for `endpoint`,
@@ -21,7 +21,7 @@ pub async fn embed(
     let input = match req.input(endpoint) {
         Ok(Some(input)) => input,
         Ok(None) => {
-            record.finish(200, Tokens::default(), None, &metrics::Ending::Complete);
+            record.answered_locally();
             return Ok(json_answer(empty_answer(endpoint, req.model())));
         }
         Err(e) => return Err(record.fail(e)),
