@@ -6,9 +6,9 @@
 //! cargo run --release --example mock_upstream -- --listen 127.0.0.1:11434 \
 //!     --tokens 64 --interval-ms 20 --first-token-ms 0 --workers 1
 //! ```
-//! Serves `GET /api/version`, `GET /`, `POST /api/chat` (Ollama) and
-//! `POST /v1/chat/completions` (OpenAI). The request's `stream` picks streaming (Ollama's
-//! default is to stream, OpenAI's is not). Prints `listening on http://ADDR` once bound.
+//! Serves `GET /api/version`, `GET /`, `POST /api/chat`, `/api/generate`, `/api/embed`
+//! (Ollama) and `POST /v1/chat/completions`, `/v1/embeddings` (OpenAI). The request's
+//! `stream` picks streaming (Ollama's default is to stream, OpenAI's is not). Prints `listening on http://ADDR` once bound.
 //! Each streamed token's content is `@t<microseconds since the epoch> `, stamped as the mock
 //! writes it, so a client on the same machine can time every line from the mock to itself.
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
@@ -40,6 +40,15 @@ struct Args {
 
 const OLLAMA_WHOLE: &str = r#"{"model":"mock","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"Hello from the mock."},"done":true,"done_reason":"stop","total_duration":1000000,"load_duration":1000,"prompt_eval_count":9,"eval_count":5,"eval_duration":900000}"#;
 const OPENAI_WHOLE: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1735689600,"model":"mock","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}"#;
+const GENERATE_WHOLE: &str = r#"{"model":"mock","created_at":"2025-01-01T00:00:00Z","response":"Hello from the mock.","done":true,"done_reason":"stop","total_duration":1000000,"load_duration":1000,"prompt_eval_count":9,"eval_count":5,"eval_duration":900000}"#;
+const GENERATE_TOKEN: (&str, &str) = (
+    "{\"model\":\"mock\",\"created_at\":\"2025-01-01T00:00:00Z\",\"response\":\"@t",
+    " \",\"done\":false}\n",
+);
+const GENERATE_DONE: &str = "{\"model\":\"mock\",\"created_at\":\"2025-01-01T00:00:00Z\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"total_duration\":1000000,\"prompt_eval_count\":9,\"eval_count\":64,\"eval_duration\":900000}\n";
+/// One 8-dimensional vector per answer: the bench measures the path, not the payload.
+const EMBED_WHOLE: &str = r#"{"model":"mock","embeddings":[[0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0]],"total_duration":1000000,"load_duration":1000,"prompt_eval_count":4}"#;
+const OPENAI_EMBED_WHOLE: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0]}],"model":"mock","usage":{"prompt_tokens":4,"total_tokens":4}}"#;
 /// A streamed token is `<head>@t<micros since the epoch when the mock wrote it> <tail>`: the
 /// client reads the stamp back to time each line from the mock's write to its own read.
 const OLLAMA_TOKEN: (&str, &str) = (
@@ -111,6 +120,16 @@ async fn ollama_chat(args: web::Data<Args>, body: web::Bytes) -> HttpResponse {
     }
 }
 
+async fn ollama_generate(args: web::Data<Args>, body: web::Bytes) -> HttpResponse {
+    if wants_stream(&body, true) {
+        HttpResponse::Ok()
+            .content_type("application/x-ndjson")
+            .streaming(paced(**args, GENERATE_TOKEN, GENERATE_DONE))
+    } else {
+        whole(**args, "application/json; charset=utf-8", GENERATE_WHOLE).await
+    }
+}
+
 async fn openai_chat(args: web::Data<Args>, body: web::Bytes) -> HttpResponse {
     if wants_stream(&body, false) {
         HttpResponse::Ok()
@@ -138,7 +157,20 @@ fn main() -> std::io::Result<()> {
                     }),
                 )
                 .route("/api/chat", web::post().to(ollama_chat))
+                .route("/api/generate", web::post().to(ollama_generate))
+                .route(
+                    "/api/embed",
+                    web::post().to(move |args: web::Data<Args>| {
+                        whole(**args, "application/json; charset=utf-8", EMBED_WHOLE)
+                    }),
+                )
                 .route("/v1/chat/completions", web::post().to(openai_chat))
+                .route(
+                    "/v1/embeddings",
+                    web::post().to(move |args: web::Data<Args>| {
+                        whole(**args, "application/json", OPENAI_EMBED_WHOLE)
+                    }),
+                )
         })
         .workers(args.workers)
         .tcp_nodelay(true)

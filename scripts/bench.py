@@ -6,7 +6,8 @@ Run it with scripts/bench.sh (which builds with --release first). It starts the 
 proxy buffering and logging off) and the gateway (one worker, every feature on, logs at info
 to a file), pins the proxy under test to CPU 0 and the load tools and mock to CPU 1, runs the
 scenarios S1-S7 of issue "Performance" as interleaved rounds (direct / nginx / gateway, plus
-in S1 and S2 examples/bare_proxy.rs: the required stack with no feature), and
+in S1 and S2 examples/bare_proxy.rs: the required stack with no feature), S2's load on
+/api/generate and /api/embed too (S2g, S2e: also translated to the mock's OpenAI side), and
 writes BENCHMARKS.md with medians, spread (min-max over rounds), the commands, the machine and
 the commit.
 
@@ -40,6 +41,9 @@ LIMITED_KEY = "ogw_bench_limited_key_000000000000000"
 LIMITED_RPM = 600
 LIMITED_BURST = 100
 CHAT_BODY = '{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":false}'
+# S2g / S2e: the other proxied model endpoints, whole answers like S2's chat.
+GENERATE_BODY = '{"model":"llama3","prompt":"hi","stream":false}'
+EMBED_BODY = '{"model":"nomic-embed-text","input":"hi"}'
 COMMANDS = []  # every load command run, for BENCHMARKS.md
 
 
@@ -279,6 +283,28 @@ format = "json"
                 self.add("S2", name, "cpu_us_per_req", (cpu1 - cpu0) / max(r["requests"], 1) * 1e6)
                 self.add("S2", name, "errors", r["errors"])
 
+    def s2_endpoints(self, gateway):
+        """S2g, S2e: S2's load on /api/generate and /api/embed, relayed (direct / nginx /
+        gateway to Ollama) and translated by the gateway to the OpenAI side of the mock."""
+        d = self.args.duration
+        gw = f"https://127.0.0.1:{gateway.port}"
+        for rnd in range(self.args.rounds):
+            for scenario, path, body in (("S2g", "/api/generate", GENERATE_BODY), ("S2e", "/api/embed", EMBED_BODY)):
+                translated = json.loads(body)
+                translated["model"] = "openai/mock"
+                runs = [(name, base, key, proc, body) for name, (base, key, proc) in self.targets(gateway).items()]
+                runs.append(("gateway-openai", gw, BENCH_KEY, gateway, json.dumps(translated)))
+                for name, base, key, proc, payload in runs:
+                    log(f"{scenario} round {rnd + 1} {name}")
+                    cpu0 = cpu_seconds((proc or self.mock).pid)
+                    r = self.wrk(base + path, 64, d, key, body=payload)
+                    cpu1 = cpu_seconds((proc or self.mock).pid)
+                    if r["non2xx"] or r["requests"] == 0:
+                        sys.exit(f"{scenario} {name}: {r['non2xx']} non-2xx answers of {r['requests']}")
+                    self.add(scenario, name, "rps", r["rps"])
+                    self.add(scenario, name, "cpu_us_per_req", (cpu1 - cpu0) / max(r["requests"], 1) * 1e6)
+                    self.add(scenario, name, "errors", r["errors"])
+
     def s3(self):
         d = self.args.duration
         for rnd in range(self.args.rounds):
@@ -382,6 +408,8 @@ format = "json"
             gateway = self.start_gateway("all-on")
             if only & {"S1", "S2", "S7"}:
                 self.s1_s2(gateway)
+            if "S2" in only:
+                self.s2_endpoints(gateway)
             if "S4" in only:
                 self.s4(gateway)
             if "S7" in only:
@@ -491,6 +519,21 @@ def report(results, args):
         rows.append(("S2", "bare actix-web + awc + rustls proxy (examples/bare_proxy.rs): requests/s; "
                      "CPU µs per request", "", "", f"{b:.0f} ({b / n:.2f}× nginx); {bc:.1f} ({bc / nc:.2f}×)",
                      "(reported)", ""))
+
+    for scenario, path in (("S2g", "/api/generate"), ("S2e", "/api/embed")):
+        if not vs(scenario, "gateway", "rps"):
+            continue
+        sg, sn, sd = (v(scenario, t, "rps") for t in ("gateway", "nginx", "direct"))
+        rows.append((scenario, f"{path} requests/s, 64 connections, keep-alive TLS (whole answers)", f"{sd:.0f}",
+                     f"{sn:.0f} ({spread(vs(scenario, 'nginx', 'rps'))})",
+                     f"{sg:.0f} ({'; '.join(x for x in (spread(vs(scenario, 'gateway', 'rps')), f'{sg / sn:.2f}× nginx') if x)})",
+                     "(reported)", ""))
+        rows.append((scenario, f"{path} CPU µs per request (proxy process, /proc)",
+                     f"{v(scenario, 'direct', 'cpu_us_per_req'):.1f}", f"{v(scenario, 'nginx', 'cpu_us_per_req'):.1f}",
+                     f"{v(scenario, 'gateway', 'cpu_us_per_req'):.1f}", "(reported)", ""))
+        so = v(scenario, "gateway-openai", "rps")
+        rows.append((scenario, f"{path} to an OpenAI-compatible upstream, translated (requests/s; CPU µs per request)",
+                     "", "", f"{so:.0f}; {v(scenario, 'gateway-openai', 'cpu_us_per_req'):.1f}", "(reported)", ""))
 
     mock_bound = g >= 0.8 * d
     # S3

@@ -548,6 +548,10 @@ pub struct OllamaConfig {
     pub base: String,
     /// `{base_url}/api/chat`, parsed once.
     pub chat_uri: awc::http::Uri,
+    /// `{base_url}/api/generate`, `/api/embed` and `/api/embeddings`, parsed once.
+    pub generate_uri: awc::http::Uri,
+    pub embed_uri: awc::http::Uri,
+    pub embeddings_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
     pub version_url: String,
     /// The same, parsed once, for `GET /api/version`.
@@ -578,6 +582,8 @@ pub struct OpenAiConfig {
     pub prefix: String,
     /// `{base_url}/chat/completions`, parsed once.
     pub chat_uri: awc::http::Uri,
+    /// `{base_url}/embeddings`, parsed once.
+    pub embeddings_uri: awc::http::Uri,
     pub api_key: Secret,
     /// An empty `api_key` means requests get 503 instead of going out without credentials.
     pub requires_api_key: bool,
@@ -696,6 +702,9 @@ impl Config {
         let ollama = OllamaConfig {
             base: ollama_base.to_string(),
             chat_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/chat"))?,
+            generate_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/generate"))?,
+            embed_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/embed"))?,
+            embeddings_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/embeddings"))?,
             version_url: format!("{ollama_base}/api/version"),
             version_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/version"))?,
         };
@@ -1021,6 +1030,7 @@ fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigErr
         label: name.into(),
         prefix,
         chat_uri: parse_uri(&key("base_url"), &format!("{base}/chat/completions"))?,
+        embeddings_uri: parse_uri(&key("base_url"), &format!("{base}/embeddings"))?,
         api_key: up.api_key.clone(),
         requires_api_key: up.requires_api_key.unwrap_or(true),
         stream_usage: up.stream_usage.unwrap_or(true),
@@ -1124,6 +1134,16 @@ mod tests {
         assert_eq!(
             groq.chat_uri,
             "http://127.0.0.1:1/openai/v1/chat/completions"
+        );
+        assert_eq!(
+            groq.embeddings_uri,
+            "http://127.0.0.1:1/openai/v1/embeddings"
+        );
+        assert_eq!(c.ollama.generate_uri, "http://ollama:11434/api/generate");
+        assert_eq!(c.ollama.embed_uri, "http://ollama:11434/api/embed");
+        assert_eq!(
+            c.ollama.embeddings_uri,
+            "http://ollama:11434/api/embeddings"
         );
         let openai = c.upstreams.iter().find(|u| u.name == "openai").unwrap();
         assert_eq!(openai.api_key.expose(), "sk-test-1234");

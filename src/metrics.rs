@@ -540,6 +540,8 @@ pub struct RequestRecord {
     first_byte: Option<Instant>,
     streaming: bool,
     done: bool,
+    /// Answered by the gateway without asking the upstream (see `answered_locally`).
+    local: bool,
 }
 
 impl RequestRecord {
@@ -571,6 +573,7 @@ impl RequestRecord {
             first_byte: None,
             streaming,
             done: false,
+            local: false,
             upstream,
             worker,
         }
@@ -635,6 +638,14 @@ impl RequestRecord {
         self.complete(status, tokens, ollama, outcome, error);
     }
 
+    /// The gateway answered 200 itself, with nothing to ask the upstream (a load for an
+    /// OpenAI-compatible upstream, nothing to embed): outcome `answered_locally`, and the
+    /// model is not admitted as a label, since no upstream vouched for it.
+    pub fn answered_locally(mut self) {
+        self.local = true;
+        self.complete(200, Tokens::default(), None, "answered_locally", None);
+    }
+
     /// Counts and logs the answer once; `error` is what the client was told, if it failed.
     fn complete(
         &mut self,
@@ -655,7 +666,9 @@ impl RequestRecord {
         let model = if self.model.is_empty() {
             self.worker.none()
         } else {
-            self.worker.shared.model_label(&self.model, success)
+            self.worker
+                .shared
+                .model_label(&self.model, success && !self.local)
         };
         self.worker.count_request(
             self.route,

@@ -1,7 +1,9 @@
 //! Pure protocol code, no I/O: Ollama's request and response shapes, the SSE parser, and
-//! the OpenAI <-> Ollama mapping. Everything here can be tested at every byte split and
+//! the OpenAI <-> Ollama mapping (chat; generate, as a chat; embeddings). Everything here can be tested at every byte split and
 //! benchmarked on its own.
 
+pub mod embed;
+pub mod generate;
 pub mod ndjson;
 pub mod ollama;
 pub mod openai;

@@ -215,6 +215,36 @@ mod tests {
     }
 
     #[test]
+    fn generate_lines_at_every_split() {
+        // /api/generate: `response` instead of `message`; the final line carries the
+        // (deprecated) token context and every metric.
+        let input = concat!(
+            "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"response\":\"Hi\",\"done\":false}\n",
+            "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"response\":\"\\\"done\\\":true\",\"done\":false}\n",
+            "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"context\":[1,2,3],\"total_duration\":9,\"load_duration\":4,\"prompt_eval_count\":3,\"prompt_eval_duration\":1,\"eval_count\":2,\"eval_duration\":5}\n",
+        )
+        .as_bytes();
+        let done = Ending::Done(DoneCounts {
+            prompt_eval_count: 3,
+            eval_count: 2,
+            load_duration: 4,
+            eval_duration: 5,
+        });
+        for i in 0..=input.len() {
+            let (out, _, ending) = relay(input, &[i]);
+            assert_eq!(out, input, "split at {i}");
+            assert_eq!(ending, done, "split at {i}");
+            let two: usize = input
+                .split(|b| *b == b'\n')
+                .take(2)
+                .map(|l| l.len() + 1)
+                .sum();
+            let (_, _, ending) = relay(&input[..two], &[i.min(two)]);
+            assert_eq!(ending, Ending::Truncated, "split at {i}");
+        }
+    }
+
+    #[test]
     fn lines_leave_as_soon_as_they_are_whole() {
         let input = STREAM.as_bytes();
         let first_nl = input.iter().position(|b| *b == b'\n').unwrap();

@@ -1,9 +1,10 @@
-//! Ollama's `/api/chat` wire format (PROTOCOLS.md 1.2-1.4), as the gateway reads and writes it.
+//! Ollama's `/api/chat` wire format (PROTOCOLS.md 1.2-1.4), as the gateway reads and writes
+//! it, and the answer lines `/api/chat` and `/api/generate` share.
 //!
 //! Requests are parsed borrowing from the body, so large base64 images are not copied.
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -75,15 +76,7 @@ pub struct ToolCallFunction<'a> {
 impl<'a> ChatRequest<'a> {
     /// Parses and checks a request body: JSON syntax and types, and a non-empty model.
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(GatewayError::EmptyBody);
-        }
-        let req: Self = serde_json::from_slice(body)
-            .map_err(|e| GatewayError::InvalidJson(format!("invalid request body: {e}")))?;
-        match req.model.as_deref().map(str::trim) {
-            None | Some("") => Err(GatewayError::MissingModel),
-            Some(_) => Ok(req),
-        }
+        parse_request(body, |r: &Self| r.model())
     }
 
     pub fn model(&self) -> &str {
@@ -94,6 +87,24 @@ impl<'a> ChatRequest<'a> {
     pub fn streams(&self) -> bool {
         self.stream != Some(false)
     }
+}
+
+/// Parses a request body of any of Ollama's model endpoints: not empty, JSON of the right
+/// types (Ollama's own decoder ignores unknown fields, and so does this), and a non-empty
+/// `model` (as `model` reads it).
+pub fn parse_request<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    model: impl Fn(&T) -> &str,
+) -> Result<T, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(GatewayError::EmptyBody);
+    }
+    let req: T = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::InvalidJson(format!("invalid request body: {e}")))?;
+    if model(&req).trim().is_empty() {
+        return Err(GatewayError::MissingModel);
+    }
+    Ok(req)
 }
 
 /// Serializes as the current time in RFC 3339 with nanoseconds, UTC (`...Z`), as Ollama does.
@@ -110,50 +121,127 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// One line of an Ollama chat answer (a stream chunk, the final chunk, or a whole answer).
-/// Metrics follow Ollama's `omitempty`: zero means absent.
+/// Which of Ollama's answers a line is: `/api/chat`'s (the text in `message`) or
+/// `/api/generate`'s (the text in `response`, with `thinking` and `tool_calls` beside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Chat,
+    Generate,
+}
+
+/// One line of an Ollama answer (a stream chunk, the final chunk, or a whole answer), in
+/// either [`Shape`]: exactly one of `message` and `response` is present. Counts follow
+/// Ollama's `omitempty` (zero means absent); the durations are present on every final line
+/// of a generated answer (see [`Timing`]) and on no other.
 #[derive(Debug, Serialize)]
-pub struct ChatLine<'a> {
+pub struct AnswerLine<'a> {
     pub model: &'a str,
     pub created_at: Now,
-    pub message: LineMessage<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<LineMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub tool_calls: &'a [OutToolCall],
     pub done: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub done_reason: Option<&'a str>,
     #[serde(skip_serializing_if = "is_zero")]
     pub total_duration: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_duration: Option<u64>,
     #[serde(skip_serializing_if = "is_zero")]
     pub prompt_eval_count: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub prompt_eval_duration: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_eval_duration: Option<u64>,
     #[serde(skip_serializing_if = "is_zero")]
     pub eval_count: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub eval_duration: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_duration: Option<u64>,
 }
 
-impl<'a> ChatLine<'a> {
-    /// A `done: false` chunk carrying `message`.
-    pub fn chunk(model: &'a str, message: LineMessage<'a>) -> Self {
+/// What the gateway measured of an answer whose upstream reports no timings of its own
+/// (an OpenAI-compatible API): when the request came in, and when the first and the last
+/// token arrived (for a whole answer: when it began to arrive, and when it was all in).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub started: Instant,
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+}
+
+impl<'a> AnswerLine<'a> {
+    /// A `done: false` chunk carrying `message` in `shape`.
+    pub fn chunk(shape: Shape, model: &'a str, message: LineMessage<'a>) -> Self {
+        let (message, response, thinking, tool_calls) = match shape {
+            Shape::Chat => (Some(message), None, None, &[][..]),
+            Shape::Generate => (
+                None,
+                Some(message.content),
+                message.thinking,
+                message.tool_calls,
+            ),
+        };
         Self {
             model,
             created_at: Now,
             message,
+            response,
+            thinking,
+            tool_calls,
             done: false,
             done_reason: None,
             total_duration: 0,
+            load_duration: None,
             prompt_eval_count: 0,
-            prompt_eval_duration: 0,
+            prompt_eval_duration: None,
             eval_count: 0,
-            eval_duration: 0,
+            eval_duration: None,
         }
+    }
+
+    /// Makes this the final line of a generated answer: `done_reason`, the upstream's token
+    /// counts, and the durations as the gateway measured them, which Ollama always sends
+    /// on a real run: an API upstream has nothing to load (`load_duration` 0), the wait for
+    /// the first token stands for prompt evaluation, from the first token to the last for
+    /// generation.
+    pub fn finish(
+        mut self,
+        done_reason: &'a str,
+        (prompt_eval_count, eval_count): (u64, u64),
+        timing: Timing,
+    ) -> Self {
+        let total = Instant::now().saturating_duration_since(timing.started);
+        let prompt_eval = timing.first.map_or(total, |first| {
+            first.saturating_duration_since(timing.started)
+        });
+        let eval = match (timing.first, timing.last) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        };
+        self.done = true;
+        self.done_reason = Some(done_reason);
+        self.total_duration = nanos(total);
+        self.load_duration = Some(0);
+        self.prompt_eval_count = prompt_eval_count;
+        self.prompt_eval_duration = Some(nanos(prompt_eval));
+        self.eval_count = eval_count;
+        self.eval_duration = Some(nanos(eval));
+        self
     }
 
     /// Appends this line as JSON plus `\n` to `out`.
     pub fn write_line(&self, out: &mut Vec<u8>) {
+        self.write(out);
+        out.push(b'\n');
+    }
+
+    /// Appends this line as JSON to `out` (a whole answer).
+    pub fn write(&self, out: &mut Vec<u8>) {
         // Serializing these plain structs into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, self);
-        out.push(b'\n');
     }
 }
 
@@ -300,12 +388,69 @@ mod tests {
     #[test]
     fn chat_line_omits_zero_metrics_and_keeps_message() {
         let mut out = Vec::new();
-        ChatLine::chunk("openai/x", LineMessage::assistant("你好")).write_line(&mut out);
+        AnswerLine::chunk(Shape::Chat, "openai/x", LineMessage::assistant("你好"))
+            .write_line(&mut out);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["message"]["content"], "你好");
         assert_eq!(v["done"], false);
-        assert!(v.get("eval_count").is_none());
+        assert!(v.get("eval_count").is_none() && v.get("load_duration").is_none());
+        assert!(v.get("response").is_none());
         assert!(v["created_at"].as_str().unwrap().ends_with('Z'));
         assert_eq!(*out.last().unwrap(), b'\n');
+    }
+
+    #[test]
+    fn generate_line_carries_response_and_thinking_beside_it() {
+        let mut out = Vec::new();
+        let message = LineMessage {
+            thinking: Some("hmm"),
+            ..LineMessage::assistant("你好")
+        };
+        AnswerLine::chunk(Shape::Generate, "openai/x", message).write(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(r#""response":"你好","thinking":"hmm","done":false}"#),
+            "{text}"
+        );
+        assert!(!text.contains("message"), "{text}");
+    }
+
+    #[test]
+    fn a_final_line_carries_every_duration_even_zero() {
+        let started = Instant::now();
+        let first = started + Duration::from_millis(5);
+        let last = first + Duration::from_millis(7);
+        let timing = Timing {
+            started,
+            first: Some(first),
+            last: Some(last),
+        };
+        let line = AnswerLine::chunk(Shape::Generate, "m", LineMessage::assistant("")).finish(
+            "stop",
+            (3, 0),
+            timing,
+        );
+        let mut out = Vec::new();
+        line.write(&mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["done"], true);
+        assert_eq!(v["done_reason"], "stop");
+        assert_eq!(v["load_duration"], 0);
+        assert_eq!(v["prompt_eval_duration"], 5_000_000);
+        assert_eq!(v["eval_duration"], 7_000_000);
+        assert_eq!(v["prompt_eval_count"], 3);
+        assert!(v.get("eval_count").is_none(), "unknown counts stay absent");
+        // No token at all: the whole wait was for the first one.
+        let line = AnswerLine::chunk(Shape::Chat, "m", LineMessage::assistant("")).finish(
+            "stop",
+            (0, 0),
+            Timing {
+                started,
+                first: None,
+                last: None,
+            },
+        );
+        assert_eq!(line.eval_duration, Some(0));
+        assert_eq!(line.prompt_eval_duration, Some(line.total_duration));
     }
 }

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::ollama::{
-    nanos, ChatLine, ChatRequest, LineMessage, Message, OutToolCall, OutToolFunction,
+    AnswerLine, ChatRequest, LineMessage, Message, OutToolCall, OutToolFunction, Shape, Timing,
 };
 use super::sse::{EventTooLarge, SseParser};
 use crate::config::MaxTokensParam;
@@ -338,11 +338,13 @@ pub struct Translated {
     pub usage: Usage,
 }
 
-/// Maps a non-streaming OpenAI answer to Ollama's non-streaming answer.
+/// Maps a non-streaming OpenAI answer to Ollama's non-streaming answer in `shape`; `timing`
+/// says when the request came in, when the answer began to arrive and when it was all in.
 pub fn from_openai_response(
     body: &[u8],
+    shape: Shape,
     client_model: &str,
-    started: Instant,
+    timing: Timing,
 ) -> Result<Translated, String> {
     let completion: Completion<'_> =
         serde_json::from_slice(body).map_err(|e| format!("not a chat completion: {e}"))?;
@@ -363,7 +365,8 @@ pub fn from_openai_response(
     }
     let content = msg.content.or(msg.refusal).unwrap_or_default();
     let usage = completion.usage.unwrap_or_default();
-    let mut line = ChatLine::chunk(
+    let line = AnswerLine::chunk(
+        shape,
         client_model,
         LineMessage {
             role: "assistant",
@@ -371,16 +374,14 @@ pub fn from_openai_response(
             thinking: msg.reasoning_content.as_deref().filter(|s| !s.is_empty()),
             tool_calls: &tool_calls,
         },
+    )
+    .finish(
+        done_reason(choice.finish_reason.as_deref().unwrap_or("stop")),
+        (usage.prompt_tokens, usage.completion_tokens),
+        timing,
     );
-    line.done = true;
-    line.done_reason = Some(done_reason(
-        choice.finish_reason.as_deref().unwrap_or("stop"),
-    ));
-    line.total_duration = nanos(started.elapsed());
-    line.prompt_eval_count = usage.prompt_tokens;
-    line.eval_count = usage.completion_tokens;
     let mut out = Vec::with_capacity(content.len() + 256);
-    let _ = serde_json::to_writer(&mut out, &line);
+    line.write(&mut out);
     Ok(Translated { body: out, usage })
 }
 
@@ -537,6 +538,7 @@ struct PendingCall {
 #[derive(Debug)]
 pub struct SseToNdjson {
     parser: SseParser,
+    shape: Shape,
     model: String,
     started: Instant,
     first_token: Option<Instant>,
@@ -551,16 +553,17 @@ pub struct SseToNdjson {
 }
 
 impl SseToNdjson {
-    /// `model` is the name the client used (with prefix); `started` is when the request came in.
+    /// `/api/chat` lines; `model` is the name the client used (with prefix); `started` is
+    /// when the request came in.
     pub fn new(model: impl Into<String>, started: Instant) -> Self {
-        Self::with_max(model, started, super::DEFAULT_MAX_LINE)
+        Self::with_max(Shape::Chat, model, started, super::DEFAULT_MAX_LINE)
     }
 
-    /// Like [`SseToNdjson::new`], refusing events (and assembled tool calls) longer than
-    /// `max` bytes.
-    pub fn with_max(model: impl Into<String>, started: Instant, max: usize) -> Self {
+    /// Lines in `shape`, refusing events (and assembled tool calls) longer than `max` bytes.
+    pub fn with_max(shape: Shape, model: impl Into<String>, started: Instant, max: usize) -> Self {
         Self {
             parser: SseParser::with_max(max),
+            shape,
             model: model.into(),
             started,
             first_token: None,
@@ -669,7 +672,7 @@ impl SseToNdjson {
             thinking: thinking.as_deref(),
             tool_calls: &[],
         };
-        ChatLine::chunk(&self.model, message).write_line(out);
+        AnswerLine::chunk(self.shape, &self.model, message).write_line(out);
         Ok(())
     }
 
@@ -697,24 +700,23 @@ impl SseToNdjson {
             thinking: None,
             tool_calls: &calls,
         };
-        ChatLine::chunk(&self.model, message).write_line(out);
+        AnswerLine::chunk(self.shape, &self.model, message).write_line(out);
         Ok(())
     }
 
     fn write_done(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
         // A [DONE] without a finish_reason still delivers the calls it assembled.
         self.flush_calls(out)?;
-        let now = Instant::now();
-        let mut line = ChatLine::chunk(&self.model, LineMessage::assistant(""));
-        line.done = true;
-        line.done_reason = Some(done_reason(self.finish_reason.as_deref().unwrap_or("stop")));
-        line.total_duration = nanos(now - self.started);
-        if let (Some(first), Some(last)) = (self.first_token, self.last_token) {
-            line.prompt_eval_duration = nanos(first - self.started);
-            line.eval_duration = nanos(last - first);
-        }
-        line.prompt_eval_count = self.usage.prompt_tokens;
-        line.eval_count = self.usage.completion_tokens;
+        let timing = Timing {
+            started: self.started,
+            first: self.first_token,
+            last: self.last_token,
+        };
+        let line = AnswerLine::chunk(self.shape, &self.model, LineMessage::assistant("")).finish(
+            done_reason(self.finish_reason.as_deref().unwrap_or("stop")),
+            (self.usage.prompt_tokens, self.usage.completion_tokens),
+            timing,
+        );
         line.write_line(out);
         self.progress = Progress::Done;
         Ok(())

@@ -14,20 +14,22 @@ use crate::error::{GatewayError, UpstreamFault};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::translate::ndjson::{DoneCounts, Ending, LineTooLong, NdjsonRelay};
 
-/// Sends `body` to Ollama's `/api/chat` and relays the answer.
+/// Sends `body` to `uri`, one of Ollama's model endpoints (`/api/chat`, `/api/generate`,
+/// `/api/embed`, ...), and relays the answer. Every one of them ends a stream with a
+/// `done` line (or an `{"error"}` line) and reports its counts there, or in its whole
+/// answer; the legacy `/api/embeddings` reports none.
 pub async fn forward(
     client: &awc::Client,
     config: &Config,
     req: &HttpRequest,
+    uri: &awc::http::Uri,
     body: Bytes,
     request_id: &str,
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let timeouts = &config.timeouts;
     let deadline = Instant::now() + timeouts.total;
-    let mut upstream_req = client
-        .post(config.ollama.chat_uri.clone())
-        .timeout(timeouts.first_byte);
+    let mut upstream_req = client.post(uri.clone()).timeout(timeouts.first_byte);
     for (name, value) in upstream_request_headers(req.headers()) {
         upstream_req
             .headers_mut()

@@ -1,6 +1,10 @@
-//! OpenAI-compatible upstreams: the request is translated to Chat Completions, the answer
-//! (JSON or SSE) back to Ollama's shape.
+//! OpenAI-compatible upstreams: the request is translated to Chat Completions (a generate
+//! request as the chat it stands for), the answer (JSON or SSE) back to Ollama's shape;
+//! embeddings go to `{base_url}/embeddings` (see `embed`).
 
+mod embed;
+
+use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -10,33 +14,33 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+pub use self::embed::embed;
 use super::relay::{Relay, Step, Transform};
 use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES};
 use crate::config::{Config, OpenAiConfig};
 use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::secret::Scrubber;
-use crate::translate::ollama::ChatRequest;
+use crate::translate::generate::{load_answer, AsChat};
+use crate::translate::ollama::{ChatRequest, Shape, Timing};
 use crate::translate::openai::{
     from_openai_response, to_openai_request, Progress, RequestShape, SseToNdjson, StreamError,
-    UpstreamErrorBody,
+    Translated, UpstreamErrorBody,
 };
 
 const USER_AGENT: &str = concat!("ollama-gateway/", env!("CARGO_PKG_VERSION"));
 
-/// Everything one OpenAI request needs besides the client.
+/// Everything one OpenAI request needs besides the client and what it asks.
 pub struct Call<'a> {
     pub upstream: &'a OpenAiConfig,
     pub config: &'a Config,
-    pub chat: &'a ChatRequest<'a>,
     /// The model without the upstream's prefix.
     pub model: &'a str,
     /// When the gateway received the request (durations are measured from here).
     pub started: StdInstant,
-    pub request_id: &'a str,
+    pub request_id: Arc<str>,
 }
 
-/// Translates and sends the request; answers in Ollama's shape.
 /// `req` with the upstream's key as `Authorization: Bearer` (marked sensitive), if it has one.
 pub(super) fn with_key(req: awc::ClientRequest, up: &OpenAiConfig) -> awc::ClientRequest {
     if up.api_key.is_empty() {
@@ -51,50 +55,42 @@ pub(super) fn with_key(req: awc::ClientRequest, up: &OpenAiConfig) -> awc::Clien
     }
 }
 
-pub async fn forward(
+/// The upstream's answer to a request sent, and when its head arrived.
+type Answer = (awc::ClientResponse, StdInstant);
+
+/// Sends `body` to `uri` of the call's upstream with its credentials, asking for
+/// `accept`. An error status becomes the client's error (see `status_error`); an upstream
+/// that needs a key and has none is not contacted at all.
+async fn send(
     client: &awc::Client,
-    call: Call<'_>,
-    record: RequestRecord,
-) -> Result<HttpResponse, GatewayError> {
+    call: &Call<'_>,
+    uri: &awc::http::Uri,
+    body: Vec<u8>,
+    accept: &'static str,
+    deadline: Instant,
+) -> Result<Answer, GatewayError> {
     let up = call.upstream;
     if up.requires_api_key && up.api_key.is_empty() {
         // Never send a prompt to a paid API without credentials.
-        return Err(record.fail(GatewayError::UpstreamNoKey {
+        return Err(GatewayError::UpstreamNoKey {
             upstream: up.name.clone(),
             env: crate::config::api_key_env(&up.name),
-        }));
+        });
     }
     let timeouts = &call.config.timeouts;
-    let stream = call.chat.streams();
-    let shape = RequestShape {
-        stream_usage: up.stream_usage,
-        max_tokens_param: up.max_tokens_param,
-    };
-    let body = match to_openai_request(call.chat, call.model, shape) {
-        Ok(body) => body,
-        Err(e) => return Err(record.fail(e)),
-    };
-    let deadline = Instant::now() + timeouts.total;
     let mut req = client
-        .post(up.chat_uri.clone())
+        .post(uri.clone())
         .timeout(timeouts.first_byte)
         .insert_header((header::CONTENT_TYPE, "application/json"))
-        .insert_header((
-            header::ACCEPT,
-            if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        ))
+        .insert_header((header::ACCEPT, accept))
         .insert_header((header::USER_AGENT, USER_AGENT))
-        .insert_header(("x-request-id", call.request_id));
+        .insert_header(("x-request-id", &*call.request_id));
     req = with_key(req, up);
-    let mut resp = match req.send_body(body).await {
-        Ok(resp) => resp,
-        Err(e) => return Err(record.fail(send_error(&up.name, e, timeouts))),
-    };
-
+    let mut resp = req
+        .send_body(body)
+        .await
+        .map_err(|e| send_error(&up.name, e, timeouts))?;
+    let answered = StdInstant::now();
     let status = resp.status();
     if !status.is_success() {
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
@@ -102,10 +98,71 @@ pub async fn forward(
         let body = read_error_body(&mut resp, &up.name, deadline, call.config)
             .await
             .unwrap_or_default();
-        let scrubber = &call.config.scrubber;
-        return Err(record.fail(status_error(&up.name, status, &body, retry_after, scrubber)));
+        return Err(status_error(
+            &up.name,
+            status,
+            &body,
+            retry_after,
+            &call.config.scrubber,
+        ));
     }
-    let client_model = call.chat.model();
+    Ok((resp, answered))
+}
+
+/// `/api/generate` to an OpenAI-compatible upstream: refused (400) when it sets a field
+/// Chat Completions cannot express; answered at once, without the upstream, when it
+/// generates nothing (Ollama's load and unload: an API has nothing to load); else sent as
+/// the chat it stands for, its answer in `/api/generate`'s shape.
+pub async fn generate(
+    client: &awc::Client,
+    call: Call<'_>,
+    generate: &AsChat<'_>,
+    record: RequestRecord,
+) -> Result<HttpResponse, GatewayError> {
+    if let Some(field) = generate.unsupported {
+        return Err(record.fail(GatewayError::InvalidField(format!(
+            "{field:?} is not supported for the models of upstream {}: Chat Completions has no equivalent; send the request without it",
+            call.upstream.name
+        ))));
+    }
+    if let Some(done_reason) = generate.load {
+        record.answered_locally();
+        return Ok(json_answer(load_answer(generate.chat.model(), done_reason)));
+    }
+    forward(client, call, &generate.chat, Shape::Generate, record).await
+}
+
+/// Translates and sends a chat; answers in Ollama's `shape`.
+pub async fn forward(
+    client: &awc::Client,
+    call: Call<'_>,
+    chat: &ChatRequest<'_>,
+    shape: Shape,
+    record: RequestRecord,
+) -> Result<HttpResponse, GatewayError> {
+    let up = call.upstream;
+    let timeouts = &call.config.timeouts;
+    let stream = chat.streams();
+    let request_shape = RequestShape {
+        stream_usage: up.stream_usage,
+        max_tokens_param: up.max_tokens_param,
+    };
+    let body = match to_openai_request(chat, call.model, request_shape) {
+        Ok(body) => body,
+        Err(e) => return Err(record.fail(e)),
+    };
+    let deadline = Instant::now() + timeouts.total;
+    let accept = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let (mut resp, answered) = match send(client, &call, &up.chat_uri, body, accept, deadline).await
+    {
+        Ok(answer) => answer,
+        Err(e) => return Err(record.fail(e)),
+    };
+    let client_model = chat.model();
     let is_sse = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -116,6 +173,7 @@ pub async fn forward(
             resp,
             SseTransform {
                 inner: SseToNdjson::with_max(
+                    shape,
                     client_model,
                     call.started,
                     call.config.upstream.max_stream_line_bytes,
@@ -139,19 +197,44 @@ pub async fn forward(
         let error = not_a_stream(&mut resp, &up.name, deadline, call.config).await;
         return Err(record.fail(error));
     }
-    let body = match read_body(&mut resp, &up.name, MAX_ANSWER_BYTES, deadline, timeouts).await {
+    whole_answer(&mut resp, &call, deadline, record, |body| {
+        let timing = Timing {
+            started: call.started,
+            first: Some(answered),
+            last: Some(StdInstant::now()),
+        };
+        from_openai_response(body, shape, chat.model(), timing)
+    })
+    .await
+}
+
+/// A whole answer in Ollama's JSON.
+fn json_answer(body: Vec<u8>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, JSON_UTF8))
+        .body(body)
+}
+
+/// Reads the upstream's whole answer and `translate`s it; one it cannot read is the
+/// upstream's fault (502, its text scrubbed). Records the tokens the upstream reported.
+async fn whole_answer(
+    resp: &mut awc::ClientResponse,
+    call: &Call<'_>,
+    deadline: Instant,
+    record: RequestRecord,
+    translate: impl FnOnce(&[u8]) -> Result<Translated, String>,
+) -> Result<HttpResponse, GatewayError> {
+    let up = call.upstream;
+    let timeouts = &call.config.timeouts;
+    let body = match read_body(resp, &up.name, MAX_ANSWER_BYTES, deadline, timeouts).await {
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    let translated = match from_openai_response(&body, client_model, call.started) {
+    let translated = match translate(&body) {
         Ok(t) => t,
         Err(detail) => {
-            return Err(record.fail(unreadable_answer(
-                &up.name,
-                &body,
-                detail,
-                &call.config.scrubber,
-            )))
+            let scrubber = &call.config.scrubber;
+            return Err(record.fail(unreadable_answer(&up.name, &body, detail, scrubber)));
         }
     };
     let tokens = Tokens {
@@ -159,9 +242,7 @@ pub async fn forward(
         completion: translated.usage.completion_tokens,
     };
     record.finish(200, tokens, None, &metrics::Ending::Complete);
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, JSON_UTF8))
-        .body(translated.body))
+    Ok(json_answer(translated.body))
 }
 
 #[derive(Deserialize)]

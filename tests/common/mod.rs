@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod auth;
+pub mod gen;
 pub mod skip;
 
 use std::net::SocketAddr;
@@ -703,6 +704,31 @@ impl Gateway {
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// Runs python3 on `script` against `gw` (its URL, CA file and the test key in the
+/// environment as `GW`, `GW_CA`, `GW_KEY`) and parses what it prints as JSON; a failing
+/// script fails the test with its stderr.
+pub async fn run_python(gw: &Gateway, script: &'static str) -> Value {
+    let ca = gw.dir.0.join("cert.pem");
+    let url = gw.url.clone();
+    let output = actix_rt::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .env("GW", url)
+            .env("GW_CA", ca)
+            .env("GW_KEY", TEST_KEY)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// A rustls client config trusting exactly the certificate at `pem`.

@@ -1,16 +1,14 @@
 //! `POST /api/chat`: read the body, pick the upstream by model, hand over.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::catalog::{self, Route};
+use super::routed::{self, Routed};
 use crate::error::GatewayError;
-use crate::keys::ApiKey;
 use crate::state::AppState;
-use crate::translate::ollama::ChatRequest;
-use crate::upstream::{self, openai};
+use crate::translate::ollama::{ChatRequest, Shape};
+use crate::upstream::openai;
 
 pub async fn chat(
     req: HttpRequest,
@@ -19,53 +17,16 @@ pub async fn chat(
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
-    let config = &state.config;
-    let body = crate::routes::body::read(
-        payload,
-        &req,
-        config.server.max_body_bytes,
-        config.server.request_body_timeout,
-    )
-    .await?;
+    let body = routed::body(payload, &req, &state).await?;
     let chat = ChatRequest::parse(&body)?;
-    let key = req.extensions().get::<Arc<ApiKey>>().cloned();
-    if let Some(key) = &key {
-        if !key.allows_model(chat.model()) {
-            return Err(GatewayError::ModelNotAllowed {
-                model: chat.model().chars().take(200).collect(),
-            });
+    let (model, streams) = (chat.model(), chat.streams());
+    match routed::admit(&req, &state, "/api/chat", model, started, streams)? {
+        Routed::Ollama(to) => {
+            let uri = &state.config.ollama.chat_uri;
+            to.forward(&client, &req, uri, body.clone()).await
         }
-    }
-    let route = catalog::route(config, chat.model());
-    let (label, is_ollama) = match route {
-        Route::Ollama => (Arc::clone(&state.ollama_label), true),
-        Route::OpenAi { upstream, .. } => (Arc::clone(&upstream.label), false),
-    };
-    let (record, request_id) = super::record(
-        &req,
-        &state,
-        "/api/chat",
-        started,
-        label,
-        is_ollama,
-        chat.model(),
-        chat.streams(),
-    );
-    match route {
-        Route::Ollama => {
-            upstream::ollama::forward(&client, config, &req, body.clone(), &request_id, record)
-                .await
-        }
-        Route::OpenAi { upstream, model } => {
-            let call = openai::Call {
-                upstream,
-                config,
-                chat: &chat,
-                model,
-                started,
-                request_id: &request_id,
-            };
-            openai::forward(&client, call, record).await
+        Routed::OpenAi(call, record) => {
+            openai::forward(&client, call, &chat, Shape::Chat, record).await
         }
     }
 }

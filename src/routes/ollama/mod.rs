@@ -1,8 +1,11 @@
 //! Ollama's own API (`/api/...`), one file per concern.
 
 pub mod chat;
+pub mod embed;
+pub mod generate;
 pub mod meta;
 pub mod models;
+mod routed;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,6 +23,17 @@ use crate::telemetry::RequestId;
 /// Registers Ollama's endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(only("/api/chat", "POST", web::post().to(chat::chat)))
+        .service(only(
+            "/api/generate",
+            "POST",
+            web::post().to(generate::generate),
+        ))
+        .service(only("/api/embed", "POST", web::post().to(embed::embed)))
+        .service(only(
+            "/api/embeddings",
+            "POST",
+            web::post().to(embed::embeddings),
+        ))
         .service(probe("/", meta::root))
         .service(probe("/api/version", meta::version))
         .service(probe("/api/tags", models::tags))

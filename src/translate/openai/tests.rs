@@ -145,10 +145,27 @@ fn tool_calls_and_results_are_correlated() {
     assert_eq!(v["messages"][3]["tool_call_id"], "call_0");
 }
 
+/// A whole answer to /api/chat that began to arrive 3 ms after the request, and was all in
+/// 2 ms later.
+fn whole_in(body: &[u8], shape: Shape, model: &str) -> Result<Translated, String> {
+    let now = Instant::now();
+    let started = now - std::time::Duration::from_millis(5);
+    let timing = Timing {
+        started,
+        first: Some(started + std::time::Duration::from_millis(3)),
+        last: Some(now),
+    };
+    from_openai_response(body, shape, model, timing)
+}
+
+fn whole(body: &[u8], model: &str) -> Result<Translated, String> {
+    whole_in(body, Shape::Chat, model)
+}
+
 #[test]
 fn non_stream_response_maps_to_ollama_shape() {
     let body = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"\u4f60\u597d"},"finish_reason":"length"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
-    let t = from_openai_response(body, "openai/gpt-4o-mini", Instant::now()).unwrap();
+    let t = whole(body, "openai/gpt-4o-mini").unwrap();
     let v: Value = serde_json::from_slice(&t.body).unwrap();
     assert_eq!(v["model"], "openai/gpt-4o-mini");
     assert_eq!(v["message"], json!({"role":"assistant","content":"你好"}));
@@ -156,23 +173,50 @@ fn non_stream_response_maps_to_ollama_shape() {
     assert_eq!(v["done_reason"], "length");
     assert_eq!(v["prompt_eval_count"], 9);
     assert_eq!(v["eval_count"], 12);
-    assert!(v["total_duration"].as_u64().unwrap() > 0);
+    assert!(v["total_duration"].as_u64().unwrap() >= 5_000_000);
     assert!(v["created_at"].as_str().unwrap().contains('T'));
+    // The same fields as a streamed final line: the gateway's own measurements.
+    assert_eq!(v["load_duration"], 0);
+    assert_eq!(v["prompt_eval_duration"], 3_000_000);
+    assert_eq!(v["eval_duration"], 2_000_000);
+}
+
+#[test]
+fn non_stream_generate_answer_has_generates_shape() {
+    let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"\u4f60\u597d","reasoning_content":"think"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12}}"#;
+    let t = whole_in(body, Shape::Generate, "openai/m").unwrap();
+    let text = String::from_utf8(t.body).unwrap();
+    assert!(
+        text.contains(r#""response":"你好","thinking":"think","done":true,"done_reason":"stop","total_duration":"#),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v.get("message").is_none());
+    for (field, value) in [
+        ("model", json!("openai/m")),
+        ("load_duration", json!(0)),
+        ("prompt_eval_count", json!(9)),
+        ("prompt_eval_duration", json!(3_000_000)),
+        ("eval_count", json!(12)),
+        ("eval_duration", json!(2_000_000)),
+    ] {
+        assert_eq!(v[field], value, "{field}");
+    }
 }
 
 #[test]
 fn non_stream_tool_calls_become_objects() {
     let body = br#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_9","type":"function","function":{"name":"f","arguments":"{\"b\":1,\"a\":2}"}}]},"finish_reason":"tool_calls"}]}"#;
-    let t = from_openai_response(body, "openai/m", Instant::now()).unwrap();
+    let t = whole(body, "openai/m").unwrap();
     let text = String::from_utf8(t.body).unwrap();
     assert!(text.contains(r#""tool_calls":[{"id":"call_9","function":{"index":0,"name":"f","arguments":{"b":1,"a":2}}}]"#), "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["done_reason"], "stop");
     assert_eq!(v["message"]["content"], "");
     let bad = br#"{"choices":[{"message":{"tool_calls":[{"function":{"name":"f","arguments":"{nope"}}]},"finish_reason":"tool_calls"}]}"#;
-    assert!(from_openai_response(bad, "m", Instant::now()).is_err());
-    assert!(from_openai_response(b"{\"choices\":[]}", "m", Instant::now()).is_err());
-    assert!(from_openai_response(b"<html>", "m", Instant::now()).is_err());
+    assert!(whole(bad, "m").is_err());
+    assert!(whole(b"{\"choices\":[]}", "m").is_err());
+    assert!(whole(b"<html>", "m").is_err());
 }
 
 const STREAM: &str = concat!(
@@ -186,7 +230,15 @@ const STREAM: &str = concat!(
 );
 
 fn translate(input: &[u8], splits: &[usize]) -> (Vec<Value>, Result<(), StreamError>) {
-    let mut t = SseToNdjson::new("openai/gpt-4o-mini", Instant::now());
+    translate_to(Shape::Chat, input, splits)
+}
+
+fn translate_to(
+    shape: Shape,
+    input: &[u8],
+    splits: &[usize],
+) -> (Vec<Value>, Result<(), StreamError>) {
+    let mut t = SseToNdjson::with_max(shape, "openai/gpt-4o-mini", Instant::now(), 1 << 20);
     let mut out = Vec::new();
     let mut start = 0;
     let mut result = Ok(());
@@ -229,13 +281,44 @@ fn stream_translates_at_every_split() {
         assert_eq!(last["prompt_eval_count"], 9);
         assert_eq!(last["eval_count"], 2);
         assert!(last["total_duration"].as_u64().unwrap() > 0);
+        for field in ["load_duration", "prompt_eval_duration", "eval_duration"] {
+            assert!(last[field].is_u64(), "{field} at split {i}: {last}");
+        }
+        assert_eq!(last["load_duration"], 0);
         assert_eq!(lines[0]["model"], "openai/gpt-4o-mini");
         assert_eq!(lines[0]["done"], false);
+        assert!(lines[0].get("load_duration").is_none());
     }
     let bytewise: Vec<usize> = (1..input.len()).collect();
     let (lines, result) = translate(input, &bytewise);
     assert_eq!(result, Ok(()));
     assert_eq!(lines.len(), 3);
+}
+
+#[test]
+fn generate_stream_translates_at_every_split() {
+    let thinking = "data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"想\"},\"finish_reason\":null}]}\n\n";
+    let input = format!("{thinking}{STREAM}");
+    let input = input.as_bytes();
+    for i in 0..=input.len() {
+        let (lines, result) = translate_to(Shape::Generate, input, &[i]);
+        assert_eq!(result, Ok(()), "split at {i}");
+        let responses: Vec<&str> = lines
+            .iter()
+            .map(|l| l["response"].as_str().unwrap())
+            .collect();
+        assert_eq!(responses, ["", "繁體", "中文", ""], "split at {i}");
+        assert_eq!(lines[0]["thinking"], "想");
+        assert!(lines.iter().all(|l| l.get("message").is_none()));
+        assert!(lines[1].get("thinking").is_none());
+        let last = lines.last().unwrap();
+        assert_eq!(last["done"], true);
+        assert_eq!(last["done_reason"], "stop");
+        assert_eq!(last["prompt_eval_count"], 9);
+        assert_eq!(last["eval_count"], 2);
+        assert_eq!(last["load_duration"], 0);
+        assert!(last["eval_duration"].is_u64() && last["prompt_eval_duration"].is_u64());
+    }
 }
 
 #[test]
@@ -301,7 +384,7 @@ fn nothing_after_done_is_emitted() {
 #[test]
 fn events_and_assembled_tool_calls_are_bounded() {
     let feed = |max: usize, input: &str| {
-        let mut t = SseToNdjson::with_max("m", Instant::now(), max);
+        let mut t = SseToNdjson::with_max(Shape::Chat, "m", Instant::now(), max);
         let mut out = Vec::new();
         t.feed(input.as_bytes(), &mut out).map(|_| out.len())
     };

@@ -1,0 +1,52 @@
+//! `POST /api/embed` and the legacy `POST /api/embeddings`: to Ollama as they came; to an
+//! OpenAI-compatible upstream as `POST {base_url}/embeddings`.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::routed::{self, Routed};
+use crate::error::GatewayError;
+use crate::state::AppState;
+use crate::translate::embed::{EmbedRequest, Endpoint};
+use crate::upstream::openai;
+
+pub async fn embed(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, GatewayError> {
+    handle(Endpoint::Embed, req, payload, state, client).await
+}
+
+pub async fn embeddings(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, GatewayError> {
+    handle(Endpoint::Legacy, req, payload, state, client).await
+}
+
+async fn handle(
+    endpoint: Endpoint,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, GatewayError> {
+    let started = Instant::now();
+    let body = routed::body(payload, &req, &state).await?;
+    let embed = EmbedRequest::parse(&body)?;
+    let (label, uri) = match endpoint {
+        Endpoint::Embed => ("/api/embed", &state.config.ollama.embed_uri),
+        Endpoint::Legacy => ("/api/embeddings", &state.config.ollama.embeddings_uri),
+    };
+    match routed::admit(&req, &state, label, embed.model(), started, false)? {
+        Routed::Ollama(to) => to.forward(&client, &req, uri, body.clone()).await,
+        Routed::OpenAi(call, record) => {
+            openai::embed(&client, call, &embed, endpoint, record).await
+        }
+    }
+}

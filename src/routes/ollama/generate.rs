@@ -1,0 +1,32 @@
+//! `POST /api/generate`: to Ollama as it came (its load and unload included); to an
+//! OpenAI-compatible upstream as the chat it stands for.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::routed::{self, Routed};
+use crate::error::GatewayError;
+use crate::state::AppState;
+use crate::translate::generate::GenerateRequest;
+use crate::upstream::openai;
+
+pub async fn generate(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, GatewayError> {
+    let started = Instant::now();
+    let body = routed::body(payload, &req, &state).await?;
+    // Moves the parsed fields, copies nothing: cheap even when the body goes to Ollama.
+    let generate = GenerateRequest::parse(&body)?.into_chat();
+    let (model, streams) = (generate.chat.model(), generate.chat.streams());
+    match routed::admit(&req, &state, "/api/generate", model, started, streams)? {
+        Routed::Ollama(to) => {
+            let uri = &state.config.ollama.generate_uri;
+            to.forward(&client, &req, uri, body.clone()).await
+        }
+        Routed::OpenAi(call, record) => openai::generate(&client, call, &generate, record).await,
+    }
+}

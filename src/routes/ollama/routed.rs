@@ -1,0 +1,134 @@
+//! What every model endpoint does before its upstream call: read the body, check that the
+//! key may use the model, pick the upstream (the catalog's one decision), and start the
+//! request's record, which from then on counts and logs it.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
+use bytes::Bytes;
+
+use crate::catalog::{self, Route};
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::keys::ApiKey;
+use crate::metrics::{RequestRecord, WorkerMetrics};
+use crate::middleware::observe::Recorded;
+use crate::state::AppState;
+use crate::telemetry::RequestId;
+use crate::upstream::{self, openai};
+
+/// A request admitted to its upstream, with the record that follows it.
+pub enum Routed<'a> {
+    /// To Ollama, the body as it came.
+    Ollama(ToOllama<'a>),
+    /// To an OpenAI-compatible upstream, translated.
+    OpenAi(openai::Call<'a>, RequestRecord),
+}
+
+/// A request for Ollama.
+pub struct ToOllama<'a> {
+    config: &'a Config,
+    request_id: Arc<str>,
+    record: RequestRecord,
+}
+
+impl ToOllama<'_> {
+    /// Sends `body` as it came to Ollama's `uri` (the endpoint's own) and relays the answer.
+    pub async fn forward(
+        self,
+        client: &awc::Client,
+        req: &HttpRequest,
+        uri: &awc::http::Uri,
+        body: Bytes,
+    ) -> Result<HttpResponse, GatewayError> {
+        let Self {
+            config,
+            request_id,
+            record,
+        } = self;
+        upstream::ollama::forward(client, config, req, uri, body, &request_id, record).await
+    }
+}
+
+/// The request body, bounded in size and time (`server.max_body_bytes`,
+/// `server.request_body_timeout`).
+pub async fn body(
+    payload: web::Payload,
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Bytes, GatewayError> {
+    let server = &state.config.server;
+    crate::routes::body::read(
+        payload,
+        req,
+        server.max_body_bytes,
+        server.request_body_timeout,
+    )
+    .await
+}
+
+/// Admits a request for `model` at `endpoint` (the `route` label), received at `started`:
+/// 403 when the key's `models` exclude it; else its upstream and its record.
+pub fn admit<'a>(
+    req: &HttpRequest,
+    state: &'a AppState,
+    endpoint: &'static str,
+    model: &'a str,
+    started: Instant,
+    streams: bool,
+) -> Result<Routed<'a>, GatewayError> {
+    let key = req.extensions().get::<Arc<ApiKey>>().cloned();
+    if let Some(key) = &key {
+        if !key.allows_model(model) {
+            return Err(GatewayError::ModelNotAllowed {
+                model: model.chars().take(200).collect(),
+            });
+        }
+    }
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0));
+    let config = &*state.config;
+    let route = catalog::route(config, model);
+    let (label, is_ollama) = match route {
+        Route::Ollama => (Arc::clone(&state.ollama_label), true),
+        Route::OpenAi { upstream, .. } => (Arc::clone(&upstream.label), false),
+    };
+    let worker = req
+        .app_data::<Rc<WorkerMetrics>>()
+        .cloned()
+        .unwrap_or_else(|| Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics))));
+    // From here on, the record counts and logs this request when its answer ends.
+    req.extensions_mut().insert(Recorded);
+    let record = RequestRecord::start(
+        worker,
+        endpoint,
+        started,
+        Arc::clone(&request_id),
+        label,
+        is_ollama,
+        model,
+        key.as_deref(),
+        streams,
+    );
+    Ok(match route {
+        Route::Ollama => Routed::Ollama(ToOllama {
+            config,
+            request_id,
+            record,
+        }),
+        Route::OpenAi { upstream, model } => {
+            let call = openai::Call {
+                upstream,
+                config,
+                model,
+                started,
+                request_id,
+            };
+            Routed::OpenAi(call, record)
+        }
+    })
+}
