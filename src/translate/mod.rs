@@ -2,6 +2,7 @@
 //! the OpenAI <-> Ollama mapping. Everything here can be tested at every byte split and
 //! benchmarked on its own.
 
+pub mod manage;
 pub mod ndjson;
 pub mod ollama;
 pub mod openai;
