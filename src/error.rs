@@ -40,6 +40,9 @@ pub enum GatewayError {
     /// The body exceeds the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// A blob (`POST /api/blobs/:digest`) over `server.max_blob_bytes`.
+    #[error("blob is larger than the limit of {limit} bytes (server.max_blob_bytes)")]
+    BlobTooLarge { limit: u64 },
     /// The body could not be read from the client.
     #[error("could not read the request body: {0}")]
     BodyRead(String),
@@ -72,6 +75,9 @@ pub enum GatewayError {
     /// The key's model allowlist does not cover the requested model.
     #[error("model {model:?} is not allowed for this API key")]
     ModelNotAllowed { model: String },
+    /// Model management with a key that lacks `role = "admin"`.
+    #[error("this endpoint manages Ollama's models and needs an API key with role = \"admin\" in the keys file")]
+    AdminRequired,
     /// The key's token bucket is empty.
     #[error("rate limit exceeded for API key {key_id}; retry after {} s", .policy.reset)]
     RateLimited {
@@ -225,6 +231,7 @@ impl GatewayError {
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey => "auth",
             Self::AuthThrottled { .. } => "auth_throttled",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::AdminRequired => "admin_required",
             Self::RateLimited { .. } => "rate_limit",
             Self::TooManyInFlight { .. } => "in_flight",
             Self::HeadersTooLarge(_) => "header_too_large",
@@ -233,7 +240,7 @@ impl GatewayError {
             Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
                 "bad_request"
             }
-            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTooLarge { .. } | Self::BlobTooLarge { .. } => "body_too_large",
             Self::BodyRead(_) => "body_read",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -268,6 +275,7 @@ impl GatewayError {
             | Self::DisabledKey
             | Self::AuthThrottled { .. }
             | Self::ModelNotAllowed { .. }
+            | Self::AdminRequired
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. }
             | Self::HeadersTooLarge(_)
@@ -278,6 +286,7 @@ impl GatewayError {
             | Self::InvalidField(_)
             | Self::MissingModel
             | Self::BodyTooLarge { .. }
+            | Self::BlobTooLarge { .. }
             | Self::BodyRead(_)
             | Self::NotFound { .. }
             | Self::MethodNotAllowed { .. } => (Blame::Client, None),
@@ -296,7 +305,9 @@ impl GatewayError {
 impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::IpDenied | Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::IpDenied | Self::ModelNotAllowed { .. } | Self::AdminRequired => {
+                StatusCode::FORBIDDEN
+            }
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey => StatusCode::UNAUTHORIZED,
             Self::AuthThrottled { .. }
             | Self::RateLimited { .. }
@@ -309,7 +320,7 @@ impl ResponseError for GatewayError {
             Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
                 StatusCode::BAD_REQUEST
             }
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge { .. } | Self::BlobTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -418,6 +429,11 @@ mod tests {
                 413,
                 "body_too_large",
             ),
+            (
+                GatewayError::BlobTooLarge { limit: 1 },
+                413,
+                "body_too_large",
+            ),
             (GatewayError::BodyRead("x".into()), 400, "body_read"),
             (
                 GatewayError::NotFound {
@@ -510,6 +526,7 @@ mod tests {
                 403,
                 "model_not_allowed",
             ),
+            (GatewayError::AdminRequired, 403, "admin_required"),
             (
                 GatewayError::RateLimited {
                     key_id: "k".into(),

@@ -24,13 +24,14 @@ use crate::keys::ApiKey;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
-pub const REJECTION_REASONS: [&str; 16] = [
+pub const REJECTION_REASONS: [&str; 17] = [
     "ip",
     "auth",
     "auth_throttled",
     "rate_limit",
     "in_flight",
     "model_not_allowed",
+    "admin_required",
     "body_too_large",
     "header_too_large",
     "body_timeout",
@@ -333,8 +334,12 @@ impl Metrics {
             .map_or(0, IntCounter::get)
     }
 
-    /// The label for a model name (see the module docs for the cap).
+    /// The label for a model name (see the module docs for the cap); `none` for a request
+    /// that names no model (a blob upload).
     pub fn model_label(&self, model: &str, admit: bool) -> Arc<str> {
+        if model.is_empty() {
+            return Arc::clone(&self.none);
+        }
         self.models.label(model, admit)
     }
 }
@@ -759,6 +764,7 @@ mod tests {
             "openai/gpt-4o-mini"
         );
         assert_eq!(&*m.model_label("third", true), "other", "cap reached");
+        assert_eq!(&*m.model_label("", true), "none", "no model named");
         assert!(Arc::ptr_eq(
             &m.model_label("llama3", true),
             &m.model_label("llama3", true)

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{ollama_stream_lines, openai_sse, FakeUpstream, Gateway, Reply};
 use serde_json::json;
 
@@ -69,25 +67,7 @@ async fn ollama_python_client_works_through_the_gateway() {
         }
     });
     let gw = Gateway::start(Some(&ollama), Some(&openai), |_| {}).await;
-    let ca = gw.dir.0.join("cert.pem");
-    let url = gw.url.clone();
-    let output = actix_rt::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args(["-c", SCRIPT])
-            .env("GW", url)
-            .env("GW_CA", ca)
-            .env("GW_KEY", common::TEST_KEY)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let v = gw.python(SCRIPT, &[("GW_KEY", common::TEST_KEY)]).await;
     assert_eq!(v["ollama_whole"], "我是語言模型。");
     assert_eq!(v["ollama_stream"], "你好");
     assert_eq!(v["openai_whole"], "Hello");

@@ -32,6 +32,12 @@ fn is_probe(path: &str) -> bool {
 fn route_label(pattern: Option<&str>) -> &'static str {
     match pattern {
         Some("/api/chat") => "/api/chat",
+        Some("/api/pull") => "/api/pull",
+        Some("/api/push") => "/api/push",
+        Some("/api/create") => "/api/create",
+        Some("/api/copy") => "/api/copy",
+        Some("/api/delete") => "/api/delete",
+        Some("/api/blobs/{digest}") => "/api/blobs/:digest",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",

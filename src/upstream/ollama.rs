@@ -2,7 +2,8 @@
 //! line by line as they arrive.
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -25,61 +26,28 @@ pub async fn forward(
 ) -> Result<HttpResponse, GatewayError> {
     let timeouts = &config.timeouts;
     let deadline = Instant::now() + timeouts.total;
-    let mut upstream_req = client
-        .post(config.ollama.chat_uri.clone())
-        .timeout(timeouts.first_byte);
-    for (name, value) in upstream_request_headers(req.headers()) {
-        upstream_req
-            .headers_mut()
-            .append(name.clone(), value.clone());
-    }
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        upstream_req
-            .headers_mut()
-            .insert(header::HeaderName::from_static("x-request-id"), id);
-    }
-    let mut resp = match upstream_req.send_body(body).await {
+    let upstream_req = with_client_headers(
+        client
+            .post(config.ollama.chat_uri.clone())
+            .timeout(timeouts.first_byte),
+        req,
+        request_id,
+    );
+    let resp = match upstream_req.send_body(body).await {
         Ok(resp) => resp,
         Err(e) => return Err(record.fail(send_error(OLLAMA, e, timeouts))),
     };
-
-    let status = resp.status();
-    let mut builder = HttpResponse::build(status);
-    for (name, value) in downstream_response_headers(resp.headers()) {
-        builder.append_header((name.clone(), value.clone()));
-    }
-    let is_ndjson = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    if status.is_success() && is_ndjson {
-        builder
-            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
-            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
-        let relay = Relay::new(
-            resp,
-            OllamaLines(NdjsonRelay::with_max_line(
-                config.upstream.max_stream_line_bytes,
-            )),
-            OLLAMA.to_string(),
-            config,
-            deadline,
-            Some(record),
-        );
-        return Ok(builder.streaming(relay));
-    }
-    // A whole answer or an error: Ollama writes these in one piece, so buffering them costs
-    // nothing and lets a broken answer become a 502 instead of a truncated 200.
-    let body = if status.is_success() {
-        read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await
-    } else {
-        read_error_body(&mut resp, OLLAMA, deadline, config).await
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => return Err(record.fail(e)),
-    };
+    let lines = NdjsonRelay::with_max_line(config.upstream.max_stream_line_bytes);
+    let (mut builder, status, body, record) =
+        match answer(resp, lines, config, deadline, record).await? {
+            Answer::Stream(streamed) => return Ok(streamed),
+            Answer::Whole {
+                builder,
+                status,
+                body,
+                record,
+            } => (builder, status, body, record),
+        };
     let counts: DoneCounts = if status.is_success() {
         match serde_json::from_slice(&body) {
             Ok(counts) => counts,
@@ -106,6 +74,96 @@ pub async fn forward(
     Ok(builder.body(body))
 }
 
+/// Ollama's answer on its way to the client.
+pub(super) enum Answer {
+    /// A 2xx NDJSON stream, relayed line by line; its record ends with it.
+    Stream(HttpResponse),
+    /// Any other answer, read whole, for the caller to finish: its status, the client's
+    /// response with Ollama's headers, the body, and the record.
+    Whole {
+        builder: HttpResponseBuilder,
+        status: StatusCode,
+        body: Bytes,
+        record: RequestRecord,
+    },
+}
+
+/// Relays a 2xx NDJSON answer through `lines` as it arrives; reads any other whole. Ollama
+/// writes those in one piece, so buffering them costs nothing and lets a broken answer
+/// become a 502 instead of a truncated 200.
+pub(super) async fn answer(
+    mut resp: awc::ClientResponse,
+    lines: NdjsonRelay,
+    config: &Config,
+    deadline: Instant,
+    record: RequestRecord,
+) -> Result<Answer, GatewayError> {
+    let status = resp.status();
+    let mut builder = HttpResponse::build(status);
+    for (name, value) in downstream_response_headers(resp.headers()) {
+        builder.append_header((name.clone(), value.clone()));
+    }
+    let is_ndjson = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    if status.is_success() && is_ndjson {
+        builder
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
+        let relay = Relay::new(
+            resp,
+            OllamaLines(lines),
+            OLLAMA.to_string(),
+            config,
+            deadline,
+            Some(record),
+        );
+        return Ok(Answer::Stream(builder.streaming(relay)));
+    }
+    let body = if status.is_success() {
+        read_body(
+            &mut resp,
+            OLLAMA,
+            MAX_ANSWER_BYTES,
+            deadline,
+            &config.timeouts,
+        )
+        .await
+    } else {
+        read_error_body(&mut resp, OLLAMA, deadline, config).await
+    };
+    match body {
+        Ok(body) => Ok(Answer::Whole {
+            builder,
+            status,
+            body,
+            record,
+        }),
+        Err(e) => Err(record.fail(e)),
+    }
+}
+
+/// `upstream_req` with the client's headers that may go to Ollama, and the request id.
+pub(super) fn with_client_headers(
+    mut upstream_req: awc::ClientRequest,
+    req: &HttpRequest,
+    request_id: &str,
+) -> awc::ClientRequest {
+    for (name, value) in upstream_request_headers(req.headers()) {
+        upstream_req
+            .headers_mut()
+            .append(name.clone(), value.clone());
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        upstream_req
+            .headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), id);
+    }
+    upstream_req
+}
+
 fn report(c: DoneCounts) -> (Tokens, OllamaTimings) {
     (
         Tokens {
@@ -120,7 +178,8 @@ fn report(c: DoneCounts) -> (Tokens, OllamaTimings) {
     )
 }
 
-/// Relays NDJSON lines and checks that the stream really finished.
+/// Relays NDJSON lines and checks that the stream really finished (as its relay knows a
+/// finished stream: a `done` line, or a progress stream's `success`).
 struct OllamaLines(NdjsonRelay);
 
 impl Transform for OllamaLines {

@@ -2,6 +2,7 @@
 //! that record what they receive and answer as each test scripts them.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod admin;
 pub mod skip;
 
 use std::net::SocketAddr;
@@ -243,23 +244,40 @@ impl FakeUpstream {
 
     /// Waits until a connection to the fake has been closed by the gateway.
     pub async fn wait_closed(&self, within: Duration) -> bool {
-        let mut rx = self.closed.lock().await;
-        matches!(tokio::time::timeout(within, rx.recv()).await, Ok(Some(())))
+        closes(&self.closed, within).await
     }
 
     /// Waits until the fake has received `n` requests in all.
     pub async fn wait_requests(&self, n: usize, within: Duration) -> bool {
-        let mut rx = self.count.clone();
-        let reached = tokio::time::timeout(within, rx.wait_for(|c| *c >= n))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        reached
+        reaches(&self.count, n, within).await
     }
 
     /// How many TCP connections the fake has accepted.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// Waits until `count` reaches `n`, at most `within`.
+pub async fn reaches(
+    count: &tokio::sync::watch::Receiver<usize>,
+    n: usize,
+    within: Duration,
+) -> bool {
+    let mut rx = count.clone();
+    let reached = tokio::time::timeout(within, rx.wait_for(|c| *c >= n))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    reached
+}
+
+/// Waits until `closed` says a connection closed, at most `within`.
+pub async fn closes(
+    closed: &tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+    within: Duration,
+) -> bool {
+    let mut rx = closed.lock().await;
+    matches!(tokio::time::timeout(within, rx.recv()).await, Ok(Some(())))
 }
 
 async fn serve_connection(
@@ -378,7 +396,8 @@ async fn write_chunks(stream: &mut TcpStream, chunks: Vec<Vec<u8>>) -> std::io::
     Ok(())
 }
 
-async fn wait_for_close(stream: &mut TcpStream) {
+/// Reads (and drops) what the peer sends until it closes the connection.
+pub async fn wait_for_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
     let mut sink = [0u8; 1024];
     while let Ok(n) = stream.read(&mut sink).await {
         if n == 0 {
@@ -673,6 +692,28 @@ impl Gateway {
 
     pub async fn stop(self) {
         self.handle.stop(false).await;
+    }
+
+    /// Runs `python3 -c script` (off the test's thread) with `GW` (the gateway's URL),
+    /// `GW_CA` (its certificate) and `env`; checks it succeeded; its output, parsed as JSON.
+    pub async fn python(&self, script: &'static str, env: &[(&str, &str)]) -> Value {
+        let mut command = std::process::Command::new("python3");
+        command
+            .args(["-c", script])
+            .env("GW", &self.url)
+            .env("GW_CA", self.dir.0.join("cert.pem"));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let output = actix_rt::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 }
 
