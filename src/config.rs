@@ -16,6 +16,10 @@ use crate::secret::{Scrubber, Secret};
 /// Where the gateway reads its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
 
+/// The default `server.max_blob_bytes`: 256 GiB, room for the largest single-file models
+/// people create from (a 405B model at Q4_K_M is about 230 GiB; 70B at Q8_0 about 70 GiB).
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 256 << 30;
+
 /// Prefix of the long-form environment overrides: `GATEWAY__<SECTION>__<KEY>`.
 const ENV_PREFIX: &str = "GATEWAY";
 const ENV_SEPARATOR: &str = "__";
@@ -128,6 +132,8 @@ pub struct RawServer {
     pub workers: usize,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
+    /// Largest blob (`POST /api/blobs/:digest`, a model file) in bytes; streamed, never held.
+    pub max_blob_bytes: u64,
     /// Most request headers accepted (the HTTP parser's own hard cap is 96).
     pub max_headers: usize,
     /// Most bytes of request headers (names plus values) accepted.
@@ -165,6 +171,7 @@ impl Default for RawServer {
             plain_listen: String::new(),
             workers: 0,
             max_body_bytes: 20 * 1024 * 1024,
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
             max_headers: 64,
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
@@ -497,6 +504,7 @@ pub struct ServerConfig {
     pub plain_listen: Option<SocketAddr>,
     pub workers: usize,
     pub max_body_bytes: usize,
+    pub max_blob_bytes: u64,
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
@@ -657,6 +665,7 @@ impl Config {
             },
             workers: raw.server.workers,
             max_body_bytes: positive("server.max_body_bytes", raw.server.max_body_bytes)?,
+            max_blob_bytes: positive("server.max_blob_bytes", raw.server.max_blob_bytes)?,
             max_headers: match raw.server.max_headers {
                 n @ 1..=96 => n,
                 _ => return Err(invalid("server.max_headers", "must be between 1 and 96")),

@@ -40,6 +40,9 @@ pub enum GatewayError {
     /// The body exceeds the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// A blob (`POST /api/blobs/:digest`) over `server.max_blob_bytes`.
+    #[error("blob is larger than the limit of {limit} bytes (server.max_blob_bytes)")]
+    BlobTooLarge { limit: u64 },
     /// The body could not be read from the client.
     #[error("could not read the request body: {0}")]
     BodyRead(String),
@@ -76,6 +79,9 @@ pub enum GatewayError {
     /// An upstream's model that its list does not hold (Ollama's words for the same).
     #[error("model '{model}' not found")]
     ModelNotFound { model: String },
+    /// Model management with a key that lacks `role = "admin"`.
+    #[error("this endpoint manages Ollama's models and needs an API key with role = \"admin\" in the keys file")]
+    AdminRequired,
     /// The key's token bucket (of inference, or of cheap reads) is empty.
     #[error("{} exceeded for API key {key_id}; retry after {} s", .policy.what(), .policy.reset)]
     RateLimited {
@@ -250,6 +256,7 @@ impl GatewayError {
             Self::AuthThrottled { .. } => "auth_throttled",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
+            Self::AdminRequired => "admin_required",
             Self::RateLimited { .. } => "rate_limit",
             Self::TooManyInFlight { .. } => "in_flight",
             Self::HeadersTooLarge(_) => "header_too_large",
@@ -258,7 +265,7 @@ impl GatewayError {
             Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
                 "bad_request"
             }
-            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTooLarge { .. } | Self::BlobTooLarge { .. } => "body_too_large",
             Self::BodyRead(_) => "body_read",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -294,6 +301,7 @@ impl GatewayError {
             | Self::AuthThrottled { .. }
             | Self::ModelNotAllowed { .. }
             | Self::ModelNotFound { .. }
+            | Self::AdminRequired
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. }
             | Self::HeadersTooLarge(_)
@@ -304,6 +312,7 @@ impl GatewayError {
             | Self::InvalidField(_)
             | Self::MissingModel
             | Self::BodyTooLarge { .. }
+            | Self::BlobTooLarge { .. }
             | Self::BodyRead(_)
             | Self::NotFound { .. }
             | Self::MethodNotAllowed { .. } => (Blame::Client, None),
@@ -322,7 +331,9 @@ impl GatewayError {
 impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::IpDenied | Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::IpDenied | Self::ModelNotAllowed { .. } | Self::AdminRequired => {
+                StatusCode::FORBIDDEN
+            }
             Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey => StatusCode::UNAUTHORIZED,
             Self::AuthThrottled { .. }
@@ -336,7 +347,7 @@ impl ResponseError for GatewayError {
             Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
                 StatusCode::BAD_REQUEST
             }
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge { .. } | Self::BlobTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -460,6 +471,11 @@ mod tests {
                 413,
                 "body_too_large",
             ),
+            (
+                GatewayError::BlobTooLarge { limit: 1 },
+                413,
+                "body_too_large",
+            ),
             (GatewayError::BodyRead("x".into()), 400, "body_read"),
             (
                 GatewayError::NotFound {
@@ -552,6 +568,7 @@ mod tests {
                 403,
                 "model_not_allowed",
             ),
+            (GatewayError::AdminRequired, 403, "admin_required"),
             (
                 GatewayError::ModelNotFound { model: "m".into() },
                 404,

@@ -65,6 +65,38 @@ pub struct KeyEntry {
     pub models: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// `"admin"` for a key that may manage models; absent means an ordinary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// What a key may do beyond using models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Chat, generate, embed, list: the default.
+    #[default]
+    User,
+    /// Also model management (pull, push, create, copy, delete, blobs).
+    Admin,
+}
+
+impl Role {
+    /// The keys file's `role` value (absent: [`Role::User`]); `None` for an unknown role.
+    pub fn parse(value: Option<&str>) -> Option<Self> {
+        match value {
+            None => Some(Self::User),
+            Some("admin") => Some(Self::Admin),
+            Some(_) => None,
+        }
+    }
+
+    /// The line that gives an entry this role (empty for the default).
+    pub fn toml_line(self) -> &'static str {
+        match self {
+            Self::User => "",
+            Self::Admin => "role = \"admin\"\n",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +114,7 @@ pub struct ApiKey {
     pub id: Arc<str>,
     pub team: Arc<str>,
     pub enabled: bool,
+    pub role: Role,
     /// Its request limits and their state.
     pub quota: KeyLimits,
     models: Option<Vec<glob::Pattern>>,
@@ -93,6 +126,7 @@ impl std::fmt::Debug for ApiKey {
             .field("id", &self.id)
             .field("team", &self.team)
             .field("enabled", &self.enabled)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -277,12 +311,19 @@ fn identity(
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
+    let role = Role::parse(entry.role.as_deref()).ok_or_else(|| {
+        format!(
+            "role {:?} is unknown: the only role is \"admin\" (leave role out for an ordinary key)",
+            entry.role.as_deref().unwrap_or_default()
+        )
+    })?;
     let id: Arc<str> = entry.id.as_str().into();
     Ok(ApiKey {
         quota: pool.key_limits(Arc::clone(&id), limits),
         id,
         team: entry.team.into(),
         enabled: entry.enabled.unwrap_or(true),
+        role,
         models,
     })
 }
@@ -569,6 +610,33 @@ mod tests {
         let t = KeyTable::parse(&uncommented, &path, DEFAULTS, &LimiterPool::default()).unwrap();
         let lab = t.network(IpAddr::from([10, 30, 0, 7])).unwrap();
         assert_eq!((&*lab.id, &*lab.team), ("lab-workstations", "research"));
+    }
+
+    #[test]
+    fn role_admin_is_read_and_unknown_roles_name_their_entry() {
+        let entry =
+            |id: &str, key: &str, extra: &str| format!("{}{extra}", entry_toml(id, "ops", key));
+        let text = [
+            entry("ops-admin", "ogw_a", Role::Admin.toml_line()),
+            entry("ops-user", "ogw_u", Role::User.toml_line()),
+        ]
+        .join("\n");
+        let t = table(&text).unwrap();
+        assert_eq!(t.lookup("ogw_a").unwrap().role, Role::Admin);
+        assert_eq!(t.lookup("ogw_u").unwrap().role, Role::User);
+        for role in ["Admin", "root", ""] {
+            let text = format!(
+                "{}\n{}",
+                entry("first", "ogw_1", ""),
+                entry("second", "ogw_2", &format!("role = {role:?}\n"))
+            );
+            let err = table(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("key #2 (\"second\")")
+                    && err.contains(&format!("role {role:?} is unknown")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

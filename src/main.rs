@@ -101,6 +101,10 @@ enum KeysCommand {
         /// Also append the entry to this keys file (created if missing).
         #[arg(long, value_name = "PATH")]
         append: Option<PathBuf>,
+        /// `admin`: the key may also manage models (pull, push, create, copy, delete,
+        /// blobs); default: an ordinary key.
+        #[arg(long, value_parser = ["admin"])]
+        role: Option<String>,
     },
     /// Read a key on stdin and print its SHA-256, as the keys file wants it.
     Hash,
@@ -137,13 +141,19 @@ fn print(
     }
 }
 
-fn keys_new(team: &str, id: Option<String>, append: Option<&Path>) -> anyhow::Result<()> {
+fn keys_new(
+    team: &str,
+    id: Option<String>,
+    append: Option<&Path>,
+    role: Option<&str>,
+) -> anyhow::Result<()> {
     let id = match id {
         Some(id) => id,
         None => format!("{team}-{}", keys::random_suffix()?),
     };
+    let role = keys::Role::parse(role).context("unknown role")?;
     let key = keys::generate_key()?;
-    let entry = keys::entry_toml(&id, team, &key);
+    let entry = keys::entry_toml(&id, team, &key) + role.toml_line();
     let defaults = Config::load(None, &HashMap::new())?.limits;
     let pool = LimiterPool::default();
     // Check the entry the way the gateway will read it, before anyone relies on it.
@@ -317,7 +327,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::CheckConfig(arg)) => (arg, false),
         Some(Command::Keys { command }) => {
             return match command {
-                KeysCommand::New { team, id, append } => keys_new(&team, id, append.as_deref()),
+                KeysCommand::New {
+                    team,
+                    id,
+                    append,
+                    role,
+                } => keys_new(&team, id, append.as_deref(), role.as_deref()),
                 KeysCommand::Hash => keys_hash(),
             }
         }

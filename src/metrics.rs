@@ -24,7 +24,7 @@ use crate::keys::ApiKey;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
-pub const REJECTION_REASONS: [&str; 17] = [
+pub const REJECTION_REASONS: [&str; 18] = [
     "ip",
     "auth",
     "auth_throttled",
@@ -32,6 +32,7 @@ pub const REJECTION_REASONS: [&str; 17] = [
     "in_flight",
     "model_not_allowed",
     "model_not_found",
+    "admin_required",
     "body_too_large",
     "header_too_large",
     "body_timeout",
@@ -345,8 +346,12 @@ impl Metrics {
             .map_or(0, IntCounter::get)
     }
 
-    /// The label for a model name (see the module docs for the cap).
+    /// The label for a model name (see the module docs for the cap); `none` for a request
+    /// that names no model (a blob upload).
     pub fn model_label(&self, model: &str, admit: bool) -> Arc<str> {
+        if model.is_empty() {
+            return Arc::clone(&self.none);
+        }
         self.models.label(model, admit)
     }
 }
@@ -789,6 +794,7 @@ mod tests {
             "openai/gpt-4o-mini"
         );
         assert_eq!(&*m.model_label("third", true), "other", "cap reached");
+        assert_eq!(&*m.model_label("", true), "none", "no model named");
         assert!(Arc::ptr_eq(
             &m.model_label("llama3", true),
             &m.model_label("llama3", true)

@@ -297,17 +297,16 @@ async fn the_official_client_lists_shows_and_reads_ps() {
     }
     let (ollama, openai) = (ollama(), openai());
     let gw = Gateway::start(Some(&ollama), Some(&openai), |_| {}).await;
-    let script = r#"
+    const SCRIPT: &str = r#"
 import json, os, ollama
-c = ollama.Client(host=os.environ["GW"], headers={"Authorization": "Bearer " + os.environ["KEY"]}, verify=os.environ["CA"])
+c = ollama.Client(host=os.environ["GW"], headers={"Authorization": "Bearer " + os.environ["GW_KEY"]}, verify=os.environ["GW_CA"])
 names = [m.model for m in c.list().models]
 shown = c.show("openai/gpt-4o-mini")
 local = c.show("llama3:latest")
 ps = [m.model for m in c.ps().models]
 print(json.dumps({"names": names, "family": shown.details.family, "caps": shown.capabilities, "local": local.modelfile, "ps": ps}))
 "#;
-    let out = gw.python(script).await;
-    let got: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
+    let got = gw.python(SCRIPT, &[("GW_KEY", TEST_KEY)]).await;
     assert_eq!(
         got["names"],
         json!([

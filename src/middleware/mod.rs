@@ -67,9 +67,9 @@ fn admit(
 }
 
 /// Most of a refused request's body read (and dropped) before answering.
-const DRAIN_LIMIT: usize = 64 * 1024;
+pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
 /// Longest wait for that body.
-const DRAIN_TIME: Duration = Duration::from_secs(1);
+pub(crate) const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Answers a refused request with its error response (the error stays attached, so
 /// `observe` can count and log it). Refusals are responses, not `Err`s, so that every

@@ -53,6 +53,9 @@ const ENDPOINTS: [&str; 18] = [
 /// The `endpoint` label: one of the gateway's own routes (as their patterns are written),
 /// or `other` (never the raw path, so the label stays bounded).
 fn route_label(pattern: Option<&str>) -> &'static str {
+    if pattern == Some("/api/blobs/{digest}") {
+        return "/api/blobs/:digest";
+    }
     pattern
         .and_then(|p| ENDPOINTS.iter().find(|e| **e == p))
         .copied()

@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
+use crate::config::ServerConfig;
 use crate::error::GatewayError;
 use crate::upstream;
 
@@ -22,6 +23,22 @@ pub async fn read(
     tokio::time::timeout(within, read_limited(payload, req, limit))
         .await
         .map_err(|_| GatewayError::BodyTimeout(humantime::format_duration(within).to_string()))?
+}
+
+/// Reads a JSON request body, within `server.max_body_bytes` and
+/// `server.request_body_timeout`.
+pub async fn read_json(
+    payload: web::Payload,
+    req: &HttpRequest,
+    server: &ServerConfig,
+) -> Result<Bytes, GatewayError> {
+    read(
+        payload,
+        req,
+        server.max_body_bytes,
+        server.request_body_timeout,
+    )
+    .await
 }
 
 async fn read_limited(

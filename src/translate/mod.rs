@@ -4,6 +4,7 @@
 
 pub mod embed;
 pub mod generate;
+pub mod manage;
 pub mod ndjson;
 pub mod ollama;
 pub mod openai;

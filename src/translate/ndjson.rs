@@ -1,6 +1,7 @@
 //! Relaying Ollama's NDJSON stream line-exact: complete lines go out as soon as they are in,
-//! a partial line waits for its newline, and the final `done` line (or an `{"error"}` line)
-//! is recognised so a stream that stops short can be reported instead of passing as finished.
+//! a partial line waits for its newline, and the final line (`done`, or `"status":"success"`
+//! for the progress of pull, push and create; or an `{"error"}` line) is recognised so a
+//! stream that stops short can be reported instead of passing as finished.
 //! A line longer than the limit ends the stream: nothing past the limit is ever buffered.
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +26,15 @@ struct LineProbe {
     error: Option<IgnoredAny>,
     #[serde(flatten)]
     counts: DoneCounts,
+}
+
+/// The status line that completes a progress stream (pull, push, create).
+#[derive(Deserialize)]
+struct ProgressProbe<'a> {
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    status: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// How a relayed stream ended.
@@ -52,6 +62,8 @@ pub struct NdjsonRelay {
     max_line: usize,
     done: Option<DoneCounts>,
     error: bool,
+    /// A progress stream: complete at `"status":"success"` rather than at `done`.
+    progress: bool,
 }
 
 impl Default for NdjsonRelay {
@@ -72,6 +84,16 @@ impl NdjsonRelay {
             max_line,
             done: None,
             error: false,
+            progress: false,
+        }
+    }
+
+    /// A relay of model-management progress (pull, push, create), which is complete at its
+    /// `{"status":"success"}` line (Ollama's last, when all went well).
+    pub fn progress(max_line: usize) -> Self {
+        Self {
+            progress: true,
+            ..Self::with_max_line(max_line)
         }
     }
 
@@ -152,6 +174,10 @@ impl NdjsonRelay {
                 return Some(start);
             }
             start += line.len() + 1;
+            if self.progress {
+                self.inspect_progress(line);
+                continue;
+            }
             // Content chunks say `"done":false`; only other lines need a parse.
             if line.is_empty() || memchr::memmem::find(line, b"\"done\":false").is_some() {
                 continue;
@@ -165,6 +191,22 @@ impl NdjsonRelay {
             }
         }
         None
+    }
+
+    /// Notes a progress line that ends the stream: `"status":"success"` or an error. Most
+    /// lines (`"status":"pulling ..."` with byte counts) mention neither and need no parse.
+    fn inspect_progress(&mut self, line: &[u8]) {
+        let finder = |word: &[u8]| memchr::memmem::find(line, word).is_some();
+        if !finder(b"success") && !finder(b"\"error\"") {
+            return;
+        }
+        if let Ok(probe) = serde_json::from_slice::<ProgressProbe<'_>>(line) {
+            if probe.error.is_some() {
+                self.error = true;
+            } else if probe.status.as_deref() == Some("success") {
+                self.done = Some(DoneCounts::default());
+            }
+        }
     }
 }
 
@@ -266,6 +308,62 @@ mod tests {
             &[],
         );
         assert_eq!(ending, Ending::Truncated);
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    const PULL: &str = concat!(
+        "{\"status\":\"pulling manifest\"}\n",
+        "{\"status\":\"pulling 6a0746a1ec1a\",\"digest\":\"sha256:6a0746a1ec1a\",\"total\":4661211808,\"completed\":1048576}\n",
+        "{\"status\":\"verifying sha256 digest\"}\n",
+        "{\"status\":\"success\"}\n",
+    );
+
+    fn relay(input: &[u8], split: usize) -> (Vec<u8>, Ending) {
+        let mut r = NdjsonRelay::progress(crate::translate::DEFAULT_MAX_LINE);
+        let mut out = Vec::new();
+        for piece in [&input[..split], &input[split..]] {
+            if let Some(b) = r.push(Bytes::copy_from_slice(piece)).unwrap() {
+                out.extend_from_slice(&b);
+            }
+        }
+        if let Some(b) = r.finish() {
+            out.extend_from_slice(&b);
+        }
+        (out, r.ending())
+    }
+
+    #[test]
+    fn a_progress_stream_is_complete_at_success_at_every_split() {
+        let input = PULL.as_bytes();
+        for i in 0..=input.len() {
+            let (out, ending) = relay(input, i);
+            assert_eq!(out, input, "split at {i}");
+            assert_eq!(ending, Ending::Done(DoneCounts::default()), "split at {i}");
+        }
+    }
+
+    #[test]
+    fn a_progress_stream_without_success_is_truncated_and_errors_are_seen() {
+        let cut: usize = PULL.lines().take(3).map(|l| l.len() + 1).sum();
+        let input = &PULL.as_bytes()[..cut];
+        for i in 0..=input.len() {
+            assert_eq!(relay(input, i).1, Ending::Truncated, "split at {i}");
+        }
+        let failed = b"{\"status\":\"pulling manifest\"}\n{\"error\":\"pull model manifest: file does not exist\"}\n";
+        for i in 0..=failed.len() {
+            assert_eq!(relay(failed, i).1, Ending::UpstreamError, "split at {i}");
+        }
+        // A status that merely mentions success, and a chat line's `done`, do not complete it.
+        let (_, ending) = relay(b"{\"status\":\"success is near\"}\n{\"done\":true}\n", 0);
+        assert_eq!(ending, Ending::Truncated);
+        // Nor does `"status":"success"` complete a chat stream.
+        let mut chat = NdjsonRelay::new();
+        let _ = chat.push(Bytes::from_static(b"{\"status\":\"success\"}\n"));
+        assert_eq!(chat.ending(), Ending::Truncated);
     }
 }
 

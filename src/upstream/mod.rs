@@ -2,10 +2,12 @@
 //! HTTP client, and the two upstream kinds.
 
 pub mod headers;
+pub mod manage;
 pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod relay;
+pub mod upload;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //! line by line as they arrive. Small reads (`/api/version`) come back whole.
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -175,6 +176,96 @@ pub async fn get_whole(
     Ok(builder.body(body))
 }
 
+/// Ollama's answer on its way to the client.
+pub(super) enum Answer {
+    /// A 2xx NDJSON stream, relayed line by line; its record ends with it.
+    Stream(HttpResponse),
+    /// Any other answer, read whole, for the caller to finish: its status, the client's
+    /// response with Ollama's headers, the body, and the record.
+    Whole {
+        builder: HttpResponseBuilder,
+        status: StatusCode,
+        body: Bytes,
+        record: RequestRecord,
+    },
+}
+
+/// Relays a 2xx NDJSON answer through `lines` as it arrives; reads any other whole. Ollama
+/// writes those in one piece, so buffering them costs nothing and lets a broken answer
+/// become a 502 instead of a truncated 200.
+pub(super) async fn answer(
+    mut resp: awc::ClientResponse,
+    lines: NdjsonRelay,
+    config: &Config,
+    deadline: Instant,
+    record: RequestRecord,
+) -> Result<Answer, GatewayError> {
+    let status = resp.status();
+    let mut builder = HttpResponse::build(status);
+    for (name, value) in downstream_response_headers(resp.headers()) {
+        builder.append_header((name.clone(), value.clone()));
+    }
+    let is_ndjson = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    if status.is_success() && is_ndjson {
+        builder
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
+        let relay = Relay::new(
+            resp,
+            OllamaLines(lines),
+            OLLAMA.to_string(),
+            config,
+            deadline,
+            Some(record),
+        );
+        return Ok(Answer::Stream(builder.streaming(relay)));
+    }
+    let body = if status.is_success() {
+        read_body(
+            &mut resp,
+            OLLAMA,
+            MAX_ANSWER_BYTES,
+            deadline,
+            &config.timeouts,
+        )
+        .await
+    } else {
+        read_error_body(&mut resp, OLLAMA, deadline, config).await
+    };
+    match body {
+        Ok(body) => Ok(Answer::Whole {
+            builder,
+            status,
+            body,
+            record,
+        }),
+        Err(e) => Err(record.fail(e)),
+    }
+}
+
+/// `upstream_req` with the client's headers that may go to Ollama, and the request id.
+pub(super) fn with_client_headers(
+    mut upstream_req: awc::ClientRequest,
+    req: &HttpRequest,
+    request_id: &str,
+) -> awc::ClientRequest {
+    for (name, value) in upstream_request_headers(req.headers()) {
+        upstream_req
+            .headers_mut()
+            .append(name.clone(), value.clone());
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        upstream_req
+            .headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), id);
+    }
+    upstream_req
+}
+
 fn report(c: DoneCounts) -> (Tokens, OllamaTimings) {
     (
         Tokens {
@@ -189,7 +280,8 @@ fn report(c: DoneCounts) -> (Tokens, OllamaTimings) {
     )
 }
 
-/// Relays NDJSON lines and checks that the stream really finished.
+/// Relays NDJSON lines and checks that the stream really finished (as its relay knows a
+/// finished stream: a `done` line, or a progress stream's `success`).
 struct OllamaLines(NdjsonRelay);
 
 impl Transform for OllamaLines {

@@ -2,6 +2,7 @@
 //! that record what they receive and answer as each test scripts them.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod admin;
 pub mod auth;
 pub mod gen;
 pub mod skip;
@@ -245,23 +246,40 @@ impl FakeUpstream {
 
     /// Waits until a connection to the fake has been closed by the gateway.
     pub async fn wait_closed(&self, within: Duration) -> bool {
-        let mut rx = self.closed.lock().await;
-        matches!(tokio::time::timeout(within, rx.recv()).await, Ok(Some(())))
+        closes(&self.closed, within).await
     }
 
     /// Waits until the fake has received `n` requests in all.
     pub async fn wait_requests(&self, n: usize, within: Duration) -> bool {
-        let mut rx = self.count.clone();
-        let reached = tokio::time::timeout(within, rx.wait_for(|c| *c >= n))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        reached
+        reaches(&self.count, n, within).await
     }
 
     /// How many TCP connections the fake has accepted.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// Waits until `count` reaches `n`, at most `within`.
+pub async fn reaches(
+    count: &tokio::sync::watch::Receiver<usize>,
+    n: usize,
+    within: Duration,
+) -> bool {
+    let mut rx = count.clone();
+    let reached = tokio::time::timeout(within, rx.wait_for(|c| *c >= n))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    reached
+}
+
+/// Waits until `closed` says a connection closed, at most `within`.
+pub async fn closes(
+    closed: &tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+    within: Duration,
+) -> bool {
+    let mut rx = closed.lock().await;
+    matches!(tokio::time::timeout(within, rx.recv()).await, Ok(Some(())))
 }
 
 async fn serve_connection(
@@ -380,7 +398,8 @@ async fn write_chunks(stream: &mut TcpStream, chunks: Vec<Vec<u8>>) -> std::io::
     Ok(())
 }
 
-async fn wait_for_close(stream: &mut TcpStream) {
+/// Reads (and drops) what the peer sends until it closes the connection.
+pub async fn wait_for_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
     let mut sink = [0u8; 1024];
     while let Ok(n) = stream.read(&mut sink).await {
         if n == 0 {
@@ -666,34 +685,6 @@ impl Gateway {
             .unwrap()
     }
 
-    /// Runs a python `script` with `GW` (the gateway's URL), `KEY` (the test key) and `CA`
-    /// (the certificate to trust) in its environment; its standard output. Fails the test
-    /// when the script fails.
-    pub async fn python(&self, script: &str) -> String {
-        let (url, ca, script) = (
-            self.url.clone(),
-            self.dir.0.join("cert.pem"),
-            script.to_string(),
-        );
-        let out = actix_rt::task::spawn_blocking(move || {
-            std::process::Command::new("python3")
-                .args(["-c", &script])
-                .env("GW", url)
-                .env("KEY", TEST_KEY)
-                .env("CA", ca)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "python failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// `gateway_upstream_errors_total` for one upstream and kind.
     pub fn upstream_errors(&self, upstream: &str, kind: &str) -> f64 {
         self.metric(&format!(
@@ -703,6 +694,28 @@ impl Gateway {
 
     pub async fn stop(self) {
         self.handle.stop(false).await;
+    }
+
+    /// Runs `python3 -c script` (off the test's thread) with `GW` (the gateway's URL),
+    /// `GW_CA` (its certificate) and `env`; checks it succeeded; its output, parsed as JSON.
+    pub async fn python(&self, script: &'static str, env: &[(&str, &str)]) -> Value {
+        let mut command = std::process::Command::new("python3");
+        command
+            .args(["-c", script])
+            .env("GW", &self.url)
+            .env("GW_CA", self.dir.0.join("cert.pem"));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let output = actix_rt::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 }
 

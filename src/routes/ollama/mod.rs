@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod embed;
 pub mod generate;
+pub mod manage;
 pub mod meta;
 pub mod models;
 mod routed;
@@ -19,6 +20,7 @@ use crate::metrics::{RequestRecord, WorkerMetrics};
 use crate::middleware::observe::Recorded;
 use crate::state::AppState;
 use crate::telemetry::RequestId;
+use crate::translate::manage::Operation;
 
 /// Registers Ollama's endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -39,6 +41,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(probe("/api/tags", models::tags))
         .service(only("/api/ps", "GET", web::get().to(models::ps)))
         .service(only("/api/show", "POST", web::post().to(models::show)));
+    for op in Operation::ALL {
+        let (allow, route) = match op {
+            Operation::Delete => ("DELETE", web::delete()),
+            _ => ("POST", web::post()),
+        };
+        cfg.service(only(op.path(), allow, route.to(manage::json)));
+    }
+    cfg.service(
+        only(
+            "/api/blobs/{digest}",
+            "HEAD, POST",
+            web::head().to(manage::blob),
+        )
+        .route(web::post().to(manage::blob)),
+    );
+}
+
+/// The request's id and this worker's metric handles, for the `RequestRecord` of a request
+/// that is about to go upstream: from here on the record, not the edge, counts and logs it.
+fn recorded(req: &HttpRequest, state: &AppState) -> (Arc<str>, Rc<WorkerMetrics>) {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0));
+    let worker = req
+        .app_data::<Rc<WorkerMetrics>>()
+        .cloned()
+        .unwrap_or_else(|| Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics))));
+    req.extensions_mut().insert(Recorded);
+    (request_id, worker)
 }
 
 /// Hands a routed request over to its record, which from here on counts and logs it when
