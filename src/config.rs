@@ -294,7 +294,7 @@ impl Default for RawTls {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawOllama {
-    /// Base URL of Ollama; `/api/chat` is appended.
+    /// Base URL of Ollama; each endpoint's path (`/api/chat`, ...) is appended.
     pub base_url: String,
 }
 
