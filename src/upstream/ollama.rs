@@ -30,73 +30,26 @@ pub async fn forward(
 ) -> Result<HttpResponse, GatewayError> {
     let timeouts = &config.timeouts;
     let deadline = Instant::now() + timeouts.total;
-    let mut upstream_req = client.post(uri.clone()).timeout(timeouts.first_byte);
-    for (name, value) in upstream_request_headers(req.headers()) {
-        upstream_req
-            .headers_mut()
-            .append(name.clone(), value.clone());
-    }
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        upstream_req
-            .headers_mut()
-            .insert(header::HeaderName::from_static("x-request-id"), id);
-    }
-    let mut resp = match upstream_req.send_body(body).await {
+    let upstream_req = with_client_headers(
+        client.post(uri.clone()).timeout(timeouts.first_byte),
+        req,
+        request_id,
+    );
+    let resp = match upstream_req.send_body(body).await {
         Ok(resp) => resp,
         Err(e) => return Err(record.fail(send_error(OLLAMA, e, timeouts))),
     };
-
-    let status = resp.status();
-    let mut builder = HttpResponse::build(status);
-    for (name, value) in downstream_response_headers(resp.headers()) {
-        builder.append_header((name.clone(), value.clone()));
-    }
-    let is_ndjson = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    if status.is_success() && is_ndjson {
-        builder
-            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
-            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
-        let relay = Relay::new(
-            resp,
-            OllamaLines(NdjsonRelay::with_max_line(
-                config.upstream.max_stream_line_bytes,
-            )),
-            OLLAMA.to_string(),
-            config,
-            deadline,
-            Some(record),
-        );
-        return Ok(builder.streaming(relay));
-    }
-    // A whole answer or an error: Ollama writes these in one piece, so buffering them costs
-    // nothing and lets a broken answer become a 502 instead of a truncated 200.
-    let body = if status.is_success() {
-        read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await
-    } else {
-        match read_error_body(&mut resp, OLLAMA, deadline, config).await {
-            // The status still says what happened; the body is only its explanation.
-            Err(GatewayError::UpstreamTooLarge { limit, .. }) => {
-                Err(GatewayError::UpstreamStatus {
-                    upstream: OLLAMA.to_string(),
-                    status,
-                    message: format!(
-                        "upstream {OLLAMA} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
-                        status.as_u16()
-                    ),
-                    retry_after: None,
-                })
-            }
-            other => other,
-        }
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => return Err(record.fail(e)),
-    };
+    let lines = NdjsonRelay::with_max_line(config.upstream.max_stream_line_bytes);
+    let (mut builder, status, body, record) =
+        match answer(resp, lines, config, deadline, record).await? {
+            Answer::Stream(streamed) => return Ok(streamed),
+            Answer::Whole {
+                builder,
+                status,
+                body,
+                record,
+            } => (builder, status, body, record),
+        };
     let counts: DoneCounts = if status.is_success() {
         match serde_json::from_slice(&body) {
             Ok(counts) => counts,
@@ -234,7 +187,19 @@ pub(super) async fn answer(
         )
         .await
     } else {
-        read_error_body(&mut resp, OLLAMA, deadline, config).await
+        match read_error_body(&mut resp, OLLAMA, deadline, config).await {
+            // The status still says what happened; the body is only its explanation.
+            Err(GatewayError::UpstreamTooLarge { limit, .. }) => Err(GatewayError::UpstreamStatus {
+                upstream: OLLAMA.to_string(),
+                status,
+                message: format!(
+                    "upstream {OLLAMA} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
+                    status.as_u16()
+                ),
+                retry_after: None,
+            }),
+            other => other,
+        }
     };
     match body {
         Ok(body) => Ok(Answer::Whole {

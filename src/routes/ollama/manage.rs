@@ -56,7 +56,7 @@ pub async fn json(
     } else {
         config.timeouts.first_byte
     };
-    let (record, request_id) = record(&req, &state, op.path(), started, request.model(), &key);
+    let (record, request_id) = record(&req, &state, op.path(), started, request.model());
     let call = Call {
         method: req.method().clone(),
         path: op.path(),
@@ -82,7 +82,7 @@ pub async fn blob(
     digest: web::Path<String>,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
-    let key = admin(&req, &mut payload).await?;
+    admin(&req, &mut payload).await?;
     let config = &state.config;
     let limit = config.server.max_blob_bytes;
     let upload = req.method() == Method::POST;
@@ -100,7 +100,7 @@ pub async fn blob(
     } else {
         Outgoing::Nothing
     };
-    let (record, request_id) = record(&req, &state, BLOBS_ROUTE, started, "", &key);
+    let (record, request_id) = record(&req, &state, BLOBS_ROUTE, started, "");
     let path = format!("/api/blobs/{digest}");
     let call = Call {
         method: req.method().clone(),
@@ -158,19 +158,7 @@ fn record(
     route: &'static str,
     started: Instant,
     model: &str,
-    key: &ApiKey,
 ) -> (RequestRecord, Arc<str>) {
-    let (request_id, worker) = super::recorded(req, state);
-    let record = RequestRecord::start(
-        worker,
-        route,
-        started,
-        Arc::clone(&request_id),
-        Arc::clone(&state.ollama_label),
-        true,
-        model,
-        Some(key),
-        false,
-    );
-    (record, request_id)
+    let ollama = Arc::clone(&state.ollama_label);
+    super::record(req, state, route, started, ollama, true, model, false)
 }

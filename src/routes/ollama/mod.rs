@@ -86,16 +86,8 @@ pub(crate) fn record(
     model: &str,
     streams: bool,
 ) -> (RequestRecord, Arc<str>) {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0));
     let key = req.extensions().get::<Arc<ApiKey>>().cloned();
-    let worker = req
-        .app_data::<Rc<WorkerMetrics>>()
-        .cloned()
-        .unwrap_or_else(|| Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics))));
-    req.extensions_mut().insert(Recorded);
+    let (request_id, worker) = recorded(req, state);
     let record = RequestRecord::start(
         worker,
         route,

@@ -2,7 +2,6 @@
 //! key may use the model, pick the upstream (the catalog's one decision), and start the
 //! request's record, which from then on counts and logs it.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,10 +12,8 @@ use crate::catalog::{self, Route};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::keys::ApiKey;
-use crate::metrics::{RequestRecord, WorkerMetrics};
-use crate::middleware::observe::Recorded;
+use crate::metrics::RequestRecord;
 use crate::state::AppState;
-use crate::telemetry::RequestId;
 use crate::upstream::{self, openai};
 
 /// A request admitted to its upstream, with the record that follows it.
@@ -87,32 +84,15 @@ pub fn admit<'a>(
             });
         }
     }
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0));
     let config = &*state.config;
     let route = catalog::route(config, model);
     let (label, is_ollama) = match route {
         Route::Ollama => (Arc::clone(&state.ollama_label), true),
         Route::OpenAi { upstream, .. } => (Arc::clone(&upstream.label), false),
     };
-    let worker = req
-        .app_data::<Rc<WorkerMetrics>>()
-        .cloned()
-        .unwrap_or_else(|| Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics))));
     // From here on, the record counts and logs this request when its answer ends.
-    req.extensions_mut().insert(Recorded);
-    let record = RequestRecord::start(
-        worker,
-        endpoint,
-        started,
-        Arc::clone(&request_id),
-        label,
-        is_ollama,
-        model,
-        key.as_deref(),
-        streams,
+    let (record, request_id) = super::record(
+        req, state, endpoint, started, label, is_ollama, model, streams,
     );
     Ok(match route {
         Route::Ollama => Routed::Ollama(ToOllama {
