@@ -234,6 +234,12 @@ async fn polls_never_starve_chats_and_exactly_read_burst_reads_pass() {
         if req.path == "/api/version" {
             return Reply::json(200, &json!({"version": "0.12.6"}));
         }
+        if req.path == "/api/tags" {
+            return Reply::json(
+                200,
+                &json!({"models": [{"name": "llama3", "model": "llama3"}]}),
+            );
+        }
         let hold = match req.json()["model"].as_str() {
             Some("hold-0") => Some(0),
             Some("hold-1") => Some(1),
@@ -277,8 +283,14 @@ async fn polls_never_starve_chats_and_exactly_read_burst_reads_pass() {
     let mut held = vec![chat("hold-0").await, chat("hold-1").await];
     assert!(ollama.wait_requests(2, Duration::from_secs(10)).await);
     let mut statuses = Vec::new();
-    for _ in 0..READ_BURST + 3 {
-        let a = send(&gw, Method::GET, "/api/version", &[KEY]).await;
+    // A UI refreshing its model list and its connection: tags and version, in turn.
+    for i in 0..READ_BURST + 3 {
+        let path = if i % 2 == 0 {
+            "/api/tags"
+        } else {
+            "/api/version"
+        };
+        let a = send(&gw, Method::GET, path, &[KEY]).await;
         if a.status == 429 {
             let msg = json_error(&a.headers, &a.body);
             assert!(

@@ -1,8 +1,6 @@
 //! For the tests of identities and cheap reads: running a python script against the
 //! gateway with the official `ollama` client (and httpx, which it brings).
 
-use std::process::Command;
-
 use serde_json::Value;
 
 /// Runs `script` with python3 and `env`, and returns what it printed, as JSON; `None`
@@ -15,22 +13,8 @@ pub async fn python(script: &'static str, env: Vec<(&'static str, String)>) -> O
     ) {
         return None;
     }
-    let output = actix_rt::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args(["-c", script])
-            .env_remove("OLLAMA_API_KEY")
-            .envs(env)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(serde_json::from_slice(&output.stdout).unwrap())
+    let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Some(super::python_json(script, env).await)
 }
 
 /// `GW` (the gateway's URL), `GW_CA` (its certificate), `GW_PORT`, and `GW_KEY` (the test

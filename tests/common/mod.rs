@@ -699,23 +699,15 @@ impl Gateway {
     /// Runs `python3 -c script` (off the test's thread) with `GW` (the gateway's URL),
     /// `GW_CA` (its certificate) and `env`; checks it succeeded; its output, parsed as JSON.
     pub async fn python(&self, script: &'static str, env: &[(&str, &str)]) -> Value {
-        let mut command = std::process::Command::new("python3");
-        command
-            .args(["-c", script])
-            .env("GW", &self.url)
-            .env("GW_CA", self.dir.0.join("cert.pem"));
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let output = actix_rt::task::spawn_blocking(move || command.output().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
+        let mut all = vec![
+            ("GW".to_string(), self.url.clone()),
+            (
+                "GW_CA".to_string(),
+                self.dir.0.join("cert.pem").display().to_string(),
+            ),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        python_json(script, all).await
     }
 }
 
@@ -723,14 +715,18 @@ impl Gateway {
 /// environment as `GW`, `GW_CA`, `GW_KEY`) and parses what it prints as JSON; a failing
 /// script fails the test with its stderr.
 pub async fn run_python(gw: &Gateway, script: &'static str) -> Value {
-    let ca = gw.dir.0.join("cert.pem");
-    let url = gw.url.clone();
+    gw.python(script, &[("GW_KEY", TEST_KEY)]).await
+}
+
+/// Runs `python3 -c script` off the test's thread with `env` (and without the caller's
+/// `OLLAMA_API_KEY`, which the official client would send); checks it succeeded; its
+/// output, parsed as JSON.
+pub async fn python_json(script: &'static str, env: Vec<(String, String)>) -> Value {
     let output = actix_rt::task::spawn_blocking(move || {
         std::process::Command::new("python3")
             .args(["-c", script])
-            .env("GW", url)
-            .env("GW_CA", ca)
-            .env("GW_KEY", TEST_KEY)
+            .env_remove("OLLAMA_API_KEY")
+            .envs(env)
             .output()
             .unwrap()
     })
