@@ -17,7 +17,7 @@ pub async fn chat(
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
-    let body = routed::body(payload, &req, &state).await?;
+    let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
     let chat = ChatRequest::parse(&body)?;
     let (model, streams) = (chat.model(), chat.streams());
     match routed::admit(&req, &state, "/api/chat", model, started, streams)? {

@@ -37,7 +37,7 @@ async fn handle(
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
-    let body = routed::body(payload, &req, &state).await?;
+    let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
     let embed = EmbedRequest::parse(&body)?;
     let (label, uri) = match endpoint {
         Endpoint::Embed => ("/api/embed", &state.config.ollama.embed_uri),

@@ -18,7 +18,7 @@ pub async fn generate(
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
-    let body = routed::body(payload, &req, &state).await?;
+    let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
     // Moves the parsed fields, copies nothing: cheap even when the body goes to Ollama.
     let generate = GenerateRequest::parse(&body)?.into_chat();
     let (model, streams) = (generate.chat.model(), generate.chat.streams());

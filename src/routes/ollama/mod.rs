@@ -58,13 +58,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The request's id, as the edge set it (or a new one).
+pub(crate) fn request_id(req: &HttpRequest) -> Arc<str> {
+    req.extensions()
+        .get::<RequestId>()
+        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0))
+}
+
 /// The request's id and this worker's metric handles, for the `RequestRecord` of a request
 /// that is about to go upstream: from here on the record, not the edge, counts and logs it.
 fn recorded(req: &HttpRequest, state: &AppState) -> (Arc<str>, Rc<WorkerMetrics>) {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0));
+    let request_id = request_id(req);
     let worker = req
         .app_data::<Rc<WorkerMetrics>>()
         .cloned()

@@ -14,17 +14,11 @@ use crate::config::OpenAiConfig;
 use crate::error::{GatewayError, JSON_UTF8};
 use crate::keys::ApiKey;
 use crate::state::AppState;
-use crate::telemetry::RequestId;
+use crate::translate::ollama::parse_request;
 use crate::upstream::{self, models, OLLAMA};
 
 fn key_of(req: &HttpRequest) -> Option<Arc<ApiKey>> {
     req.extensions().get::<Arc<ApiKey>>().cloned()
-}
-
-fn request_id(req: &HttpRequest) -> Arc<str> {
-    req.extensions()
-        .get::<RequestId>()
-        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0))
 }
 
 fn allowed(key: Option<&ApiKey>, model: &str) -> bool {
@@ -72,7 +66,7 @@ pub async fn tags(
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
     let key = key_of(&req);
-    let id = request_id(&req);
+    let id = super::request_id(&req);
     let config = &state.config;
     let ollama = models::ollama(&client, config, Method::GET, "/api/tags", None, &id);
     let others = join_all(
@@ -128,7 +122,7 @@ pub async fn ps(
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
     let key = key_of(&req);
-    let id = request_id(&req);
+    let id = super::request_id(&req);
     let answer = models::ollama(&client, &state.config, Method::GET, "/api/ps", None, &id).await?;
     if !answer.status.is_success() {
         return Ok(relay(answer));
@@ -156,6 +150,18 @@ struct ShowRequest {
     name: Option<String>,
 }
 
+impl ShowRequest {
+    /// `model`, else the legacy `name` (empty when neither is given).
+    fn model(&self) -> &str {
+        [&self.model, &self.name]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .find(|m| !m.is_empty())
+            .unwrap_or("")
+    }
+}
+
 /// `POST /api/show`: Ollama's answer for its models; for an upstream's model, what is known.
 pub async fn show(
     req: HttpRequest,
@@ -164,30 +170,16 @@ pub async fn show(
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
     let config = &state.config;
-    let body = crate::routes::body::read(
-        payload,
-        &req,
-        config.server.max_body_bytes,
-        config.server.request_body_timeout,
-    )
-    .await?;
-    if body.is_empty() {
-        return Err(GatewayError::EmptyBody);
-    }
-    let show: ShowRequest =
-        serde_json::from_slice(&body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
-    let model = show
-        .model
-        .filter(|m| !m.is_empty())
-        .or(show.name.filter(|m| !m.is_empty()))
-        .ok_or(GatewayError::MissingModel)?;
+    let body = crate::routes::body::read_json(payload, &req, &config.server).await?;
+    let show: ShowRequest = parse_request(&body, ShowRequest::model)?;
+    let model = show.model().to_string();
     let key = key_of(&req);
     if !allowed(key.as_deref(), &model) {
         return Err(GatewayError::ModelNotAllowed {
             model: model.chars().take(200).collect(),
         });
     }
-    let id = request_id(&req);
+    let id = super::request_id(&req);
     match catalog::route(config, &model) {
         Route::Ollama => {
             let answer =

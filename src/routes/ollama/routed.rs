@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use crate::catalog::{self, Route};
@@ -47,23 +47,6 @@ impl ToOllama<'_> {
         } = self;
         upstream::ollama::forward(client, config, req, uri, body, &request_id, record).await
     }
-}
-
-/// The request body, bounded in size and time (`server.max_body_bytes`,
-/// `server.request_body_timeout`).
-pub async fn body(
-    payload: web::Payload,
-    req: &HttpRequest,
-    state: &AppState,
-) -> Result<Bytes, GatewayError> {
-    let server = &state.config.server;
-    crate::routes::body::read(
-        payload,
-        req,
-        server.max_body_bytes,
-        server.request_body_timeout,
-    )
-    .await
 }
 
 /// Admits a request for `model` at `endpoint` (the `route` label), received at `started`:
