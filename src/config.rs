@@ -339,7 +339,7 @@ pub struct RawCatalog {
     /// reused; Ollama's own list is asked for every time.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
-    /// Longest wait for a model list, `show`, `ps` or `version` from an upstream.
+    /// Longest wait for a model list, `show` or `ps` from an upstream.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
