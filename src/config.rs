@@ -339,7 +339,7 @@ pub struct RawCatalog {
     /// reused; Ollama's own list is asked for every time.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
-    /// Longest wait for a model list, `show` or `ps` from an upstream.
+    /// Longest wait for a model list, `show`, `ps` or `version` from an upstream.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -562,8 +562,6 @@ pub struct OllamaConfig {
     pub embeddings_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
     pub version_url: String,
-    /// The same, parsed once, for `GET /api/version`.
-    pub version_uri: awc::http::Uri,
 }
 
 /// Which OpenAI parameter carries Ollama's `num_predict`.
@@ -715,7 +713,6 @@ impl Config {
             embed_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/embed"))?,
             embeddings_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/embeddings"))?,
             version_url: format!("{ollama_base}/api/version"),
-            version_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/version"))?,
         };
         let mut upstreams = Vec::new();
         for (name, up) in &raw.upstreams {

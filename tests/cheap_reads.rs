@@ -186,6 +186,22 @@ async fn version_failures_are_honest() {
     assert_eq!(a.status, 504);
     assert!(json_error(&a.headers, &a.body).contains("timed out"));
     slow.stop().await;
+    // A version is a cheap read: `catalog.timeout` bounds it even when inference may wait
+    // minutes for its first byte.
+    let slow = Gateway::start(Some(&hang), None, |raw| {
+        raw.timeouts.first_byte = Duration::from_secs(300);
+        raw.catalog.timeout = Duration::from_millis(200);
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let a = send(&slow, Method::GET, "/api/version", &[KEY]).await;
+    assert_eq!(a.status, 504);
+    assert!(json_error(&a.headers, &a.body).contains("timed out"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "bounded by catalog.timeout"
+    );
+    slow.stop().await;
 
     let odd = FakeUpstream::start(|req| match req.header("x-request-id") {
         Some("garbage") => Reply::Full {

@@ -1,5 +1,6 @@
-//! Small exchanges whose answer is read whole, bounded by `catalog.timeout`: Ollama's model
-//! list, loaded models and `show`, and an OpenAI-compatible upstream's `GET /models`.
+//! Small exchanges whose answer is read whole, bounded by `catalog.timeout` (and by
+//! `timeouts` where those are shorter): Ollama's version, model list, loaded models and
+//! `show`, and an OpenAI-compatible upstream's `GET /models`.
 
 use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
@@ -20,12 +21,12 @@ pub struct Answer {
 
 /// The gateway's timeouts with every wait capped at `catalog.timeout`.
 fn timeouts(config: &Config) -> Timeouts {
-    let t = config.catalog.timeout;
+    let (t, all) = (config.catalog.timeout, &config.timeouts);
     Timeouts {
-        connect: config.timeouts.connect.min(t),
-        first_byte: t,
-        idle: t,
-        total: t,
+        connect: all.connect.min(t),
+        first_byte: all.first_byte.min(t),
+        idle: all.idle.min(t),
+        total: all.total.min(t),
     }
 }
 

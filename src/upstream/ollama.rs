@@ -1,5 +1,5 @@
 //! The Ollama upstream: the request body goes as is; answers come back unchanged, streams
-//! line by line as they arrive. Small reads (`/api/version`) come back whole.
+//! line by line as they arrive.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
@@ -71,59 +71,6 @@ pub async fn forward(
         status.as_u16(),
         tokens,
         Some(timings),
-        &metrics::Ending::Complete,
-    );
-    Ok(builder.body(body))
-}
-
-/// GETs a small whole answer from Ollama at `uri` (at most `limit` bytes, within the
-/// configured timeouts) and relays it as Ollama sent it: status, headers, bytes. A 2xx
-/// that `check` refuses becomes a 502, so a client never takes garbage for an answer; an
-/// error status is relayed with its body (scrubbed).
-pub async fn get_whole(
-    client: &awc::Client,
-    config: &Config,
-    uri: &awc::http::Uri,
-    request_id: &str,
-    limit: usize,
-    check: fn(&[u8]) -> Result<(), String>,
-    record: RequestRecord,
-) -> Result<HttpResponse, GatewayError> {
-    let timeouts = &config.timeouts;
-    let deadline = Instant::now() + timeouts.total;
-    let mut upstream_req = client.get(uri.clone()).timeout(timeouts.first_byte);
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        upstream_req
-            .headers_mut()
-            .insert(header::HeaderName::from_static("x-request-id"), id);
-    }
-    let mut resp = match upstream_req.send().await {
-        Ok(resp) => resp,
-        Err(e) => return Err(record.fail(send_error(OLLAMA, e, timeouts))),
-    };
-    let status = resp.status();
-    let body = if status.is_success() {
-        read_body(&mut resp, OLLAMA, limit, deadline, timeouts).await
-    } else {
-        read_error_body(&mut resp, OLLAMA, deadline, config).await
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => return Err(record.fail(e)),
-    };
-    if status.is_success() {
-        if let Err(detail) = check(&body) {
-            return Err(record.fail(unreadable_answer(OLLAMA, &body, detail, &config.scrubber)));
-        }
-    }
-    let mut builder = HttpResponse::build(status);
-    for (name, value) in downstream_response_headers(resp.headers()) {
-        builder.append_header((name.clone(), value.clone()));
-    }
-    record.finish(
-        status.as_u16(),
-        Tokens::default(),
-        None,
         &metrics::Ending::Complete,
     );
     Ok(builder.body(body))

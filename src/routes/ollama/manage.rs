@@ -44,11 +44,7 @@ pub async fn json(
     let request = ManageRequest::parse(op, &body)?;
     for model in &request.models {
         ollama_only(config, model)?;
-        if !key.allows_model(model) {
-            return Err(GatewayError::ModelNotAllowed {
-                model: model.chars().take(200).collect(),
-            });
-        }
+        super::may_use(Some(&key), model)?;
     }
     // Without a stream Ollama answers only when the pull (push, create) is over.
     let wait = if op.reports_progress() && !request.streams {
@@ -114,7 +110,7 @@ pub async fn blob(
 
 /// The request's key, if it has `role = "admin"`; otherwise 403.
 async fn admin(req: &HttpRequest, payload: &mut web::Payload) -> Result<Arc<ApiKey>, GatewayError> {
-    let key = req.extensions().get::<Arc<ApiKey>>().cloned();
+    let key = super::key(req);
     match key {
         Some(key) if key.role == Role::Admin => Ok(key),
         _ => Err(refuse(payload, GatewayError::AdminRequired).await),

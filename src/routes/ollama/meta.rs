@@ -8,13 +8,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::GatewayError;
+use crate::metrics::{Ending, Tokens};
 use crate::state::AppState;
 use crate::translate::ollama::VersionResponse;
-use crate::upstream::ollama::get_whole;
-use crate::upstream::MAX_ERROR_BYTES;
+use crate::upstream::{models, unreadable_answer, OLLAMA};
 
 /// `HEAD /`, `GET /`: what Ollama answers, word for word.
 pub async fn root() -> HttpResponse {
@@ -24,8 +25,8 @@ pub async fn root() -> HttpResponse {
 }
 
 /// `GET`/`HEAD /api/version`: Ollama's own version, relayed as it is (a HEAD gets the
-/// same head and no body). A version answer is a few bytes; more than [`MAX_ERROR_BYTES`]
-/// is not one.
+/// same head and no body), within `catalog.timeout` like the other cheap reads. A 2xx that
+/// is not a version becomes a 502: clients parse it as dotted integers.
 pub async fn version(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -42,14 +43,30 @@ pub async fn version(
         false,
     );
     let config = &state.config;
-    get_whole(
+    let answer = match models::ollama(
         &client,
         config,
-        &config.ollama.version_uri,
+        Method::GET,
+        "/api/version",
+        None,
         &request_id,
-        MAX_ERROR_BYTES,
-        VersionResponse::check,
-        record,
     )
     .await
+    {
+        Ok(answer) => answer,
+        Err(e) => return Err(record.fail(e)),
+    };
+    if answer.status.is_success() {
+        if let Err(detail) = VersionResponse::check(&answer.body) {
+            let e = unreadable_answer(OLLAMA, &answer.body, detail, &config.scrubber);
+            return Err(record.fail(e));
+        }
+    }
+    record.finish(
+        answer.status.as_u16(),
+        Tokens::default(),
+        None,
+        &Ending::Complete,
+    );
+    Ok(super::models::relay(answer))
 }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use actix_web::{web, HttpMessage as _, HttpRequest};
 
 use super::{only, probe};
+use crate::error::GatewayError;
 use crate::keys::ApiKey;
 use crate::metrics::{RequestRecord, WorkerMetrics};
 use crate::middleware::observe::Recorded;
@@ -58,6 +59,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The key the edge admitted the request with (none for a trusted network's identity
+/// without one, or with auth off).
+pub(crate) fn key(req: &HttpRequest) -> Option<Arc<ApiKey>> {
+    req.extensions().get::<Arc<ApiKey>>().cloned()
+}
+
+/// 403 when `key`'s `models` patterns exclude `model`: the one answer every endpoint gives.
+pub(crate) fn may_use(key: Option<&ApiKey>, model: &str) -> Result<(), GatewayError> {
+    match key {
+        Some(key) if !key.allows_model(model) => Err(GatewayError::ModelNotAllowed {
+            model: model.chars().take(200).collect(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The request's id, as the edge set it (or a new one).
 pub(crate) fn request_id(req: &HttpRequest) -> Arc<str> {
     req.extensions()
@@ -90,7 +107,7 @@ pub(crate) fn record(
     model: &str,
     streams: bool,
 ) -> (RequestRecord, Arc<str>) {
-    let key = req.extensions().get::<Arc<ApiKey>>().cloned();
+    let key = key(req);
     let (request_id, worker) = recorded(req, state);
     let record = RequestRecord::start(
         worker,

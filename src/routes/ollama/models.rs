@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix_web::http::{header, Method};
-use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
 use serde::Deserialize;
 
@@ -16,10 +16,6 @@ use crate::keys::ApiKey;
 use crate::state::AppState;
 use crate::translate::ollama::parse_request;
 use crate::upstream::{self, models, OLLAMA};
-
-fn key_of(req: &HttpRequest) -> Option<Arc<ApiKey>> {
-    req.extensions().get::<Arc<ApiKey>>().cloned()
-}
 
 fn allowed(key: Option<&ApiKey>, model: &str) -> bool {
     key.is_none_or(|k| k.allows_model(model))
@@ -65,7 +61,7 @@ pub async fn tags(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
-    let key = key_of(&req);
+    let key = super::key(&req);
     let id = super::request_id(&req);
     let config = &state.config;
     let ollama = models::ollama(&client, config, Method::GET, "/api/tags", None, &id);
@@ -121,7 +117,7 @@ pub async fn ps(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    let key = key_of(&req);
+    let key = super::key(&req);
     let id = super::request_id(&req);
     let answer = models::ollama(&client, &state.config, Method::GET, "/api/ps", None, &id).await?;
     if !answer.status.is_success() {
@@ -135,7 +131,7 @@ pub async fn ps(
 }
 
 /// Ollama's answer as it came (status, JSON body).
-fn relay(answer: models::Answer) -> HttpResponse {
+pub(super) fn relay(answer: models::Answer) -> HttpResponse {
     HttpResponse::build(answer.status)
         .content_type(JSON_UTF8)
         .body(answer.body)
@@ -173,12 +169,8 @@ pub async fn show(
     let body = crate::routes::body::read_json(payload, &req, &config.server).await?;
     let show: ShowRequest = parse_request(&body, ShowRequest::model)?;
     let model = show.model().to_string();
-    let key = key_of(&req);
-    if !allowed(key.as_deref(), &model) {
-        return Err(GatewayError::ModelNotAllowed {
-            model: model.chars().take(200).collect(),
-        });
-    }
+    let key = super::key(&req);
+    super::may_use(key.as_deref(), &model)?;
     let id = super::request_id(&req);
     match catalog::route(config, &model) {
         Route::Ollama => {

@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::{HttpMessage as _, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use crate::catalog::{self, Route};
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::keys::ApiKey;
 use crate::metrics::RequestRecord;
 use crate::state::AppState;
 use crate::upstream::{self, openai};
@@ -59,14 +58,7 @@ pub fn admit<'a>(
     started: Instant,
     streams: bool,
 ) -> Result<Routed<'a>, GatewayError> {
-    let key = req.extensions().get::<Arc<ApiKey>>().cloned();
-    if let Some(key) = &key {
-        if !key.allows_model(model) {
-            return Err(GatewayError::ModelNotAllowed {
-                model: model.chars().take(200).collect(),
-            });
-        }
-    }
+    super::may_use(super::key(req).as_deref(), model)?;
     let config = &*state.config;
     let route = catalog::route(config, model);
     let (label, is_ollama) = match route {
