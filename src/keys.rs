@@ -132,11 +132,25 @@ impl std::fmt::Debug for ApiKey {
 }
 
 impl ApiKey {
-    /// Whether this key may use `model` (as the client named it, prefix included).
+    /// Whether this key may use `model` (as the client named it, prefix included). Ollama
+    /// names a model without a tag `name:latest`, so both spellings are one model here too:
+    /// `llama3` allows `llama3:latest`, and `llama3:*` allows `llama3`.
     pub fn allows_model(&self, model: &str) -> bool {
-        self.models
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(model)))
+        let Some(patterns) = &self.models else {
+            return true;
+        };
+        let tagged;
+        let other = match model.strip_suffix(":latest") {
+            Some(bare) => Some(bare),
+            None if !model.rsplit('/').next().unwrap_or(model).contains(':') => {
+                tagged = format!("{model}:latest");
+                Some(tagged.as_str())
+            }
+            None => None,
+        };
+        patterns
+            .iter()
+            .any(|p| p.matches(model) || other.is_some_and(|o| p.matches(o)))
     }
 }
 
@@ -590,6 +604,37 @@ mod tests {
         assert!(k.allows_model("openai/gpt-4o-mini"));
         assert!(!k.allows_model("openai/gpt-4o"));
         assert!(!k.allows_model("mistral"));
+    }
+
+    #[test]
+    fn a_model_without_a_tag_is_its_latest_tag() {
+        let hash = to_hex(&hash_key("ogw_test"));
+        let text = format!(
+            "[[keys]]\nid = \"a\"\nteam = \"t\"\nsha256 = \"{hash}\"\nmodels = [\"nomic-embed-text\", \"llama3:*\", \"qwen:latest\", \"localhost:5000/m\"]\n"
+        );
+        let t = table(&text).unwrap();
+        let k = t.lookup("ogw_test").unwrap();
+        for allowed in [
+            "nomic-embed-text",
+            "nomic-embed-text:latest",
+            "llama3",
+            "llama3:8b",
+            "qwen",
+            "qwen:latest",
+            "localhost:5000/m",
+            "localhost:5000/m:latest",
+        ] {
+            assert!(k.allows_model(allowed), "{allowed}");
+        }
+        for refused in [
+            "nomic-embed-text:v1.5",
+            "qwen:7b",
+            "llama",
+            "localhost:5000/m:v2",
+            "localhost:latest",
+        ] {
+            assert!(!k.allows_model(refused), "{refused}");
+        }
     }
 
     #[test]

@@ -226,6 +226,26 @@ async fn a_key_sees_only_its_models_in_every_list_and_show() {
     .await;
     assert_eq!(status, 403, "{err}");
     assert!(err["error"].as_str().unwrap().contains("not allowed"));
+    // A pattern without a tag is the model's `:latest`, as Ollama names it: the list shows
+    // `llama3:latest`, and both spellings may be used.
+    gw.set_keys(&format!(
+        "{}{}",
+        key_entry("test-key", "test", TEST_KEY, ""),
+        key_entry("narrow", "t", narrow, "models = [\"llama3\"]")
+    ));
+    let (_, list) = call(&gw, Method::GET, "/api/tags", narrow, None).await;
+    assert_eq!(names(&list), ["llama3:latest"]);
+    for model in ["llama3", "llama3:latest"] {
+        let (status, body) = call(
+            &gw,
+            Method::POST,
+            "/api/show",
+            narrow,
+            Some(json!({ "model": model })),
+        )
+        .await;
+        assert_ne!(status, 403, "{model}: {body}");
+    }
     gw.stop().await;
 }
 
