@@ -174,6 +174,29 @@ async fn an_upstream_that_fails_leaves_its_part_out() {
         "a configured list is not asked for"
     );
     assert!(gw.upstream_errors("openai", "status") >= 1.0);
+    // Show cannot say whether a model of that upstream exists: it says why, and never
+    // describes a model that may not be there. A configured list still answers.
+    let before = gw.upstream_errors("openai", "status");
+    let (status, err) = call(
+        &gw,
+        Method::POST,
+        "/api/show",
+        TEST_KEY,
+        Some(json!({"model": "openai/gpt-4o-mini"})),
+    )
+    .await;
+    assert_eq!(status, 502, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("down"), "{err}");
+    assert_eq!(gw.upstream_errors("openai", "status"), before + 1.0);
+    let (status, shown) = call(
+        &gw,
+        Method::POST,
+        "/api/show",
+        TEST_KEY,
+        Some(json!({"model": "vllm/Qwen/Qwen3-8B"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{shown}");
     gw.stop().await;
 
     // Ollama down: the upstreams' part still comes.

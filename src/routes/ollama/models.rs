@@ -30,10 +30,26 @@ fn json(body: &serde_json::Value) -> HttpResponse {
 
 /// Notes an upstream that left its part out of a list.
 fn left_out(state: &AppState, upstream: &str, error: &GatewayError) {
+    count_fault(state, upstream, error);
+    tracing::warn!(upstream, error = %error, "model list: this upstream's models are left out");
+}
+
+/// Counts `error` in `gateway_upstream_errors_total` when it is `upstream`'s failure.
+fn count_fault(state: &AppState, upstream: &str, error: &GatewayError) {
     if let Some(fault) = error.fault() {
         state.metrics.upstream_failed(upstream, fault);
     }
-    tracing::warn!(upstream, error = %error, "model list: this upstream's models are left out");
+}
+
+/// `error`, counted as `upstream`'s failure: for a read whose failure is the answer.
+fn counted<'a>(
+    state: &'a AppState,
+    upstream: &'a str,
+) -> impl FnOnce(GatewayError) -> GatewayError + 'a {
+    move |error| {
+        count_fault(state, upstream, &error);
+        error
+    }
 }
 
 /// `up`'s models, from the cache or asked for now.
@@ -119,14 +135,17 @@ pub async fn ps(
 ) -> Result<HttpResponse, GatewayError> {
     let key = super::key(&req);
     let id = super::request_id(&req);
-    let answer = models::ollama(&client, &state.config, Method::GET, "/api/ps", None, &id).await?;
+    let answer = models::ollama(&client, &state.config, Method::GET, "/api/ps", None, &id)
+        .await
+        .map_err(counted(&state, OLLAMA))?;
     if !answer.status.is_success() {
         return Ok(relay(answer));
     }
     let entries = catalog::filter_ollama_list(&answer.body, |m| allowed(key.as_deref(), m))
         .map_err(|detail| {
             upstream::unreadable_answer(OLLAMA, &answer.body, detail, &state.config.scrubber)
-        })?;
+        })
+        .map_err(counted(&state, OLLAMA))?;
     Ok(json(&serde_json::json!({ "models": entries })))
 }
 
@@ -175,25 +194,25 @@ pub async fn show(
     match catalog::route(config, &model) {
         Route::Ollama => {
             let answer =
-                models::ollama(&client, config, Method::POST, "/api/show", Some(body), &id).await?;
+                models::ollama(&client, config, Method::POST, "/api/show", Some(body), &id)
+                    .await
+                    .map_err(counted(&state, OLLAMA))?;
             Ok(relay(answer))
         }
         Route::OpenAi {
             upstream: up,
             model: name,
         } => {
-            // The list says whether the model exists; when it cannot be had, answer anyway.
-            let listed = match upstream_list(&state, &client, up, &id).await {
-                Ok(list) => match list.iter().find(|m| m.id == name) {
-                    Some(m) => Some(m.created),
-                    None => return Err(GatewayError::ModelNotFound { model }),
-                },
-                Err(e) => {
-                    left_out(&state, &up.name, &e);
-                    None
-                }
+            // The list says whether the model exists; when it cannot be read, that is the
+            // answer (502/504): a client that checks a model before using it must not be
+            // told that one is there which may not be.
+            let list = upstream_list(&state, &client, up, &id)
+                .await
+                .map_err(counted(&state, &up.name))?;
+            let Some(listed) = list.iter().find(|m| m.id == name) else {
+                return Err(GatewayError::ModelNotFound { model });
             };
-            Ok(json(&catalog::show_entry(up, name, listed.flatten())))
+            Ok(json(&catalog::show_entry(up, name, listed.created)))
         }
     }
 }
