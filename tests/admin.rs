@@ -380,6 +380,8 @@ async fn an_admin_key_manages_only_its_models() {
         json!({"model": "mistral"}),
         json!({"source": "llama3", "destination": "mistral"}),
         json!({"model": "llama3-mine", "from": "mistral"}),
+        // The legacy form names its base in a Modelfile (older Ollama builds from it).
+        json!({"model": "llama3-mine", "modelfile": "FROM mistral\nSYSTEM hi", "stream": false}),
     ] {
         let path = if body.get("source").is_some() {
             "/api/copy"
@@ -392,7 +394,7 @@ async fn an_admin_key_manages_only_its_models() {
         assert!(json_error(&headers, &answer).contains("\"mistral\" is not allowed"));
     }
     assert_eq!(fake.seen().len(), 1);
-    assert_eq!(gw.metrics.rejections("model_not_allowed"), 3);
+    assert_eq!(gw.metrics.rejections("model_not_allowed"), 4);
     gw.stop().await;
 }
 

@@ -55,6 +55,10 @@ struct Fields<'a> {
     /// `create`: the model it starts from.
     #[serde(default, borrow)]
     from: Option<Cow<'a, str>>,
+    /// `create`'s legacy form (Ollama before 0.5.5): a Modelfile whose `FROM` names the
+    /// model (or file) it starts from.
+    #[serde(default, borrow)]
+    modelfile: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     source: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -67,7 +71,7 @@ struct Fields<'a> {
 #[derive(Debug)]
 pub struct ManageRequest<'a> {
     /// Every model the request touches: the one it acts on first (the metric's model),
-    /// then `create`'s `from`, or `copy`'s destination.
+    /// then `create`'s `from` and its Modelfile's `FROM`s, or `copy`'s destination.
     pub models: Vec<Cow<'a, str>>,
     /// Ollama streams progress unless `stream` is explicitly false.
     pub streams: bool,
@@ -99,8 +103,14 @@ impl<'a> ManageRequest<'a> {
                 let model = given(fields.model)
                     .or(given(fields.name))
                     .ok_or(GatewayError::MissingModel)?;
-                let from = given(fields.from).filter(|_| op == Operation::Create);
-                std::iter::once(model).chain(from).collect()
+                let mut models = vec![model];
+                if op == Operation::Create {
+                    models.extend(given(fields.from));
+                    if let Some(text) = &fields.modelfile {
+                        models.extend(modelfile_froms(text).map(|m| Cow::Owned(m.to_string())));
+                    }
+                }
+                models
             }
         };
         Ok(Self {
@@ -113,6 +123,32 @@ impl<'a> ManageRequest<'a> {
     pub fn model(&self) -> &str {
         self.models.first().map_or("", |m| m)
     }
+}
+
+/// The arguments of a Modelfile's `FROM` lines (the command is case-insensitive; a quoted
+/// argument loses its quotes), skipping the insides of `"""` blocks, where a line that
+/// reads `FROM` is a template's or a system prompt's text.
+fn modelfile_froms(text: &str) -> impl Iterator<Item = &str> {
+    let mut in_block = false;
+    text.lines().filter_map(move |line| {
+        let starts_in_block = in_block;
+        if line.matches(r#"""""#).count() % 2 == 1 {
+            in_block = !in_block;
+        }
+        if starts_in_block {
+            return None;
+        }
+        let (command, rest) = line.trim_start().split_once(char::is_whitespace)?;
+        if !command.eq_ignore_ascii_case("from") {
+            return None;
+        }
+        let arg = rest.trim();
+        let arg = arg
+            .strip_prefix('"')
+            .and_then(|a| a.strip_suffix('"'))
+            .unwrap_or(arg);
+        (!arg.is_empty()).then_some(arg)
+    })
 }
 
 /// Checks a blob digest as Ollama names blobs: `sha256:` and 64 hex digits.
@@ -154,6 +190,20 @@ mod tests {
         assert_eq!(
             names(Create, r#"{"model":"mine","from":"llama3","stream":true}"#),
             ok(&["mine", "llama3"], true)
+        );
+        // The legacy Modelfile's FROM lines are models the request touches too; a FROM in
+        // a template's text is not.
+        assert_eq!(
+            names(
+                Create,
+                r##"{"model":"mine","modelfile":"# base\nfrom  \"secret:7b\"\nTEMPLATE \"\"\"\nFROM not-a-model\n\"\"\"\nFROM ./weights.gguf\r\nSYSTEM hi","stream":false}"##
+            ),
+            ok(&["mine", "secret:7b", "./weights.gguf"], false)
+        );
+        assert_eq!(
+            names(Pull, r#"{"model":"a","modelfile":"FROM b"}"#),
+            ok(&["a"], true),
+            "only create reads a Modelfile"
         );
         assert_eq!(
             names(Copy, r#"{"source":"a","destination":"b"}"#),
