@@ -110,7 +110,10 @@ class Bench:
         self.mock_bin = ROOT / "target" / profile / "examples" / "mock_upstream"
         self.client_bin = ROOT / "target" / profile / "examples" / "bench_client"
         self.bare_bin = ROOT / "target" / profile / "examples" / "bare_proxy"
-        for b in (self.gateway_bin, self.mock_bin, self.client_bin, self.bare_bin):
+        self.baseline_bin = Path(args.baseline).resolve() if args.baseline else None
+        for b in (self.gateway_bin, self.mock_bin, self.client_bin, self.bare_bin, self.baseline_bin):
+            if b is None:
+                continue
             if not b.exists():
                 sys.exit(f"missing {b}: build first (scripts/bench.sh does)")
         self.procs = []
@@ -201,18 +204,21 @@ http {{
 """)
         return self.start("nginx", ["nginx", "-p", str(prefix), "-c", str(conf)], PROXY_CPU, self.nginx_port)
 
-    def start_gateway(self, variant="all-on", keys=None, upstream_port=None):
+    def start_gateway(self, variant="all-on", keys=None, upstream_port=None, binary=None):
+        """The gateway under test; `binary` another build of it (--baseline) with the same
+        configuration, minus the options an older build may not know (S2 needs none of them)."""
         port = free_port()
         admin = free_port()
         conf = self.work / f"gateway-{variant}.toml"
         all_on = variant != "all-off"
+        # The load generator is one address holding up to 2,000 streams (S5).
+        per_ip = "" if binary else "max_connections_per_ip = 0"
         conf.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
 workers = 1
 max_connections = 100000
-# The load generator is one address holding up to 2,000 streams (S5).
-max_connections_per_ip = 0
+{per_ip}
 [tls]
 cert = "{self.cert}"
 key = "{self.key}"
@@ -233,7 +239,7 @@ format = "json"
 """)
         env = dict(os.environ, RUST_LOG="")
         env.pop("RUST_LOG")
-        proc = self.start(f"gateway-{variant}", [str(self.gateway_bin), "serve", "--config", str(conf)],
+        proc = self.start(f"gateway-{variant}", [str(binary or self.gateway_bin), "serve", "--config", str(conf)],
                           PROXY_CPU, port, env)
         proc.port = port
         proc.admin = admin if all_on else None
@@ -266,15 +272,20 @@ format = "json"
         }
 
     # ---- scenarios -------------------------------------------------------------------
-    def s1_s2(self, gateway):
+    def s1_s2(self, gateway, baseline=None):
+        """S1 and S2 in interleaved rounds; with --baseline, S2 also runs against that
+        other build of the gateway in the same rounds (its S1 is not measured)."""
         d = self.args.duration
-        bare = ("bare", (f"https://127.0.0.1:{self.bare_port}", None, self.bare))
+        extra = [("bare", (f"https://127.0.0.1:{self.bare_port}", None, self.bare))]
+        if baseline:
+            extra.append(("baseline", (f"https://127.0.0.1:{baseline.port}", BENCH_KEY, baseline)))
         for rnd in range(self.args.rounds):
-            for name, (base, key, proc) in list(self.targets(gateway).items()) + [bare]:
-                log(f"S1 round {rnd + 1} {name}")
-                r = self.wrk(base + "/api/chat", 1, d, key)
-                self.add("S1", name, "p50_us", r["p50_us"])
-                self.add("S1", name, "p99_us", r["p99_us"])
+            for name, (base, key, proc) in list(self.targets(gateway).items()) + extra:
+                if name != "baseline":
+                    log(f"S1 round {rnd + 1} {name}")
+                    r = self.wrk(base + "/api/chat", 1, d, key)
+                    self.add("S1", name, "p50_us", r["p50_us"])
+                    self.add("S1", name, "p99_us", r["p99_us"])
                 log(f"S2 round {rnd + 1} {name}")
                 cpu0 = cpu_seconds((proc or self.mock).pid)
                 r = self.wrk(base + "/api/chat", 64, d, key)
@@ -406,8 +417,13 @@ format = "json"
             log("mock ceiling: direct runs double as the mock's own ceiling")
             only = set(self.args.only.split(","))
             gateway = self.start_gateway("all-on")
+            baseline = None
+            if self.baseline_bin and "S2" in only:
+                baseline = self.start_gateway("baseline", binary=self.baseline_bin)
             if only & {"S1", "S2", "S7"}:
-                self.s1_s2(gateway)
+                self.s1_s2(gateway, baseline)
+            if baseline:
+                self.stop(baseline)
             if "S2" in only:
                 self.s2_endpoints(gateway)
             if "S4" in only:
@@ -520,6 +536,15 @@ def report(results, args):
                      "CPU µs per request", "", "", f"{b:.0f} ({b / n:.2f}× nginx); {bc:.1f} ({bc / nc:.2f}×)",
                      "(reported)", ""))
 
+    if vs("S2", "baseline", "rps"):
+        label = args.baseline_label or Path(args.baseline).name
+        br, bcpu = v("S2", "baseline", "rps"), v("S2", "baseline", "cpu_us_per_req")
+        rows.append(("S2", f"this build against the baseline {label}, same rounds: requests/s "
+                     f"(baseline {br:.0f}, {spread(vs('S2', 'baseline', 'rps'))})", "", "",
+                     f"{g:.0f} / {br:.0f} = {g / br:.2f}", "≥0.95× baseline (no drop)", verdict(g >= 0.95 * br)))
+        rows.append(("S2", f"this build against the baseline {label}: CPU µs per request", "", "",
+                     f"{gc:.1f} / {bcpu:.1f} = {gc / bcpu:.2f}", "≤1.05× baseline", verdict(gc <= 1.05 * bcpu)))
+
     for scenario, path in (("S2g", "/api/generate"), ("S2e", "/api/embed")):
         if not vs(scenario, "gateway", "rps"):
             continue
@@ -598,7 +623,9 @@ def report(results, args):
         f"- CPU: {m['cpu']}, {m['cores']} cores; kernel {m['kernel']}",
         f"- commit {m['commit']}, {m['date']}",
         f"- {m['nginx']}; {m['wrk']}",
-        f"- rounds: {args.rounds} (interleaved direct / nginx / gateway, and bare in S1 and S2), "
+        f"- rounds: {args.rounds} (interleaved direct / nginx / gateway, and bare in S1 and S2"
+        + (f", and the baseline {args.baseline_label or Path(args.baseline).name} in S2" if args.baseline else "")
+        + "), "
         f"{args.duration} s per load run;"
         + (" **quick smoke run: figures not meaningful**" if args.quick else ""),
         f"- proxy under test pinned to CPU {PROXY_CPU}; load tools and the mock pinned to CPU {LOAD_CPU}",
@@ -646,6 +673,9 @@ def main():
     ap.add_argument("--debug", action="store_true", help="use target/debug binaries")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--only", default="S1,S2,S3,S4,S5,S6,S7", help="comma-separated scenarios to run")
+    ap.add_argument("--baseline", help="another build of the gateway (an earlier commit's binary) "
+                    "to run S2 against in the same rounds, so a change's effect on S2 is read in one run")
+    ap.add_argument("--baseline-label", help="what to call the baseline in BENCHMARKS.md (default: its file name)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 1
