@@ -1,8 +1,10 @@
 //! Thin HTTP handlers; the work happens in `upstream` and `translate`.
 
+pub mod anthropic;
 pub mod body;
 pub mod health;
 pub mod ollama;
+pub mod openai;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -15,6 +17,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, public_metrics: bool) {
         cfg.route("/metrics", web::get().to(health::metrics));
     }
     ollama::configure(cfg);
+    openai::configure(cfg);
+    anthropic::configure(cfg);
     cfg.service(probe("/healthz", health::healthz))
         .service(probe("/readyz", health::readyz));
 }

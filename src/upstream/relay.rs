@@ -1,6 +1,7 @@
 //! The response body of a streaming answer: upstream chunks in, client chunks out, with the
 //! idle and total timeouts, and an honest ending. A failure after the first byte becomes a
-//! final `{"error": ...}` line; the body itself never errors, so the chunked encoding is
+//! final `{"error": ...}` line (or the stream format's own error event, see
+//! [`Transform::failure`]); the body itself never errors, so the chunked encoding is
 //! always terminated properly and clients (curl) never see a truncated transfer.
 
 use std::convert::Infallible;
@@ -48,6 +49,11 @@ pub trait Transform {
     fn eof(&mut self) -> Step;
     /// What the upstream reported about the answer so far (for metrics and the log).
     fn report(&self) -> (Tokens, Option<OllamaTimings>);
+    /// The client's last piece of a failed answer, in the client's stream format: an NDJSON
+    /// `{"error": ...}` line unless the transform speaks another (an SSE error event).
+    fn failure(&self, message: &str) -> Vec<u8> {
+        error_line(message)
+    }
 }
 
 /// Most of an upstream body read after its answer was complete (and dropped), so that its
@@ -208,7 +214,7 @@ where
                     message,
                 } => {
                     let message = this.scrubber.scrub_string(message);
-                    let line = Bytes::from(error_line(&message));
+                    let line = Bytes::from(this.transform.failure(&message));
                     let (now, later) = join(forward, Some(line));
                     (now, later, Some(Ending::Failed { fault, message }))
                 }
