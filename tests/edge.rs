@@ -147,7 +147,9 @@ async fn model_allowlist_is_403() {
         ("openai/gpt-4o-mini", 200),
         ("mistral:7b", 403),
         ("openai/gpt-4o", 403),
-        ("llama3", 403),
+        ("llama3.1", 403),
+        // A name without a tag is its :latest, which llama3:* allows (as Ollama names it).
+        ("llama3", 200),
     ] {
         let (got, _, body) = gw
             .chat(&json!({"model": model, "messages":[{"role":"user","content":"x"}], "stream": false}))
@@ -157,7 +159,7 @@ async fn model_allowlist_is_403() {
             assert!(error_of(&body).contains("not allowed"));
         }
     }
-    assert_eq!(ollama.requests().len() + openai.requests().len(), 2);
+    assert_eq!(ollama.requests().len() + openai.requests().len(), 3);
     assert_eq!(gw.metrics.rejections("model_not_allowed"), 3);
     gw.stop().await;
 }
