@@ -59,20 +59,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// The key the edge admitted the request with (none for a trusted network's identity
-/// without one, or with auth off).
+/// The identity the edge admitted the request with: its key, or the trusted network that
+/// served it without one (none only on the public probe paths).
 pub(crate) fn key(req: &HttpRequest) -> Option<Arc<ApiKey>> {
     req.extensions().get::<Arc<ApiKey>>().cloned()
 }
 
+/// Whether `key` may use `model` (no identity restricts nothing): what every list filters
+/// by and [`may_use`] checks.
+pub(crate) fn allowed(key: Option<&ApiKey>, model: &str) -> bool {
+    key.is_none_or(|k| k.allows_model(model))
+}
+
 /// 403 when `key`'s `models` patterns exclude `model`: the one answer every endpoint gives.
 pub(crate) fn may_use(key: Option<&ApiKey>, model: &str) -> Result<(), GatewayError> {
-    match key {
-        Some(key) if !key.allows_model(model) => Err(GatewayError::ModelNotAllowed {
-            model: model.chars().take(200).collect(),
-        }),
-        _ => Ok(()),
+    if allowed(key, model) {
+        return Ok(());
     }
+    Err(GatewayError::ModelNotAllowed {
+        model: model.chars().take(200).collect(),
+    })
 }
 
 /// The request's id, as the edge set it (or a new one).

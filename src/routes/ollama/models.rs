@@ -12,14 +12,9 @@ use serde::Deserialize;
 use crate::catalog::{self, Listed, Route};
 use crate::config::OpenAiConfig;
 use crate::error::{GatewayError, JSON_UTF8};
-use crate::keys::ApiKey;
 use crate::state::AppState;
 use crate::translate::ollama::parse_request;
 use crate::upstream::{self, models, OLLAMA};
-
-fn allowed(key: Option<&ApiKey>, model: &str) -> bool {
-    key.is_none_or(|k| k.allows_model(model))
-}
 
 fn json(body: &serde_json::Value) -> HttpResponse {
     HttpResponse::Ok()
@@ -90,7 +85,7 @@ pub async fn tags(
     let (ollama, others) = futures_util::future::join(ollama, others).await;
     let mut entries = match ollama {
         Ok(answer) if answer.status.is_success() => {
-            catalog::filter_ollama_list(&answer.body, |m| allowed(key.as_deref(), m))
+            catalog::filter_ollama_list(&answer.body, |m| super::allowed(key.as_deref(), m))
                 .unwrap_or_else(|detail| {
                     let e =
                         upstream::unreadable_answer(OLLAMA, &answer.body, detail, &config.scrubber);
@@ -117,7 +112,7 @@ pub async fn tags(
         match list {
             Ok(list) => entries.extend(
                 list.iter()
-                    .filter(|m| allowed(key.as_deref(), &format!("{}{}", up.prefix, m.id)))
+                    .filter(|m| super::allowed(key.as_deref(), &format!("{}{}", up.prefix, m.id)))
                     .map(|m| catalog::tag_entry(up, m)),
             ),
             Err(e) => left_out(&state, &up.name, &e),
@@ -141,7 +136,7 @@ pub async fn ps(
     if !answer.status.is_success() {
         return Ok(relay(answer));
     }
-    let entries = catalog::filter_ollama_list(&answer.body, |m| allowed(key.as_deref(), m))
+    let entries = catalog::filter_ollama_list(&answer.body, |m| super::allowed(key.as_deref(), m))
         .map_err(|detail| {
             upstream::unreadable_answer(OLLAMA, &answer.body, detail, &state.config.scrubber)
         })
