@@ -89,6 +89,11 @@ async fn call(
     (resp.status().as_u16(), value)
 }
 
+/// `POST /api/show` with `body` under `key`.
+async fn show(gw: &Gateway, key: &str, body: Value) -> (u16, Value) {
+    call(gw, Method::POST, "/api/show", key, Some(body)).await
+}
+
 fn names(list: &Value) -> Vec<String> {
     list["models"]
         .as_array()
@@ -177,25 +182,11 @@ async fn an_upstream_that_fails_leaves_its_part_out() {
     // Show cannot say whether a model of that upstream exists: it says why, and never
     // describes a model that may not be there. A configured list still answers.
     let before = gw.upstream_errors("openai", "status");
-    let (status, err) = call(
-        &gw,
-        Method::POST,
-        "/api/show",
-        TEST_KEY,
-        Some(json!({"model": "openai/gpt-4o-mini"})),
-    )
-    .await;
+    let (status, err) = show(&gw, TEST_KEY, json!({"model": "openai/gpt-4o-mini"})).await;
     assert_eq!(status, 502, "{err}");
     assert!(err["error"].as_str().unwrap().contains("down"), "{err}");
     assert_eq!(gw.upstream_errors("openai", "status"), before + 1.0);
-    let (status, shown) = call(
-        &gw,
-        Method::POST,
-        "/api/show",
-        TEST_KEY,
-        Some(json!({"model": "vllm/Qwen/Qwen3-8B"})),
-    )
-    .await;
+    let (status, shown) = show(&gw, TEST_KEY, json!({"model": "vllm/Qwen/Qwen3-8B"})).await;
     assert_eq!(status, 200, "{shown}");
     gw.stop().await;
 
@@ -239,14 +230,7 @@ async fn a_key_sees_only_its_models_in_every_list_and_show() {
         Vec::<String>::new(),
         "a loaded model the key may not use"
     );
-    let (status, err) = call(
-        &gw,
-        Method::POST,
-        "/api/show",
-        narrow,
-        Some(json!({"model": "qwen3:8b"})),
-    )
-    .await;
+    let (status, err) = show(&gw, narrow, json!({"model": "qwen3:8b"})).await;
     assert_eq!(status, 403, "{err}");
     assert!(err["error"].as_str().unwrap().contains("not allowed"));
     // A pattern without a tag is the model's `:latest`, as Ollama names it: the list shows
@@ -259,14 +243,7 @@ async fn a_key_sees_only_its_models_in_every_list_and_show() {
     let (_, list) = call(&gw, Method::GET, "/api/tags", narrow, None).await;
     assert_eq!(names(&list), ["llama3:latest"]);
     for model in ["llama3", "llama3:latest"] {
-        let (status, body) = call(
-            &gw,
-            Method::POST,
-            "/api/show",
-            narrow,
-            Some(json!({ "model": model })),
-        )
-        .await;
+        let (status, body) = show(&gw, narrow, json!({ "model": model })).await;
         assert_ne!(status, 403, "{model}: {body}");
     }
     gw.stop().await;
@@ -276,14 +253,7 @@ async fn a_key_sees_only_its_models_in_every_list_and_show() {
 async fn show_relays_ollama_and_describes_an_upstream_model() {
     let (ollama, openai) = (ollama(), openai());
     let gw = Gateway::start(Some(&ollama), Some(&openai), |_| {}).await;
-    let (status, shown) = call(
-        &gw,
-        Method::POST,
-        "/api/show",
-        TEST_KEY,
-        Some(json!({"model": "llama3:latest"})),
-    )
-    .await;
+    let (status, shown) = show(&gw, TEST_KEY, json!({"model": "llama3:latest"})).await;
     assert_eq!(status, 200);
     assert_eq!(shown["modelfile"], "FROM llama3");
     assert_eq!(
@@ -292,40 +262,19 @@ async fn show_relays_ollama_and_describes_an_upstream_model() {
         "relayed as sent"
     );
     // Ollama's own 404, relayed; the legacy `name` field works too.
-    let (status, err) = call(
-        &gw,
-        Method::POST,
-        "/api/show",
-        TEST_KEY,
-        Some(json!({"name": "nope"})),
-    )
-    .await;
+    let (status, err) = show(&gw, TEST_KEY, json!({"name": "nope"})).await;
     assert_eq!(status, 404);
     assert_eq!(err["error"], "model 'nope' not found");
 
-    let (status, shown) = call(
-        &gw,
-        Method::POST,
-        "/api/show",
-        TEST_KEY,
-        Some(json!({"model": "openai/gpt-4o-mini"})),
-    )
-    .await;
+    let (status, shown) = show(&gw, TEST_KEY, json!({"model": "openai/gpt-4o-mini"})).await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["details"]["family"], "gpt");
     assert_eq!(shown["capabilities"], json!(["completion", "tools"]));
     assert!(shown.get("model_info").is_some());
-    let (status, err) = call(
-        &gw,
-        Method::POST,
-        "/api/show",
-        TEST_KEY,
-        Some(json!({"model": "openai/gpt-9"})),
-    )
-    .await;
+    let (status, err) = show(&gw, TEST_KEY, json!({"model": "openai/gpt-9"})).await;
     assert_eq!(status, 404, "{err}");
     assert_eq!(err["error"], "model 'openai/gpt-9' not found");
-    let (status, _) = call(&gw, Method::POST, "/api/show", TEST_KEY, Some(json!({}))).await;
+    let (status, _) = show(&gw, TEST_KEY, json!({})).await;
     assert_eq!(status, 400);
     gw.stop().await;
 }
