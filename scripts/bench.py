@@ -537,7 +537,7 @@ def report(results, args):
                      "(reported)", ""))
 
     if vs("S2", "baseline", "rps"):
-        label = args.baseline_label or Path(args.baseline).name
+        label = args.baseline_label
         br, bcpu = v("S2", "baseline", "rps"), v("S2", "baseline", "cpu_us_per_req")
         rows.append(("S2", f"this build against the baseline {label}, same rounds: requests/s "
                      f"(baseline {br:.0f}, {spread(vs('S2', 'baseline', 'rps'))})", "", "",
@@ -624,7 +624,7 @@ def report(results, args):
         f"- commit {m['commit']}, {m['date']}",
         f"- {m['nginx']}; {m['wrk']}",
         f"- rounds: {args.rounds} (interleaved direct / nginx / gateway, and bare in S1 and S2"
-        + (f", and the baseline {args.baseline_label or Path(args.baseline).name} in S2" if args.baseline else "")
+        + (f", and the baseline {args.baseline_label} in S2" if args.baseline else "")
         + "), "
         f"{args.duration} s per load run;"
         + (" **quick smoke run: figures not meaningful**" if args.quick else ""),
@@ -677,6 +677,8 @@ def main():
                     "to run S2 against in the same rounds, so a change's effect on S2 is read in one run")
     ap.add_argument("--baseline-label", help="what to call the baseline in BENCHMARKS.md (default: its file name)")
     args = ap.parse_args()
+    if args.baseline and not args.baseline_label:
+        args.baseline_label = Path(args.baseline).name
     if args.quick:
         args.rounds, args.duration = 1, 1
     for tool in ("nginx", "wrk", "taskset"):
