@@ -9,21 +9,22 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{raw_chat_request, read_response, FakeUpstream, Gateway};
+use common::{raw_chat_request, read_pipelined_response, FakeUpstream, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BODY: &str = r#"{"model":"llama3","messages":[],"stream":false}"#;
 
 /// Sends `first` with an ordinary request pipelined behind it, in one write; returns the
-/// first answer's status, head and JSON error, checking it came at once.
-async fn pipelined<S>(tls: &mut S, first: &str) -> (u16, String, String)
+/// first answer's status, head and JSON error, checking it came at once. What the reads
+/// brought after that answer (the second one, or its start) is left in `pending`.
+async fn pipelined<S>(tls: &mut S, first: &str, pending: &mut Vec<u8>) -> (u16, String, String)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let both = format!("{first}{}", raw_chat_request(BODY, ""));
     let sent = Instant::now();
     tls.write_all(both.as_bytes()).await.unwrap();
-    let (status, head, body) = read_response(tls).await;
+    let (status, head, body) = read_pipelined_response(tls, pending).await;
     assert!(
         sent.elapsed() < Duration::from_secs(5),
         "answered at once, not after the body timeout"
@@ -50,12 +51,13 @@ async fn a_websocket_upgrade_with_a_body_is_refused_at_once_and_its_connection_c
     );
     for first in [raw_chat_request(BODY, upgrade), without_key] {
         let mut tls = gw.raw_tls().await;
-        let (status, head, error) = pipelined(&mut tls, &first).await;
+        let mut pending = Vec::new();
+        let (status, head, error) = pipelined(&mut tls, &first, &mut pending).await;
         assert_eq!(status, 400, "{head}");
         assert!(head.contains("connection: close"), "{head}");
         assert!(error.contains("Upgrade: websocket"), "{error}");
         // Then the connection ends: the request behind it is neither answered nor run.
-        let mut rest = Vec::new();
+        let mut rest = pending;
         let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest))
             .await
             .expect("the gateway closes the connection");
@@ -83,11 +85,13 @@ async fn an_upgrade_with_framed_body_is_refused_and_the_connection_stays_in_step
         BODY,
         "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n",
     );
-    let (status, head, error) = pipelined(&mut tls, &first).await;
+    // Both answers can come in one read: what came after the first is kept for the second.
+    let mut pending = Vec::new();
+    let (status, head, error) = pipelined(&mut tls, &first, &mut pending).await;
     assert_eq!(status, 400, "{head}");
     assert!(!head.contains("connection: close"), "{head}");
     assert!(error.contains("Upgrade: h2c"), "{error}");
-    let (status, _, body) = read_response(&mut tls).await;
+    let (status, _, body) = read_pipelined_response(&mut tls, &mut pending).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(ollama.requests().len(), 1, "only the request behind it ran");
     assert_eq!(gw.metrics.rejections("upgrade"), 1);

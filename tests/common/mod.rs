@@ -859,11 +859,23 @@ pub async fn read_one_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) 
 }
 
 /// Reads one HTTP/1.1 response (Content-Length, or chunked until its terminator); returns
-/// the status, the head as text and the body bytes (chunk framing left in place).
+/// the status, the head as text and the body bytes (chunk framing left in place). Whatever
+/// the same reads brought after it is dropped: for pipelined answers, use
+/// `read_pipelined_response`.
 pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
 ) -> (u16, String, Vec<u8>) {
-    let mut buf = Vec::new();
+    read_pipelined_response(stream, &mut Vec::new()).await
+}
+
+/// Reads one HTTP/1.1 response as `read_response` does, starting with the bytes already in
+/// `pending` and leaving there what came after it (the next pipelined answer, or part of
+/// it): two answers can arrive in one read.
+pub async fn read_pipelined_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    pending: &mut Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    let mut buf = std::mem::take(pending);
     let mut tmp = [0u8; 8192];
     let head_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -883,11 +895,15 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .map(|v| v.trim().parse().unwrap());
-    let done = |buf: &[u8]| match len {
-        Some(len) => buf.len() >= head_end + len,
-        None => buf[head_end..].ends_with(b"0\r\n\r\n"),
+    let end_of = |buf: &[u8]| match len {
+        Some(len) => (buf.len() >= head_end + len).then_some(head_end + len),
+        // The last chunk: `0` on a line of its own, after the head's or a chunk's CRLF.
+        None => buf[head_end - 2..]
+            .windows(7)
+            .position(|w| w == b"\r\n0\r\n\r\n")
+            .map(|p| head_end - 2 + p + 7),
     };
-    while !done(&buf) {
+    while end_of(&buf).is_none() {
         let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut tmp))
             .await
             .expect("response body in time")
@@ -897,6 +913,7 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    let end = len.map_or(buf.len(), |l| (head_end + l).min(buf.len()));
-    (status, head, buf[head_end..end].to_vec())
+    let end = end_of(&buf).unwrap_or(buf.len());
+    *pending = buf.split_off(end);
+    (status, head, buf[head_end..].to_vec())
 }
