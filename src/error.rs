@@ -1,15 +1,21 @@
 //! One error type for the request path, one status table, one JSON body shape.
 //!
 //! Every rejection and upstream failure the gateway answers with is a [`GatewayError`].
-//! Its status comes from an exhaustive `match`, its body is Ollama's `{"error": "..."}`,
-//! and [`GatewayError::kind`] gives a short, bounded label for metrics and logs.
+//! Its status comes from an exhaustive `match`, and [`GatewayError::kind`] gives a short,
+//! bounded label for metrics and logs. Its body is in the shape of the API the request
+//! speaks ([`Api::of_path`], [`GatewayError::body_for`]): Ollama's `{"error": "..."}`,
+//! OpenAI's `{"error": {"message", "type", "param", "code"}}`, or Anthropic's
+//! `{"type": "error", "error": {"type", "message"}}`, because each SDK maps those to its
+//! exception classes. Status and headers are the same in every shape.
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
+use bytes::Bytes;
 
 /// Whose fault a failure is; drives log levels and the metrics' `blame` dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +153,9 @@ pub struct RatePolicy {
     pub remaining: u32,
     /// Seconds until the bucket allows another request (1..=60 when empty).
     pub reset: u64,
+    /// Time until the bucket is full again (OpenAI's `x-ratelimit-reset-requests`): exact
+    /// when it is empty, otherwise at most one refill period over the truth.
+    pub full_in: Duration,
 }
 
 impl RatePolicy {
@@ -189,6 +198,73 @@ impl RatePolicy {
         h.push_str(n.format(self.reset));
         h
     }
+
+    /// OpenAI's request rate-limit headers, for answers on `/v1`: `x-ratelimit-limit-requests`
+    /// (the quota per minute), `x-ratelimit-remaining-requests`, and
+    /// `x-ratelimit-reset-requests` (time until the bucket is full, as a Go duration).
+    pub fn openai_headers(&self) -> [(HeaderName, HeaderValue); 3] {
+        let mut n = itoa::Buffer::new();
+        let limit = HeaderValue::from_str(n.format(self.quota));
+        let remaining = HeaderValue::from_str(n.format(self.remaining));
+        let reset = HeaderValue::from_str(&go_duration(self.full_in));
+        let zero = || HeaderValue::from_static("0");
+        [
+            (X_RATELIMIT_LIMIT, limit.unwrap_or_else(|_| zero())),
+            (X_RATELIMIT_REMAINING, remaining.unwrap_or_else(|_| zero())),
+            (X_RATELIMIT_RESET, reset.unwrap_or_else(|_| zero())),
+        ]
+    }
+}
+
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+
+/// A duration as Go's `time.Duration.String` writes it, to the millisecond (rounded up, so
+/// that a wait is never shown as none): `0s`, `17ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`. The
+/// form OpenAI uses in `x-ratelimit-reset-*`.
+pub fn go_duration(d: Duration) -> String {
+    let millis = d.as_nanos().div_ceil(1_000_000);
+    let millis = u64::try_from(millis).unwrap_or(u64::MAX);
+    let mut n = itoa::Buffer::new();
+    let mut out = String::with_capacity(12);
+    if millis == 0 {
+        out.push_str("0s");
+        return out;
+    }
+    if millis < 1000 {
+        out.push_str(n.format(millis));
+        out.push_str("ms");
+        return out;
+    }
+    let (secs, frac) = (millis / 1000, millis % 1000);
+    let (hours, minutes, secs) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if hours > 0 {
+        out.push_str(n.format(hours));
+        out.push('h');
+    }
+    if hours > 0 || minutes > 0 {
+        out.push_str(n.format(minutes));
+        out.push('m');
+    }
+    out.push_str(n.format(secs));
+    if frac > 0 {
+        // Three digits, trailing zeros dropped: 0.5, 0.25, 0.125.
+        let digits = [frac / 100, frac / 10 % 10, frac % 10];
+        let used = if digits[2] != 0 {
+            3
+        } else if digits[1] != 0 {
+            2
+        } else {
+            1
+        };
+        out.push('.');
+        for d in &digits[..used] {
+            out.push(char::from(b'0' + u8::try_from(*d).unwrap_or(0)));
+        }
+    }
+    out.push('s');
+    out
 }
 
 /// How an upstream failed: the `kind` label of `gateway_upstream_errors_total`.
@@ -247,6 +323,130 @@ impl UpstreamFault {
 /// The `WWW-Authenticate` challenge sent with every 401.
 pub const AUTH_CHALLENGE: &str = "Bearer realm=\"ollama-gateway\"";
 
+/// The API a request speaks, which decides the shape of its error bodies. By path alone,
+/// so that refusals before routing (and unknown paths) answer in the right shape too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Everything not under `/v1`: `{"error": "..."}`.
+    Ollama,
+    /// `/v1` and below, but `/v1/messages`: `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// `/v1/messages` and below: `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
+}
+
+/// Whether `path` is `prefix` or below it (`/v1/x`, not `/v1x`).
+fn is_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+impl Api {
+    /// The API of a request path (as sent: no normalisation, so `//v1` is not `/v1`).
+    pub fn of_path(path: &str) -> Self {
+        if !is_under(path, "/v1") {
+            Self::Ollama
+        } else if is_under(path, "/v1/messages") {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
+}
+
+/// OpenAI's error object: all four keys always present (`param` and `code` may be null).
+#[derive(serde::Serialize)]
+struct OpenAiError<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct OpenAiBody<'a> {
+    error: OpenAiError<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct AnthropicError<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicError<'a>,
+}
+
+/// `{"error": {"message", "type", "param", "code"}}` as bytes.
+fn openai_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Vec<u8> {
+    let body = OpenAiBody {
+        error: OpenAiError {
+            message,
+            kind,
+            param,
+            code,
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_else(|_| {
+        br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#
+            .to_vec()
+    })
+}
+
+/// `{"type": "error", "error": {"type", "message"}}` as bytes.
+fn anthropic_body(kind: &str, message: &str) -> Vec<u8> {
+    let body = AnthropicBody {
+        kind: "error",
+        error: AnthropicError { kind, message },
+    };
+    serde_json::to_vec(&body).unwrap_or_else(|_| {
+        br#"{"type":"error","error":{"type":"api_error","message":"internal error"}}"#.to_vec()
+    })
+}
+
+/// Anthropic's error `type` for a status (its documented table; 529 is its "overloaded").
+pub fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// The final event of an OpenAI SSE stream that failed after it began:
+/// `data: {"error": {...}}`, on which the openai SDKs raise `APIError` (PROTOCOLS.md 4.2).
+/// Nothing follows it, no `data: [DONE]`.
+pub fn openai_stream_error(message: &str) -> Bytes {
+    let mut event = Vec::with_capacity(message.len() + 96);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&openai_body(message, "server_error", None, None));
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// The final event of an Anthropic SSE stream that failed after it began: `event: error`
+/// with `{"type": "error", "error": {"type": "api_error", "message"}}`, on which the
+/// Anthropic SDKs raise. Nothing follows it, no `message_stop`.
+pub fn anthropic_stream_error(message: &str) -> Bytes {
+    let mut event = Vec::with_capacity(message.len() + 96);
+    event.extend_from_slice(b"event: error\ndata: ");
+    event.extend_from_slice(&anthropic_body("api_error", message));
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
 impl GatewayError {
     /// A short, fixed label for metrics and logs (never free text).
     pub fn kind(&self) -> &'static str {
@@ -276,6 +476,64 @@ impl GatewayError {
             Self::UpstreamNoKey { .. } => "upstream_no_key",
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::UpstreamProtocol { .. } => "upstream_protocol",
+        }
+    }
+
+    /// The error body in the shape of `api`, with the same message in each.
+    pub fn body_for(&self, api: Api) -> Vec<u8> {
+        let message = self.to_string();
+        match api {
+            Api::Ollama => error_body(&message),
+            Api::OpenAi => {
+                let (kind, param, code) = self.openai_fields();
+                openai_body(&message, kind, param, code)
+            }
+            Api::Anthropic => anthropic_body(anthropic_type(self.status_code()), &message),
+        }
+    }
+
+    /// OpenAI's `type`, `param` and `code` for this error: OpenAI's own pairs where it has
+    /// one (401 `invalid_api_key`, 404 `model_not_found`, 429 `rate_limit_exceeded`),
+    /// `server_error` for the gateway's and the upstreams' failures.
+    fn openai_fields(&self) -> (&'static str, Option<&'static str>, Option<&'static str>) {
+        const INVALID: &str = "invalid_request_error";
+        const RATE: &str = "rate_limit_exceeded";
+        const SERVER: &str = "server_error";
+        match self {
+            Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::BodyRead(_) => {
+                (INVALID, None, None)
+            }
+            Self::MissingModel => (INVALID, Some("model"), None),
+            Self::BodyTooLarge { .. } | Self::BlobTooLarge { .. } => {
+                (INVALID, None, Some("request_too_large"))
+            }
+            Self::NotFound { .. } => (INVALID, None, Some("not_found")),
+            Self::MethodNotAllowed { .. } => (INVALID, None, Some("method_not_allowed")),
+            Self::IpDenied | Self::ModelNotAllowed { .. } | Self::AdminRequired => {
+                (INVALID, None, Some("permission_denied"))
+            }
+            Self::MissingKey | Self::InvalidKey | Self::DisabledKey => {
+                (INVALID, None, Some("invalid_api_key"))
+            }
+            Self::AuthThrottled { .. }
+            | Self::RateLimited { .. }
+            | Self::TooManyInFlight { .. } => (RATE, None, Some(RATE)),
+            Self::ModelNotFound { .. } => (INVALID, None, Some("model_not_found")),
+            Self::HeadersTooLarge(_) => (INVALID, None, Some("headers_too_large")),
+            Self::UpgradeRefused(_) => (INVALID, None, Some("upgrade_not_supported")),
+            Self::BodyTimeout(_) => (INVALID, None, Some("request_timeout")),
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamBroken { .. }
+            | Self::UpstreamNoKey { .. }
+            | Self::UpstreamTooLarge { .. }
+            | Self::UpstreamProtocol { .. } => (SERVER, None, Some(self.kind())),
+            Self::UpstreamStatus { status, .. } => match status.as_u16() {
+                404 => (INVALID, None, Some("model_not_found")),
+                429 => (RATE, None, Some(RATE)),
+                400..=499 => (INVALID, None, None),
+                _ => (SERVER, None, None),
+            },
         }
     }
 
@@ -401,7 +659,8 @@ impl ResponseError for GatewayError {
 /// The content type of every JSON body the gateway writes, as Ollama sends it.
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
 
-/// Finishes `builder` with Ollama's error body `{"error": message}`.
+/// Finishes `builder` with Ollama's error body `{"error": message}`. (`ResponseError`
+/// renders every `GatewayError` this way; the edge swaps the body on `/v1` paths.)
 pub fn json_error(builder: &mut HttpResponseBuilder, message: &str) -> HttpResponse {
     builder
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
@@ -433,6 +692,7 @@ mod tests {
             quota: 120_000,
             remaining: 0,
             reset: 60,
+            full_in: Duration::from_secs(60),
         };
         assert_eq!(p.policy_header(), "\"default\";q=120000;w=60");
         assert_eq!(p.state_header(), "\"default\";r=0;t=60");
@@ -582,6 +842,7 @@ mod tests {
                         quota: 1,
                         remaining: 0,
                         reset: 5,
+                        full_in: Duration::from_secs(5),
                     },
                 },
                 429,
@@ -652,6 +913,7 @@ mod tests {
                 quota: 120,
                 remaining: 0,
                 reset: 7,
+                full_in: Duration::from_secs(7),
             },
         }
         .error_response();
@@ -663,6 +925,349 @@ mod tests {
         assert_eq!(
             resp.headers().get("ratelimit-policy").unwrap(),
             "\"default\";q=120;w=60"
+        );
+    }
+
+    /// One of each variant, and a match that fails to compile when a variant is added
+    /// without a case here.
+    fn one_of_each() -> Vec<GatewayError> {
+        let up = || "ollama".to_string();
+        let policy = RatePolicy {
+            name: RatePolicy::DEFAULT,
+            quota: 60,
+            remaining: 0,
+            reset: 2,
+            full_in: Duration::from_millis(1500),
+        };
+        let all = vec![
+            GatewayError::EmptyBody,
+            GatewayError::InvalidJson("x".into()),
+            GatewayError::InvalidField("x".into()),
+            GatewayError::MissingModel,
+            GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::BlobTooLarge { limit: 1 },
+            GatewayError::BodyRead("x".into()),
+            GatewayError::NotFound {
+                method: "GET".into(),
+                path: "/v1/nope".into(),
+            },
+            GatewayError::MethodNotAllowed {
+                method: "GET".into(),
+                path: "/v1/chat/completions".into(),
+                allow: "POST",
+            },
+            GatewayError::IpDenied,
+            GatewayError::MissingKey,
+            GatewayError::InvalidKey,
+            GatewayError::DisabledKey,
+            GatewayError::AuthThrottled { remaining: 3 },
+            GatewayError::ModelNotAllowed { model: "m".into() },
+            GatewayError::ModelNotFound { model: "m".into() },
+            GatewayError::AdminRequired,
+            GatewayError::RateLimited {
+                key_id: "k".into(),
+                policy,
+            },
+            GatewayError::TooManyInFlight {
+                key_id: "k".into(),
+                limit: 1,
+            },
+            GatewayError::HeadersTooLarge("x".into()),
+            GatewayError::UpgradeRefused("websocket".into()),
+            GatewayError::BodyTimeout("1s".into()),
+            GatewayError::UpstreamConnect {
+                upstream: up(),
+                detail: "refused".into(),
+            },
+            GatewayError::UpstreamTimeout {
+                upstream: up(),
+                detail: "after 1s".into(),
+            },
+            GatewayError::UpstreamBroken {
+                upstream: up(),
+                what: "reset the connection".into(),
+            },
+            GatewayError::UpstreamNoKey {
+                upstream: "openai".into(),
+                env: "OPENAI_API_KEY".into(),
+            },
+            GatewayError::UpstreamTooLarge {
+                upstream: up(),
+                limit: 1,
+            },
+            GatewayError::UpstreamStatus {
+                upstream: up(),
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "busy".into(),
+                retry_after: Some(HeaderValue::from_static("3")),
+            },
+            GatewayError::UpstreamProtocol {
+                upstream: up(),
+                detail: "x".into(),
+            },
+        ];
+        let mut seen = [false; 29];
+        for e in &all {
+            let i = match e {
+                GatewayError::EmptyBody => 0,
+                GatewayError::InvalidJson(_) => 1,
+                GatewayError::InvalidField(_) => 2,
+                GatewayError::MissingModel => 3,
+                GatewayError::BodyTooLarge { .. } => 4,
+                GatewayError::BlobTooLarge { .. } => 5,
+                GatewayError::BodyRead(_) => 6,
+                GatewayError::NotFound { .. } => 7,
+                GatewayError::MethodNotAllowed { .. } => 8,
+                GatewayError::IpDenied => 9,
+                GatewayError::MissingKey => 10,
+                GatewayError::InvalidKey => 11,
+                GatewayError::DisabledKey => 12,
+                GatewayError::AuthThrottled { .. } => 13,
+                GatewayError::ModelNotAllowed { .. } => 14,
+                GatewayError::ModelNotFound { .. } => 15,
+                GatewayError::AdminRequired => 16,
+                GatewayError::RateLimited { .. } => 17,
+                GatewayError::TooManyInFlight { .. } => 18,
+                GatewayError::HeadersTooLarge(_) => 19,
+                GatewayError::UpgradeRefused(_) => 20,
+                GatewayError::BodyTimeout(_) => 21,
+                GatewayError::UpstreamConnect { .. } => 22,
+                GatewayError::UpstreamTimeout { .. } => 23,
+                GatewayError::UpstreamBroken { .. } => 24,
+                GatewayError::UpstreamNoKey { .. } => 25,
+                GatewayError::UpstreamTooLarge { .. } => 26,
+                GatewayError::UpstreamStatus { .. } => 27,
+                GatewayError::UpstreamProtocol { .. } => 28,
+            };
+            seen[i] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "a variant is missing");
+        all
+    }
+
+    fn parse(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn api_follows_the_path() {
+        for (path, api) in [
+            ("/", Api::Ollama),
+            ("/api/chat", Api::Ollama),
+            ("/api/v1", Api::Ollama),
+            ("/v1x", Api::Ollama),
+            ("/v10/models", Api::Ollama),
+            ("//v1/models", Api::Ollama),
+            ("/healthz", Api::Ollama),
+            ("/v1", Api::OpenAi),
+            ("/v1/", Api::OpenAi),
+            ("/v1/chat/completions", Api::OpenAi),
+            ("/v1/models/openai/gpt-4o-mini", Api::OpenAi),
+            ("/v1/messagesx", Api::OpenAi),
+            ("/v1/message", Api::OpenAi),
+            ("/v1/messages", Api::Anthropic),
+            ("/v1/messages/", Api::Anthropic),
+            ("/v1/messages/count_tokens", Api::Anthropic),
+        ] {
+            assert_eq!(Api::of_path(path), api, "{path}");
+        }
+    }
+
+    #[test]
+    fn every_variant_in_every_shape() {
+        for err in one_of_each() {
+            let message = err.to_string();
+            let status = err.status_code().as_u16();
+            // Ollama: exactly {"error": message}.
+            let ollama = parse(&err.body_for(Api::Ollama));
+            assert_eq!(ollama, serde_json::json!({ "error": message }), "{err:?}");
+            assert_eq!(
+                ollama,
+                body_of(&err),
+                "{err:?}: ResponseError renders Ollama's"
+            );
+            // OpenAI: the four keys, always.
+            let openai = parse(&err.body_for(Api::OpenAi));
+            let object = openai["error"].as_object().cloned().unwrap_or_default();
+            let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["code", "message", "param", "type"], "{err:?}");
+            assert_eq!(openai.as_object().map(|o| o.len()), Some(1));
+            assert_eq!(openai["error"]["message"], message);
+            let (kind, code) = (&openai["error"]["type"], &openai["error"]["code"]);
+            let expected_type = match status {
+                429 => "rate_limit_exceeded",
+                500..=599 => "server_error",
+                _ => "invalid_request_error",
+            };
+            assert_eq!(kind, expected_type, "{err:?}");
+            match status {
+                401 => assert_eq!(code, "invalid_api_key"),
+                403 => assert_eq!(code, "permission_denied"),
+                413 => assert_eq!(code, "request_too_large"),
+                429 => assert_eq!(code, "rate_limit_exceeded"),
+                _ => {}
+            }
+            // Anthropic: {"type": "error", "error": {"type", "message"}}.
+            let anthropic = parse(&err.body_for(Api::Anthropic));
+            assert_eq!(anthropic["type"], "error");
+            assert_eq!(anthropic["error"]["message"], message);
+            assert_eq!(anthropic.as_object().map(|o| o.len()), Some(2));
+            assert_eq!(anthropic["error"].as_object().map(|o| o.len()), Some(2));
+            let expected = match status {
+                400 | 405 | 408 | 431 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                500 | 502 | 503 => "api_error",
+                504 => "timeout_error",
+                other => panic!("{err:?}: no Anthropic type pinned for {other}"),
+            };
+            assert_eq!(anthropic["error"]["type"], expected, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn openai_codes_say_which_refusal() {
+        let code = |e: GatewayError| parse(&e.body_for(Api::OpenAi))["error"].clone();
+        let e = code(GatewayError::ModelNotFound { model: "m".into() });
+        assert_eq!(e["code"], "model_not_found");
+        assert_eq!(e["param"], serde_json::Value::Null);
+        let e = code(GatewayError::NotFound {
+            method: "GET".into(),
+            path: "/v1/nope".into(),
+        });
+        assert_eq!(e["code"], "not_found");
+        assert_eq!(code(GatewayError::MissingModel)["param"], "model");
+        assert_eq!(
+            code(GatewayError::EmptyBody)["code"],
+            serde_json::Value::Null
+        );
+        let e = code(GatewayError::UpstreamTimeout {
+            upstream: "ollama".into(),
+            detail: "after 1s".into(),
+        });
+        assert_eq!(e["type"], "server_error");
+        assert_eq!(e["code"], "upstream_timeout");
+        let relayed = |status| {
+            code(GatewayError::UpstreamStatus {
+                upstream: "openai".into(),
+                status,
+                message: "m".into(),
+                retry_after: None,
+            })
+        };
+        assert_eq!(relayed(StatusCode::NOT_FOUND)["code"], "model_not_found");
+        assert_eq!(
+            relayed(StatusCode::BAD_REQUEST)["type"],
+            "invalid_request_error"
+        );
+        assert_eq!(
+            relayed(StatusCode::TOO_MANY_REQUESTS)["code"],
+            "rate_limit_exceeded"
+        );
+        assert_eq!(relayed(StatusCode::BAD_GATEWAY)["type"], "server_error");
+    }
+
+    #[test]
+    fn anthropic_types_by_status() {
+        for (status, kind) in [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (404, "not_found_error"),
+            (413, "request_too_large"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+            (502, "api_error"),
+            (503, "api_error"),
+            (504, "timeout_error"),
+            (529, "overloaded_error"),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::IM_A_TEAPOT);
+            assert_eq!(anthropic_type(status), kind, "{status}");
+        }
+    }
+
+    #[test]
+    fn stream_error_events() {
+        let event = openai_stream_error("upstream ollama timed out \"x\"\n");
+        let text = std::str::from_utf8(&event).unwrap_or_default();
+        assert!(
+            text.starts_with("data: ") && text.ends_with("\n\n"),
+            "{text:?}"
+        );
+        assert_eq!(text.matches('\n').count(), 2, "one data line: {text:?}");
+        let data = parse(text["data: ".len()..].trim_end().as_bytes());
+        assert_eq!(
+            data["error"]["message"],
+            "upstream ollama timed out \"x\"\n"
+        );
+        assert_eq!(data["error"]["type"], "server_error");
+        assert!(data["error"].as_object().is_some_and(|o| o.len() == 4));
+        assert!(!text.contains("[DONE]"));
+
+        let event = anthropic_stream_error("cut\r\noff");
+        let text = std::str::from_utf8(&event).unwrap_or_default();
+        let (head, data) = text.split_once('\n').unwrap_or_default();
+        assert_eq!(head, "event: error");
+        assert!(
+            data.starts_with("data: ") && data.ends_with("\n\n"),
+            "{text:?}"
+        );
+        assert_eq!(data.matches('\n').count(), 2, "one data line: {text:?}");
+        let data = parse(data["data: ".len()..].trim_end().as_bytes());
+        assert_eq!(
+            data,
+            serde_json::json!({"type": "error", "error": {"type": "api_error", "message": "cut\r\noff"}})
+        );
+    }
+
+    #[test]
+    fn go_durations_as_openai_writes_them() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(1), "1ms"),
+            (Duration::from_millis(17), "17ms"),
+            (Duration::from_micros(16_200), "17ms"),
+            (Duration::from_millis(999), "999ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(1250), "1.25s"),
+            (Duration::from_millis(59_724), "59.724s"),
+            (Duration::from_secs(60), "1m0s"),
+            (Duration::from_secs(360), "6m0s"),
+            (Duration::from_millis(90_500), "1m30.5s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+            (Duration::from_secs(3600 + 2), "1h0m2s"),
+        ] {
+            assert_eq!(go_duration(d), text, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn openai_rate_headers() {
+        let p = RatePolicy {
+            name: RatePolicy::DEFAULT,
+            quota: 120,
+            remaining: 19,
+            reset: 1,
+            full_in: Duration::from_millis(500),
+        };
+        let headers = p.openai_headers();
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-ratelimit-limit-requests", "120"),
+                ("x-ratelimit-remaining-requests", "19"),
+                ("x-ratelimit-reset-requests", "500ms"),
+            ]
         );
     }
 

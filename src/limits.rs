@@ -150,19 +150,23 @@ fn take_from(
     quota: u32,
     burst: u32,
 ) -> Result<RatePolicy, GatewayError> {
-    // Seconds for one token to come back.
-    let refill = retry_secs(Duration::from_secs(60) / quota.max(1));
+    // The time for one token to come back, and in whole seconds.
+    let period = Duration::from_secs(60) / quota.max(1);
+    let refill = retry_secs(period);
+    // Tokens still to come back before the bucket is full (the bucket holds `burst`).
+    let missing = |remaining: u32| burst.max(1).saturating_sub(remaining);
     match bucket.check_key(&key.id) {
-        Ok(snapshot) => Ok(RatePolicy {
-            name,
-            quota,
-            remaining: snapshot.remaining_burst_capacity(),
-            reset: if snapshot.remaining_burst_capacity() < burst {
-                refill
-            } else {
-                0
-            },
-        }),
+        Ok(snapshot) => {
+            let remaining = snapshot.remaining_burst_capacity();
+            Ok(RatePolicy {
+                name,
+                quota,
+                remaining,
+                reset: if remaining < burst { refill } else { 0 },
+                // `remaining` is rounded down, so this is at most one period too long.
+                full_in: period.saturating_mul(missing(remaining)),
+            })
+        }
         Err(not_until) => {
             let wait = not_until.wait_time_from(bucket.clock().now());
             Err(GatewayError::RateLimited {
@@ -172,6 +176,8 @@ fn take_from(
                     quota,
                     remaining: 0,
                     reset: retry_secs(wait),
+                    // Empty: the next token in `wait`, the others one period apart.
+                    full_in: wait + period.saturating_mul(missing(1)),
                 },
             })
         }
@@ -308,6 +314,37 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!(policy.name, RatePolicy::READS);
+    }
+
+    #[test]
+    fn full_in_is_the_time_until_the_bucket_is_full() {
+        let pool = LimiterPool::default();
+        // One token a second, three in the bucket.
+        let k = key(
+            &pool,
+            Limits {
+                requests_per_minute: 60,
+                burst: 3,
+                max_in_flight: 1,
+                reads_per_minute: 60,
+                read_burst: 3,
+            },
+        );
+        let s = Duration::from_secs(1);
+        let full: Vec<Duration> = (0..3).map(|_| take(&k).unwrap().full_in).collect();
+        // Rounded down remaining: each at most one period over the truth.
+        for (got, truth) in full.iter().zip([s, 2 * s, 3 * s]) {
+            assert!(*got >= truth - s && *got <= truth, "{got:?} vs {truth:?}");
+        }
+        let err = take(&k).unwrap_err();
+        let GatewayError::RateLimited { policy, .. } = err else {
+            panic!("{err:?}")
+        };
+        // Empty: the next token in under a second, then two more.
+        assert!(
+            policy.full_in > 2 * s && policy.full_in <= 3 * s,
+            "{policy:?}"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The edge: one middleware that every request passes before any upstream work, in this
 //! order: `observe` notes it, `allowlist` checks the client address, `auth` the request
 //! head and the key (or the trusted network), `rate_limit` the key's in-flight slot and
-//! bucket (a cheap read: only its bucket of reads); on the way out, `rate_limit` adds its
-//! headers and `observe` the request id, counts and logs. One layer rather than four: each
-//! actix middleware costs two boxed futures per request and one more level on every poll
-//! (measured with callgrind: 1.6% of the instructions of a proxied request).
+//! bucket (a cheap read: only its bucket of reads), and a declared body length over the
+//! limit is refused; on the way out, `rate_limit` adds its headers, an error answer takes
+//! the shape of its path's API ([`in_api_shape`]), and `observe` adds the request id,
+//! counts and logs. One layer rather than four: each actix middleware costs two boxed
+//! futures per request and one more level on every poll (measured with callgrind: 1.6% of
+//! the instructions of a proxied request).
 //! `server` wraps it inside tracing-actix-web's `TracingLogger`.
 
 pub mod auth;
@@ -21,7 +23,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage as _};
 
 use crate::allowlist;
-use crate::error::GatewayError;
+use crate::error::{Api, GatewayError};
 
 use crate::state::AppState;
 
@@ -38,7 +40,7 @@ pub async fn edge(
         Ok(admission) => admission.apply(next.call(req).await?),
         Err(e) => refuse(req, e).await,
     };
-    let mut res = seen.finish(res);
+    let mut res = seen.finish(in_api_shape(res));
     if let Some(Hsts(value)) = res.request().app_data::<Hsts>() {
         let value = value.clone();
         res.headers_mut()
@@ -62,8 +64,57 @@ fn admit(
     if let Some(key) = &key {
         req.extensions_mut().insert(Arc::clone(key));
     }
+    check_declared_length(req, state.config.server.max_body_bytes)?;
     let cheap_read = rate_limit::is_cheap_read(req.method(), req.path());
     rate_limit::admit(key.as_deref(), cheap_read)
+}
+
+/// Refuses a body whose declared `Content-Length` is over `server.max_body_bytes` before
+/// any of it is read, and before it costs the key a token or a slot. Blob uploads have
+/// their own limit (`server.max_blob_bytes`), which their route applies. A body sent
+/// without a length is held to the limit as it is read (`routes::body`).
+fn check_declared_length(req: &ServiceRequest, limit: usize) -> Result<(), GatewayError> {
+    if req.path().starts_with("/api/blobs/") {
+        return Ok(());
+    }
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > u64::try_from(limit).unwrap_or(u64::MAX) => {
+            Err(GatewayError::BodyTooLarge { limit })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The one place an error answer takes the shape of its path's API ([`Api::of_path`]):
+/// every `GatewayError` response (the edge's refusals, the routes' errors, unknown paths
+/// and methods) is rendered by `ResponseError` in Ollama's shape with its status and
+/// headers; on `/v1` its body is swapped for OpenAI's or Anthropic's. The error stays
+/// attached, so `observe` counts and logs it as before. A rate-limit refusal on `/v1`
+/// also gets OpenAI's `x-ratelimit-*-requests` headers (passed answers get them in
+/// [`rate_limit::Admission::apply`]). Answers without an error pass untouched.
+fn in_api_shape(mut res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
+    let api = Api::of_path(res.request().path());
+    if api == Api::Ollama {
+        return res;
+    }
+    let Some(error) = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<GatewayError>())
+    else {
+        return res;
+    };
+    let body = error.body_for(api);
+    if let GatewayError::RateLimited { policy, .. } = error {
+        let policy = *policy;
+        rate_limit::add_openai_headers(res.headers_mut(), &policy);
+    }
+    res.map_body(|_, _| BoxBody::new(body))
 }
 
 /// Most of a refused request's body read (and dropped) before answering.

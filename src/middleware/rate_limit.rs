@@ -2,18 +2,19 @@
 //! the key's bucket; or, for a cheap read ([`is_cheap_read`]), a token from the key's
 //! bucket of reads and no slot, so that a UI polling its model list never makes the same
 //! key's inference wait or 429. Answers carry the IETF draft `RateLimit-Policy` /
-//! `RateLimit` headers of the bucket they drew on.
+//! `RateLimit` headers of the bucket they drew on, and on `/v1` OpenAI's
+//! `x-ratelimit-*-requests` too.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use bytes::Bytes;
 
-use crate::error::{GatewayError, RatePolicy};
+use crate::error::{Api, GatewayError, RatePolicy};
 use crate::keys::ApiKey;
 use crate::limits::{self, InFlight};
 
@@ -43,6 +44,14 @@ impl<B: MessageBody> MessageBody for Guarded<B> {
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Adds OpenAI's `x-ratelimit-{limit,remaining,reset}-requests` for `policy`: what OpenAI
+/// clients and dashboards read, beside the draft's `RateLimit` headers. Only on `/v1`.
+pub fn add_openai_headers(headers: &mut HeaderMap, policy: &RatePolicy) {
+    for (name, value) in policy.openai_headers() {
+        headers.insert(name, value);
+    }
+}
 
 /// Whether a request is a cheap read: one that UIs poll, that costs the upstream next to
 /// nothing, and that answers at once. These take no in-flight slot and draw on the key's
@@ -100,6 +109,9 @@ impl Admission {
             }
             if let Ok(v) = HeaderValue::try_from(policy.state_header()) {
                 headers.insert(RATELIMIT, v);
+            }
+            if Api::of_path(res.request().path()) != Api::Ollama {
+                add_openai_headers(res.headers_mut(), &policy);
             }
         }
         match self.slot {

@@ -11,7 +11,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::error::GatewayError;
 
 /// Registers every route of the public listener. Unknown paths and wrong methods answer
-/// in Ollama's error shape. `public_metrics` also serves /metrics (behind a key).
+/// in the error shape of their path's API (see `middleware::in_api_shape`).
+/// `public_metrics` also serves /metrics (behind a key).
 pub fn configure(cfg: &mut web::ServiceConfig, public_metrics: bool) {
     if public_metrics {
         cfg.route("/metrics", web::get().to(health::metrics));
