@@ -560,6 +560,8 @@ pub struct OllamaConfig {
     pub generate_uri: awc::http::Uri,
     pub embed_uri: awc::http::Uri,
     pub embeddings_uri: awc::http::Uri,
+    /// `{base_url}/v1/messages`, Ollama's Anthropic Messages API, parsed once.
+    pub messages_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
     pub version_url: String,
 }
@@ -712,6 +714,7 @@ impl Config {
             generate_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/generate"))?,
             embed_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/embed"))?,
             embeddings_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/embeddings"))?,
+            messages_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/v1/messages"))?,
             version_url: format!("{ollama_base}/api/version"),
         };
         let mut upstreams = Vec::new();
@@ -1147,6 +1150,7 @@ mod tests {
         );
         assert_eq!(c.ollama.generate_uri, "http://ollama:11434/api/generate");
         assert_eq!(c.ollama.embed_uri, "http://ollama:11434/api/embed");
+        assert_eq!(c.ollama.messages_uri, "http://ollama:11434/v1/messages");
         assert_eq!(
             c.ollama.embeddings_uri,
             "http://ollama:11434/api/embeddings"

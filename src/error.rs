@@ -85,6 +85,14 @@ pub enum GatewayError {
     /// An upstream's model that its list does not hold (Ollama's words for the same).
     #[error("model '{model}' not found")]
     ModelNotFound { model: String },
+    /// A model this route's API does not serve: an OpenAI-compatible upstream's model on
+    /// Anthropic's `/v1/messages`, which only Ollama serves.
+    #[error("model '{model}' is served by the OpenAI-compatible upstream {upstream}, which {route} does not serve; use /v1/chat/completions for it")]
+    ModelNotServedHere {
+        model: String,
+        upstream: String,
+        route: &'static str,
+    },
     /// Model management with a key that lacks `role = "admin"`.
     #[error("this endpoint manages Ollama's models and needs an API key with role = \"admin\" in the keys file")]
     AdminRequired,
@@ -456,6 +464,7 @@ impl GatewayError {
             Self::AuthThrottled { .. } => "auth_throttled",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
+            Self::ModelNotServedHere { .. } => "model_not_served",
             Self::AdminRequired => "admin_required",
             Self::RateLimited { .. } => "rate_limit",
             Self::TooManyInFlight { .. } => "in_flight",
@@ -559,6 +568,7 @@ impl GatewayError {
             | Self::AuthThrottled { .. }
             | Self::ModelNotAllowed { .. }
             | Self::ModelNotFound { .. }
+            | Self::ModelNotServedHere { .. }
             | Self::AdminRequired
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. }
@@ -602,9 +612,11 @@ impl ResponseError for GatewayError {
             // deliberately does not offer, and says so (426 would ask the client to upgrade).
             Self::UpgradeRefused(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::EmptyBody | Self::InvalidJson(_) | Self::InvalidField(_) | Self::MissingModel => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::EmptyBody
+            | Self::InvalidJson(_)
+            | Self::InvalidField(_)
+            | Self::MissingModel
+            | Self::ModelNotServedHere { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } | Self::BlobTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -829,6 +841,15 @@ mod tests {
                 "model_not_allowed",
             ),
             (GatewayError::AdminRequired, 403, "admin_required"),
+            (
+                GatewayError::ModelNotServedHere {
+                    model: "openai/gpt-4o-mini".into(),
+                    upstream: "openai".into(),
+                    route: "/v1/messages",
+                },
+                400,
+                "model_not_served",
+            ),
             (
                 GatewayError::ModelNotFound { model: "m".into() },
                 404,

@@ -24,7 +24,7 @@ use crate::keys::ApiKey;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
-pub const REJECTION_REASONS: [&str; 18] = [
+pub const REJECTION_REASONS: [&str; 19] = [
     "ip",
     "auth",
     "auth_throttled",
@@ -32,6 +32,7 @@ pub const REJECTION_REASONS: [&str; 18] = [
     "in_flight",
     "model_not_allowed",
     "model_not_found",
+    "model_not_served",
     "admin_required",
     "body_too_large",
     "header_too_large",

@@ -29,7 +29,7 @@ fn is_probe(path: &str) -> bool {
 }
 
 /// Every value of the `endpoint` label but `other`: the gateway's own routes.
-const ENDPOINTS: [&str; 18] = [
+const ENDPOINTS: [&str; 21] = [
     "/",
     "/api/version",
     "/api/chat",
@@ -45,6 +45,9 @@ const ENDPOINTS: [&str; 18] = [
     "/api/copy",
     "/api/delete",
     "/api/blobs/{digest}",
+    "/v1/models",
+    "/v1/models/{model:.+}",
+    "/v1/messages",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -53,8 +56,10 @@ const ENDPOINTS: [&str; 18] = [
 /// The `endpoint` label: one of the gateway's own routes (as their patterns are written),
 /// or `other` (never the raw path, so the label stays bounded).
 fn route_label(pattern: Option<&str>) -> &'static str {
-    if pattern == Some("/api/blobs/{digest}") {
-        return "/api/blobs/:digest";
+    match pattern {
+        Some("/api/blobs/{digest}") => return "/api/blobs/:digest",
+        Some("/v1/models/{model:.+}") => return "/v1/models/:model",
+        _ => {}
     }
     pattern
         .and_then(|p| ENDPOINTS.iter().find(|e| **e == p))

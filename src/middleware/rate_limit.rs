@@ -60,9 +60,15 @@ pub fn add_openai_headers(headers: &mut HeaderMap, policy: &RatePolicy) {
 pub fn is_cheap_read(method: &Method, path: &str) -> bool {
     let get_or_head = method == Method::GET || method == Method::HEAD;
     match path {
-        "/" | "/api/tags" | "/api/version" => get_or_head,
+        "/" | "/api/tags" | "/api/version" | "/v1/models" => get_or_head,
         "/api/ps" => method == Method::GET,
-        _ => false,
+        // `GET /v1/models/{model}`: a model id may hold slashes.
+        _ => {
+            get_or_head
+                && path
+                    .strip_prefix("/v1/models/")
+                    .is_some_and(|m| !m.is_empty())
+        }
     }
 }
 
@@ -135,6 +141,9 @@ mod tests {
             (Method::GET, "/api/ps"),
             (Method::GET, "/api/version"),
             (Method::HEAD, "/api/version"),
+            (Method::GET, "/v1/models"),
+            (Method::GET, "/v1/models/openai/gpt-4o-mini"),
+            (Method::HEAD, "/v1/models/llama3"),
         ] {
             assert!(is_cheap_read(&method, path), "{method} {path}");
         }
@@ -149,6 +158,10 @@ mod tests {
             (Method::GET, "/api/versions"),
             (Method::DELETE, "/api/version"),
             (Method::GET, "/metrics"),
+            (Method::POST, "/v1/models"),
+            (Method::GET, "/v1/models/"),
+            (Method::POST, "/v1/messages"),
+            (Method::GET, "/v1/chat/completions"),
         ] {
             assert!(!is_cheap_read(&method, path), "{method} {path}");
         }

@@ -3,6 +3,7 @@
 pub mod anthropic;
 pub mod body;
 pub mod health;
+pub mod models;
 pub mod ollama;
 pub mod openai;
 

@@ -2,6 +2,7 @@
 //! the OpenAI <-> Ollama mapping (chat; generate, as a chat; embeddings). Everything here can be tested at every byte split and
 //! benchmarked on its own.
 
+pub mod anthropic;
 pub mod embed;
 pub mod generate;
 pub mod manage;

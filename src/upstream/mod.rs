@@ -1,6 +1,7 @@
 //! Where requests leave the gateway: choosing the upstream by model name, the per-worker
 //! HTTP client, and the two upstream kinds.
 
+pub mod anthropic;
 pub mod headers;
 pub mod manage;
 pub mod models;

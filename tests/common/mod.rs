@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod admin;
+pub mod anthropic;
 pub mod auth;
 pub mod gen;
 pub mod skip;

@@ -1,7 +1,17 @@
 //! Anthropic's Messages API (`POST /v1/messages`), relayed to Ollama's own (Ollama serves
 //! it since v0.14); an OpenAI-compatible upstream's model is refused in Anthropic's shape.
 
+pub mod messages;
+
 use actix_web::web;
 
+use super::only;
+
 /// Registers Anthropic's endpoints.
-pub fn configure(_cfg: &mut web::ServiceConfig) {}
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(only(
+        "/v1/messages",
+        "POST",
+        web::post().to(messages::messages),
+    ));
+}

@@ -6,7 +6,7 @@ pub mod generate;
 pub mod manage;
 pub mod meta;
 pub mod models;
-mod routed;
+pub(crate) mod routed;
 
 use std::rc::Rc;
 use std::sync::Arc;

@@ -2,16 +2,13 @@
 //! OpenAI-compatible upstream's, under their prefixes), `GET /api/ps` and `POST /api/show`.
 //! A key sees only the models its `models` patterns allow, in every list.
 
-use std::sync::Arc;
-
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::future::join_all;
 use serde::Deserialize;
 
-use crate::catalog::{self, Listed, Route};
-use crate::config::OpenAiConfig;
+use crate::catalog::{self, Route};
 use crate::error::{GatewayError, JSON_UTF8};
+use crate::routes::models::{counted, gather, upstream_list, Entry};
 use crate::state::AppState;
 use crate::translate::ollama::parse_request;
 use crate::upstream::{self, models, OLLAMA};
@@ -23,50 +20,7 @@ fn json(body: &serde_json::Value) -> HttpResponse {
         .body(body.to_string())
 }
 
-/// Notes an upstream that left its part out of a list.
-fn left_out(state: &AppState, upstream: &str, error: &GatewayError) {
-    count_fault(state, upstream, error);
-    tracing::warn!(upstream, error = %error, "model list: this upstream's models are left out");
-}
-
-/// Counts `error` in `gateway_upstream_errors_total` when it is `upstream`'s failure.
-fn count_fault(state: &AppState, upstream: &str, error: &GatewayError) {
-    if let Some(fault) = error.fault() {
-        state.metrics.upstream_failed(upstream, fault);
-    }
-}
-
-/// `error`, counted as `upstream`'s failure: for a read whose failure is the answer.
-fn counted<'a>(
-    state: &'a AppState,
-    upstream: &'a str,
-) -> impl FnOnce(GatewayError) -> GatewayError + 'a {
-    move |error| {
-        count_fault(state, upstream, &error);
-        error
-    }
-}
-
-/// `up`'s models, from the cache or asked for now.
-async fn upstream_list(
-    state: &AppState,
-    client: &awc::Client,
-    up: &OpenAiConfig,
-    request_id: &str,
-) -> Result<Arc<[Listed]>, GatewayError> {
-    let ttl = state.config.catalog.cache_ttl;
-    if let Some(list) = state.catalog.cached(&up.name, ttl) {
-        return Ok(list);
-    }
-    let list: Arc<[Listed]> = models::openai(client, &state.config, up, request_id)
-        .await?
-        .into();
-    state.catalog.store(&up.name, Arc::clone(&list));
-    Ok(list)
-}
-
-/// `GET`/`HEAD /api/tags`: one list. An upstream that fails to answer leaves its part out
-/// (logged, counted in `gateway_upstream_errors_total`) instead of failing the list.
+/// `GET`/`HEAD /api/tags`: one list (see [`gather`]).
 pub async fn tags(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -74,50 +28,14 @@ pub async fn tags(
 ) -> HttpResponse {
     let key = super::key(&req);
     let id = super::request_id(&req);
-    let config = &state.config;
-    let ollama = models::ollama(&client, config, Method::GET, "/api/tags", None, &id);
-    let others = join_all(
-        config
-            .upstreams
-            .iter()
-            .map(|up| upstream_list(&state, &client, up, &id)),
-    );
-    let (ollama, others) = futures_util::future::join(ollama, others).await;
-    let mut entries = match ollama {
-        Ok(answer) if answer.status.is_success() => {
-            catalog::filter_ollama_list(&answer.body, |m| super::allowed(key.as_deref(), m))
-                .unwrap_or_else(|detail| {
-                    let e =
-                        upstream::unreadable_answer(OLLAMA, &answer.body, detail, &config.scrubber);
-                    left_out(&state, OLLAMA, &e);
-                    Vec::new()
-                })
-        }
-        Ok(answer) => {
-            let e = GatewayError::UpstreamStatus {
-                upstream: OLLAMA.into(),
-                status: answer.status,
-                message: format!("upstream {OLLAMA} answered {}", answer.status.as_u16()),
-                retry_after: None,
-            };
-            left_out(&state, OLLAMA, &e);
-            Vec::new()
-        }
-        Err(e) => {
-            left_out(&state, OLLAMA, &e);
-            Vec::new()
-        }
-    };
-    for (up, list) in config.upstreams.iter().zip(others) {
-        match list {
-            Ok(list) => entries.extend(
-                list.iter()
-                    .filter(|m| super::allowed(key.as_deref(), &format!("{}{}", up.prefix, m.id)))
-                    .map(|m| catalog::tag_entry(up, m)),
-            ),
-            Err(e) => left_out(&state, &up.name, &e),
-        }
-    }
+    let entries: Vec<serde_json::Value> = gather(&state, &client, key.as_deref(), &id)
+        .await
+        .into_iter()
+        .map(|entry| match entry {
+            Entry::Ollama(model) => model,
+            Entry::Upstream(up, listed) => catalog::tag_entry(up, &listed),
+        })
+        .collect();
     json(&serde_json::json!({ "models": entries }))
 }
 

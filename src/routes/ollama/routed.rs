@@ -46,6 +46,22 @@ impl ToOllama<'_> {
         } = self;
         upstream::ollama::forward(client, config, req, uri, body, &request_id, record).await
     }
+
+    /// Sends `body` as it came to Ollama's Anthropic Messages API (`/v1/messages`) and
+    /// relays the answer.
+    pub async fn messages(
+        self,
+        client: &awc::Client,
+        req: &HttpRequest,
+        body: Bytes,
+    ) -> Result<HttpResponse, GatewayError> {
+        let Self {
+            config,
+            request_id,
+            record,
+        } = self;
+        upstream::anthropic::forward(client, config, req, body, &request_id, record).await
+    }
 }
 
 /// Admits a request for `model` at `endpoint` (the `route` label), received at `started`:

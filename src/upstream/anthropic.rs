@@ -1,0 +1,159 @@
+//! Ollama's Anthropic Messages API (`{ollama}/v1/messages`): the request body goes as it
+//! came; the answer comes back unchanged, a stream event by event as the events arrive,
+//! its token usage read on the way. A stream that fails ends with an `error` event, never
+//! with a `message_stop` the upstream did not send.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse};
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::headers::downstream_response_headers;
+use super::ollama::with_client_headers;
+use super::relay::{Relay, Step, Transform};
+use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, OLLAMA};
+use crate::config::Config;
+use crate::error::{GatewayError, UpstreamFault};
+use crate::metrics::{Ending, OllamaTimings, RequestRecord, Tokens};
+use crate::translate::anthropic::{stream_error, whole_usage, MessagesEvents, Pushed, Usage};
+
+fn tokens(usage: Usage) -> Tokens {
+    Tokens {
+        prompt: usage.input,
+        completion: usage.output,
+    }
+}
+
+/// Sends `body` to Ollama's `/v1/messages` and relays the answer: a 2xx event stream as it
+/// arrives, anything else read whole (a 2xx answer that is not a message becomes a 502; an
+/// error status is relayed with its body, as Ollama wrote it in Anthropic's shape).
+pub async fn forward(
+    client: &awc::Client,
+    config: &Config,
+    req: &HttpRequest,
+    body: Bytes,
+    request_id: &str,
+    record: RequestRecord,
+) -> Result<HttpResponse, GatewayError> {
+    let timeouts = &config.timeouts;
+    let deadline = Instant::now() + timeouts.total;
+    let upstream_req = with_client_headers(
+        client
+            .post(config.ollama.messages_uri.clone())
+            .timeout(timeouts.first_byte),
+        req,
+        request_id,
+    );
+    let mut resp = match upstream_req.send_body(body).await {
+        Ok(resp) => resp,
+        Err(e) => return Err(record.fail(send_error(OLLAMA, e, timeouts))),
+    };
+    let status = resp.status();
+    let mut builder = HttpResponse::build(status);
+    for (name, value) in downstream_response_headers(resp.headers()) {
+        builder.append_header((name.clone(), value.clone()));
+    }
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if status.is_success() && is_sse {
+        builder
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
+        let events = Events(MessagesEvents::with_max(
+            config.upstream.max_stream_line_bytes,
+        ));
+        let relay = Relay::new(
+            resp,
+            events,
+            OLLAMA.to_string(),
+            config,
+            deadline,
+            Some(record),
+        );
+        return Ok(builder.streaming(relay));
+    }
+    if !status.is_success() {
+        let body = match read_error_body(&mut resp, OLLAMA, deadline, config).await {
+            Ok(body) => body,
+            // The status still says what happened; the body is only its explanation.
+            Err(GatewayError::UpstreamTooLarge { limit, .. }) => {
+                return Err(record.fail(GatewayError::UpstreamStatus {
+                    upstream: OLLAMA.to_string(),
+                    status,
+                    message: format!(
+                        "upstream {OLLAMA} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
+                        status.as_u16()
+                    ),
+                    retry_after: None,
+                }))
+            }
+            Err(e) => return Err(record.fail(e)),
+        };
+        record.finish(status.as_u16(), Tokens::default(), None, &Ending::Complete);
+        return Ok(builder.body(body));
+    }
+    let body = match read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await {
+        Ok(body) => body,
+        Err(e) => return Err(record.fail(e)),
+    };
+    match whole_usage(&body) {
+        Ok(usage) => {
+            record.finish(status.as_u16(), tokens(usage), None, &Ending::Complete);
+            Ok(builder.body(body))
+        }
+        Err(detail) => Err(record.fail(unreadable_answer(OLLAMA, &body, detail, &config.scrubber))),
+    }
+}
+
+/// Relays whole events and knows when the answer is complete (`message_stop`).
+struct Events(MessagesEvents);
+
+impl Transform for Events {
+    fn chunk(&mut self, chunk: Bytes) -> Step {
+        match self.0.push(chunk) {
+            Pushed::More(forward) => Step::Forward(forward),
+            Pushed::Stopped(forward) => Step::Finish(forward),
+            Pushed::UpstreamError(forward) => Step::Relayed {
+                forward,
+                fault: UpstreamFault::MidStream,
+                message: format!("upstream {OLLAMA} reported an error in the stream"),
+            },
+            Pushed::Unreadable {
+                forward,
+                detail,
+                too_large,
+            } => Step::Fail {
+                forward,
+                fault: if too_large {
+                    UpstreamFault::TooLarge
+                } else {
+                    UpstreamFault::Protocol
+                },
+                message: format!("upstream {OLLAMA} {detail}"),
+            },
+        }
+    }
+
+    fn eof(&mut self) -> Step {
+        if self.0.finish() {
+            Step::Fail {
+                forward: None,
+                fault: UpstreamFault::Truncated,
+                message: format!("upstream {OLLAMA} closed the stream before it finished"),
+            }
+        } else {
+            Step::Finish(None)
+        }
+    }
+
+    fn report(&self) -> (Tokens, Option<OllamaTimings>) {
+        (tokens(self.0.usage()), None)
+    }
+
+    fn failure(&self, message: &str) -> Vec<u8> {
+        stream_error(message)
+    }
+}
