@@ -528,6 +528,7 @@ impl GatewayError {
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. } => (RATE, None, Some(RATE)),
             Self::ModelNotFound { .. } => (INVALID, None, Some("model_not_found")),
+            Self::ModelNotServedHere { .. } => (INVALID, Some("model"), Some("model_not_served")),
             Self::HeadersTooLarge(_) => (INVALID, None, Some("headers_too_large")),
             Self::UpgradeRefused(_) => (INVALID, None, Some("upgrade_not_supported")),
             Self::BodyTimeout(_) => (INVALID, None, Some("request_timeout")),
@@ -984,6 +985,11 @@ mod tests {
             GatewayError::AuthThrottled { remaining: 3 },
             GatewayError::ModelNotAllowed { model: "m".into() },
             GatewayError::ModelNotFound { model: "m".into() },
+            GatewayError::ModelNotServedHere {
+                model: "openai/m".into(),
+                upstream: "openai".into(),
+                route: "/v1/messages",
+            },
             GatewayError::AdminRequired,
             GatewayError::RateLimited {
                 key_id: "k".into(),
@@ -1027,7 +1033,7 @@ mod tests {
                 detail: "x".into(),
             },
         ];
-        let mut seen = [false; 29];
+        let mut seen = [false; 30];
         for e in &all {
             let i = match e {
                 GatewayError::EmptyBody => 0,
@@ -1059,6 +1065,7 @@ mod tests {
                 GatewayError::UpstreamTooLarge { .. } => 26,
                 GatewayError::UpstreamStatus { .. } => 27,
                 GatewayError::UpstreamProtocol { .. } => 28,
+                GatewayError::ModelNotServedHere { .. } => 29,
             };
             seen[i] = true;
         }

@@ -145,24 +145,6 @@ pub fn whole_usage(body: &[u8]) -> Result<Usage, String> {
     Ok(usage)
 }
 
-/// The stream's last event, in Anthropic's stream format, for an answer the gateway ends:
-/// the Anthropic SDKs raise on an `error` event.
-pub fn stream_error(message: &str) -> Vec<u8> {
-    let data = serde_json::json!({
-        "type": "error",
-        "error": { "type": "api_error", "message": message },
-    });
-    let mut event = b"event: error\ndata: ".to_vec();
-    if serde_json::to_writer(&mut event, &data).is_err() {
-        event.truncate(b"event: error\ndata: ".len());
-        event.extend_from_slice(
-            br#"{"type":"error","error":{"type":"api_error","message":"internal error"}}"#,
-        );
-    }
-    event.extend_from_slice(b"\n\n");
-    event
-}
-
 /// How a stream stands after the events read so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {

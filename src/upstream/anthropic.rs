@@ -15,7 +15,7 @@ use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWE
 use crate::config::Config;
 use crate::error::{GatewayError, UpstreamFault};
 use crate::metrics::{Ending, OllamaTimings, RequestRecord, Tokens};
-use crate::translate::anthropic::{stream_error, whole_usage, MessagesEvents, Pushed, Usage};
+use crate::translate::anthropic::{whole_usage, MessagesEvents, Pushed, Usage};
 
 fn tokens(usage: Usage) -> Tokens {
     Tokens {
@@ -154,6 +154,6 @@ impl Transform for Events {
     }
 
     fn failure(&self, message: &str) -> Vec<u8> {
-        stream_error(message)
+        crate::error::anthropic_stream_error(message).to_vec()
     }
 }

@@ -62,5 +62,5 @@ pub fn ollama() -> FakeUpstream {
 
 /// The gateway's own last event of a failed stream, as it writes it.
 pub fn error_event_for_tests(message: &str) -> Vec<u8> {
-    ollama_gateway::translate::anthropic::stream_error(message)
+    ollama_gateway::error::anthropic_stream_error(message).to_vec()
 }

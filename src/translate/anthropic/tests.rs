@@ -198,22 +198,6 @@ fn whole_answers_give_their_usage() {
 }
 
 #[test]
-fn the_gateways_error_event_is_one_event_the_sdks_read() {
-    let event = stream_error("upstream ollama closed \"it\"\n");
-    let text = String::from_utf8(event).unwrap();
-    let data = text
-        .strip_prefix("event: error\ndata: ")
-        .unwrap()
-        .strip_suffix("\n\n")
-        .unwrap();
-    assert!(!data.contains('\n'));
-    let v: serde_json::Value = serde_json::from_str(data).unwrap();
-    assert_eq!(v["type"], "error");
-    assert_eq!(v["error"]["type"], "api_error");
-    assert_eq!(v["error"]["message"], "upstream ollama closed \"it\"\n");
-}
-
-#[test]
 fn requests_give_model_and_stream_and_no_second_spelling() {
     let ok = |body: &str| parse_request(body.as_bytes());
     assert_eq!(
