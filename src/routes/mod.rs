@@ -5,6 +5,7 @@ pub mod body;
 pub mod health;
 pub mod ollama;
 pub mod openai;
+pub(crate) mod routed;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 

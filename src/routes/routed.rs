@@ -58,7 +58,7 @@ pub fn admit<'a>(
     started: Instant,
     streams: bool,
 ) -> Result<Routed<'a>, GatewayError> {
-    super::may_use(super::key(req).as_deref(), model)?;
+    super::ollama::may_use(super::ollama::key(req).as_deref(), model)?;
     let config = &*state.config;
     let route = catalog::route(config, model);
     let (label, is_ollama) = match route {
@@ -66,7 +66,7 @@ pub fn admit<'a>(
         Route::OpenAi { upstream, .. } => (Arc::clone(&upstream.label), false),
     };
     // From here on, the record counts and logs this request when its answer ends.
-    let (record, request_id) = super::record(
+    let (record, request_id) = super::ollama::record(
         req, state, endpoint, started, label, is_ollama, model, streams,
     );
     Ok(match route {
