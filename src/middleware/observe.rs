@@ -29,7 +29,7 @@ fn is_probe(path: &str) -> bool {
 }
 
 /// Every value of the `endpoint` label but `other`: the gateway's own routes.
-const ENDPOINTS: [&str; 18] = [
+const ENDPOINTS: [&str; 21] = [
     "/",
     "/api/version",
     "/api/chat",
@@ -45,6 +45,9 @@ const ENDPOINTS: [&str; 18] = [
     "/api/copy",
     "/api/delete",
     "/api/blobs/{digest}",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
     "/healthz",
     "/readyz",
     "/metrics",

@@ -30,7 +30,7 @@ pub struct ToOllama<'a> {
     record: RequestRecord,
 }
 
-impl ToOllama<'_> {
+impl<'a> ToOllama<'a> {
     /// Sends `body` as it came to Ollama's `uri` (the endpoint's own) and relays the answer.
     pub async fn forward(
         self,
@@ -45,6 +45,11 @@ impl ToOllama<'_> {
             record,
         } = self;
         upstream::ollama::forward(client, config, req, uri, body, &request_id, record).await
+    }
+
+    /// The config, the request id and the record, for a relay of its own.
+    pub fn into_parts(self) -> (&'a Config, Arc<str>, RequestRecord) {
+        (self.config, self.request_id, self.record)
     }
 }
 
