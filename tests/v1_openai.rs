@@ -342,3 +342,42 @@ async fn a_model_the_key_excludes_is_refused() {
     assert!(openai.requests().is_empty());
     gw.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_client_that_goes_away_cancels_the_upstream_request() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ollama = FakeUpstream::start(|_| {
+        let first = chat_chunks(Flavour::Ollama, "hold", &["a"], false, false, false);
+        Reply::stream("text/event-stream", first[..2].to_vec(), End::Hold)
+    });
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    let mut tls = gw.raw_tls().await;
+    let body = r#"{"model":"hold","stream":true,"messages":[]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {TEST_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"content\":\"a\"") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "stream started: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(tls);
+    assert!(ollama.wait_closed(Duration::from_secs(10)).await);
+    let series = r#"gateway_requests_total{code="499",endpoint="/v1/chat/completions",key_id="test-key",model="other",team="test",upstream="ollama"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gw
+        .metrics
+        .render()
+        .windows(series.len())
+        .all(|w| w != series.as_bytes())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no 499 recorded");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(gw.metric(series), 1.0);
+    gw.stop().await;
+}
