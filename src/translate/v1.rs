@@ -319,15 +319,53 @@ struct TokenCounts {
     completion_tokens: u64,
 }
 
+/// The members of an answer object the gateway reads (the first of each name), found
+/// without collecting the others: this runs for every event of a stream.
+#[derive(Default)]
+struct Fields<'a> {
+    model: Option<&'a RawValue>,
+    usage: Option<&'a RawValue>,
+    choices: Option<&'a RawValue>,
+    error: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Fields::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    let slot = match &*key {
+                        "model" => &mut fields.model,
+                        "usage" => &mut fields.usage,
+                        "choices" => &mut fields.choices,
+                        "error" => &mut fields.error,
+                        _ => continue,
+                    };
+                    slot.get_or_insert(value);
+                }
+                Ok(fields)
+            }
+        }
+        d.deserialize_map(FieldsVisitor)
+    }
+}
+
 impl Answer {
     /// Reads `json`, an object.
     pub fn read(json: &[u8]) -> Result<Self, serde_json::Error> {
-        let members = Members::parse(json)?;
+        let members: Fields<'_> = serde_json::from_slice(json)?;
         let model = members
-            .get("model")
+            .model
             .filter(|m| m.get().starts_with('"'))
             .map(|m| span(json, m));
-        let raw_usage = members.get("usage");
+        let raw_usage = members.usage;
         let usage = match raw_usage.filter(|u| !is_null(u)) {
             // A usage the gateway cannot read counts nothing, and is still relayed.
             Some(u) => serde_json::from_str::<TokenCounts>(u.get())
@@ -341,16 +379,14 @@ impl Answer {
         let null_usage = raw_usage
             .filter(|u| is_null(u))
             .and_then(|u| member_span(json, span(json, u)));
-        let usage_only = usage.is_some()
-            && members
-                .get("choices")
-                .is_some_and(|c| is_empty_array(c.get()));
+        let usage_only =
+            usage.is_some() && members.choices.is_some_and(|c| is_empty_array(c.get()));
         Ok(Self {
             model,
             usage,
             null_usage,
             usage_only,
-            is_error: members.get("error").is_some_and(|e| !is_null(e)),
+            is_error: members.error.is_some_and(|e| !is_null(e)),
         })
     }
 

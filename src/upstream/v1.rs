@@ -366,3 +366,84 @@ impl Transform for Events {
         error_event(message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(quoted_model: Option<&str>, drop_usage: bool) -> Events {
+        Events {
+            splitter: EventSplitter::new(1024),
+            edit: Edit {
+                upstream: "up".into(),
+                quoted_model: quoted_model.map(|m| m.as_bytes().to_vec()),
+                drop_usage,
+                usage: Usage::default(),
+            },
+        }
+    }
+
+    /// The client's bytes for `stream` fed in pieces of `split`, and whether it finished.
+    fn relay(t: &mut Events, stream: &[u8], split: usize) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        for piece in stream.chunks(split) {
+            match t.chunk(Bytes::copy_from_slice(piece)) {
+                Step::Forward(b) => out.extend_from_slice(&b.unwrap_or_default()),
+                Step::Finish(b) => {
+                    out.extend_from_slice(&b.unwrap_or_default());
+                    return (out, true);
+                }
+                _ => panic!("the stream failed"),
+            }
+        }
+        (out, false)
+    }
+
+    const OPENAI: &[u8] = b"data: {\"id\":\"1\",\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n\
+: keep-alive\n\n\
+data: {\"id\":\"1\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn the_model_is_put_back_and_the_usage_chunk_dropped_at_every_split() {
+        for split in 1..=OPENAI.len() {
+            let mut t = events(Some("\"openai/gpt-4o\""), true);
+            let (out, done) = relay(&mut t, OPENAI, split);
+            assert!(done, "split {split}");
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "data: {\"id\":\"1\",\"model\":\"openai/gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n: keep-alive\n\ndata: [DONE]\n\n",
+                "split {split}"
+            );
+            assert_eq!(t.report().0.completion, 3);
+        }
+    }
+
+    #[test]
+    fn untouched_events_are_the_upstreams_own_bytes() {
+        let mut t = events(None, false);
+        let (out, done) = relay(&mut t, OPENAI, OPENAI.len());
+        assert!(done);
+        assert_eq!(out, OPENAI);
+        assert_eq!(t.report().0.prompt, 2);
+    }
+
+    #[test]
+    fn an_upstream_error_event_is_relayed_and_fails_the_stream() {
+        let mut t = events(None, true);
+        let step = t.chunk(Bytes::from_static(
+            b"data: {\"error\":{\"message\":\"boom\"}}\n\n",
+        ));
+        assert!(
+            matches!(step, Step::Relayed { forward: Some(b), .. } if &b[..] == b"data: {\"error\":{\"message\":\"boom\"}}\n\n")
+        );
+        let bad = events(None, true).chunk(Bytes::from_static(b"data: nope\n\n"));
+        assert!(matches!(
+            bad,
+            Step::Fail {
+                fault: UpstreamFault::Protocol,
+                ..
+            }
+        ));
+    }
+}
