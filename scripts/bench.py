@@ -389,7 +389,7 @@ format = "json"
         cmd = ["cargo", "bench", "--bench", "translate", "--", "--noplot"]
         COMMANDS.append(" ".join(cmd))
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        for name, value in re.findall(r"sse_to_ndjson/(\w+)\s+time:.*?\n\s+thrpt:\s+\[[^\]]*?\s([\d.]+ \w+/s)", out):
+        for name, value in re.findall(r"(?:sse_to_ndjson|v1_relay)/(\w+)\s+time:.*?\n\s+thrpt:\s+\[[^\]]*?\s([\d.]+ \w+/s)", out):
             self.results.setdefault("S6", {}).setdefault(name, {})["thrpt"] = [value]
 
     def s7(self, gateway):
@@ -614,6 +614,9 @@ def report(results, args):
         ratio = to_mib(ours) / to_mib(base) if "?" not in (ours, base) else float("nan")
         rows.append(("S6", "SSE→NDJSON throughput vs serde_json::Value parse", "", base, f"{ours} ({ratio:.2f}×)",
                      "≥1.0×", verdict(ratio >= 1.0)))
+        v1 = s6.get("gateway_v1_model_rewrite", {}).get("thrpt", [""])[0]
+        if v1:
+            rows.append(("S6", "/v1 SSE relay throughput, model rewritten in each event", "", "", v1, "(reported)", ""))
     # S7
     rej = v("S7", "gateway", "responses_per_s")
     allowed, bucket = v("S7", "gateway", "allowed"), v("S7", "gateway", "bucket")
