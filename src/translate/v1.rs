@@ -122,21 +122,25 @@ fn folded(key: &str) -> String {
 /// duplicate, or a case (or fold) variant, which gateway and upstream could read
 /// differently.
 fn check_keys(members: &Members<'_>, guarded: &[&str], within: &str) -> Result<(), GatewayError> {
-    for name in guarded {
-        let mut seen = 0;
-        for (key, _) in &members.0 {
-            if folded(key) != *name {
-                continue;
-            }
-            if key != name {
-                return Err(GatewayError::InvalidField(format!(
-                    "{within}key {:?} is not {name:?}: keys differing from it only in case are refused",
-                    key.chars().take(50).collect::<String>()
-                )));
-            }
-            seen += 1;
+    let mut seen = [false; 4];
+    for (key, _) in &members.0 {
+        // Only a key as long as a guarded one (in bytes, or in characters when folded from
+        // a longer one) can match it: most keys are passed over without folding.
+        if !guarded.iter().any(|g| key.chars().count() == g.len()) {
+            continue;
         }
-        if seen > 1 {
+        let key_folded = folded(key);
+        let Some(i) = guarded.iter().position(|g| *g == key_folded) else {
+            continue;
+        };
+        let name = guarded[i];
+        if key != name {
+            return Err(GatewayError::InvalidField(format!(
+                "{within}key {:?} is not {name:?}: keys differing from it only in case are refused",
+                key.chars().take(50).collect::<String>()
+            )));
+        }
+        if std::mem::replace(&mut seen[i], true) {
             return Err(GatewayError::InvalidField(format!(
                 "{within}key {name:?} appears more than once"
             )));
