@@ -1,3 +1,5 @@
+use bytes::Bytes;
+
 use super::*;
 
 fn parse(body: &str) -> Result<V1Request<'_>, GatewayError> {
