@@ -1,13 +1,16 @@
 //! S6: SSE -> NDJSON translation throughput on a realistic OpenAI stream fed in random
 //! 1-16 KiB reads, against `serde_json::from_slice::<Value>` of the same events (the
-//! least any translator must do). Run: `cargo bench --bench translate`.
+//! least any translator must do); and the same stream relayed by `/v1/chat/completions`, its
+//! model rewritten event by event. Run: `cargo bench --bench translate`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ollama_gateway::translate::openai::SseToNdjson;
+use ollama_gateway::translate::v1::{event_data, Answer, EventSplitter};
 
 /// A stream shaped like OpenAI's (PROTOCOLS.md 3.3): a role chunk, `tokens` content chunks
 /// of mixed English and Chinese, a finish chunk, a usage chunk and `[DONE]`.
@@ -90,5 +93,43 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// `/v1/chat/completions` relayed from an OpenAI-compatible upstream: the same stream cut
+/// into events, each read (usage, choices) and its `model` put back to the client's name;
+/// the usage chunk, which the gateway asked for, dropped.
+fn bench_v1(c: &mut Criterion) {
+    let stream = recorded_stream(1000);
+    let ends = splits(stream.len());
+    let quoted = br#""openai/gpt-4o-mini-2024-07-18""#;
+    let mut group = c.benchmark_group("v1_relay");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function("gateway_v1_model_rewrite", |b| {
+        b.iter(|| {
+            let mut splitter = EventSplitter::new(1 << 20);
+            let (mut start, mut out) = (0, 0);
+            for &end in &ends {
+                let chunk = Bytes::copy_from_slice(&stream[start..end]);
+                splitter
+                    .push(chunk, |event| {
+                        let Some(data) = event_data(&event) else {
+                            return true;
+                        };
+                        if let Ok(answer) = Answer::read(&data) {
+                            if !answer.usage_only {
+                                out += answer
+                                    .rewrite(&data, Some(quoted), true)
+                                    .map_or(event.len(), |e| e.len());
+                            }
+                        }
+                        true
+                    })
+                    .unwrap();
+                start = end;
+            }
+            black_box(out)
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_v1);
 criterion_main!(benches);

@@ -562,6 +562,11 @@ pub struct OllamaConfig {
     pub embeddings_uri: awc::http::Uri,
     /// `{base_url}/v1/messages`, Ollama's Anthropic Messages API, parsed once.
     pub messages_uri: awc::http::Uri,
+    /// `{base_url}/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`: Ollama's
+    /// own OpenAI-compatible layer, where OpenAI's API is relayed.
+    pub v1_chat_uri: awc::http::Uri,
+    pub v1_completions_uri: awc::http::Uri,
+    pub v1_embeddings_uri: awc::http::Uri,
     /// `{base_url}/api/version`, the readiness probe.
     pub version_url: String,
 }
@@ -592,6 +597,8 @@ pub struct OpenAiConfig {
     pub chat_uri: awc::http::Uri,
     /// `{base_url}/embeddings`, parsed once.
     pub embeddings_uri: awc::http::Uri,
+    /// `{base_url}/completions` (legacy completions), parsed once.
+    pub completions_uri: awc::http::Uri,
     pub api_key: Secret,
     /// An empty `api_key` means requests get 503 instead of going out without credentials.
     pub requires_api_key: bool,
@@ -715,6 +722,18 @@ impl Config {
             embed_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/embed"))?,
             embeddings_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/api/embeddings"))?,
             messages_uri: parse_uri("ollama.base_url", &format!("{ollama_base}/v1/messages"))?,
+            v1_chat_uri: parse_uri(
+                "ollama.base_url",
+                &format!("{ollama_base}/v1/chat/completions"),
+            )?,
+            v1_completions_uri: parse_uri(
+                "ollama.base_url",
+                &format!("{ollama_base}/v1/completions"),
+            )?,
+            v1_embeddings_uri: parse_uri(
+                "ollama.base_url",
+                &format!("{ollama_base}/v1/embeddings"),
+            )?,
             version_url: format!("{ollama_base}/api/version"),
         };
         let mut upstreams = Vec::new();
@@ -1040,6 +1059,7 @@ fn validate_openai(name: &str, up: &RawOpenAi) -> Result<OpenAiConfig, ConfigErr
         prefix,
         chat_uri: parse_uri(&key("base_url"), &format!("{base}/chat/completions"))?,
         embeddings_uri: parse_uri(&key("base_url"), &format!("{base}/embeddings"))?,
+        completions_uri: parse_uri(&key("base_url"), &format!("{base}/completions"))?,
         api_key: up.api_key.clone(),
         requires_api_key: up.requires_api_key.unwrap_or(true),
         stream_usage: up.stream_usage.unwrap_or(true),
@@ -1154,6 +1174,22 @@ mod tests {
         assert_eq!(
             c.ollama.embeddings_uri,
             "http://ollama:11434/api/embeddings"
+        );
+        assert_eq!(
+            c.ollama.v1_chat_uri,
+            "http://ollama:11434/v1/chat/completions"
+        );
+        assert_eq!(
+            c.ollama.v1_completions_uri,
+            "http://ollama:11434/v1/completions"
+        );
+        assert_eq!(
+            c.ollama.v1_embeddings_uri,
+            "http://ollama:11434/v1/embeddings"
+        );
+        assert_eq!(
+            groq.completions_uri,
+            "http://127.0.0.1:1/openai/v1/completions"
         );
         let openai = c.upstreams.iter().find(|u| u.name == "openai").unwrap();
         assert_eq!(openai.api_key.expose(), "sk-test-1234");

@@ -29,7 +29,7 @@ fn is_probe(path: &str) -> bool {
 }
 
 /// Every value of the `endpoint` label but `other`: the gateway's own routes.
-const ENDPOINTS: [&str; 21] = [
+const ENDPOINTS: [&str; 24] = [
     "/",
     "/api/version",
     "/api/chat",
@@ -45,6 +45,9 @@ const ENDPOINTS: [&str; 21] = [
     "/api/copy",
     "/api/delete",
     "/api/blobs/{digest}",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
     "/v1/models",
     "/v1/models/{model:.+}",
     "/v1/messages",

@@ -6,6 +6,7 @@ pub mod health;
 pub mod models;
 pub mod ollama;
 pub mod openai;
+pub(crate) mod routed;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 

@@ -10,6 +10,7 @@ pub mod ndjson;
 pub mod ollama;
 pub mod openai;
 pub mod sse;
+pub mod v1;
 
 /// The default longest line (NDJSON) or event (SSE) taken from an upstream stream: the
 /// Ollama Go client's own line limit.

@@ -9,6 +9,7 @@ pub mod ollama;
 pub mod openai;
 pub mod relay;
 pub mod upload;
+pub mod v1;
 
 use std::borrow::Cow;
 use std::sync::Arc;

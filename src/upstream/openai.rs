@@ -56,12 +56,12 @@ pub(super) fn with_key(req: awc::ClientRequest, up: &OpenAiConfig) -> awc::Clien
 }
 
 /// The upstream's answer to a request sent, and when its head arrived.
-type Answer = (awc::ClientResponse, StdInstant);
+pub(super) type Answer = (awc::ClientResponse, StdInstant);
 
 /// Sends `body` to `uri` of the call's upstream with its credentials, asking for
 /// `accept`. An error status becomes the client's error (see `status_error`); an upstream
 /// that needs a key and has none is not contacted at all.
-async fn send(
+pub(super) async fn send(
     client: &awc::Client,
     call: &Call<'_>,
     uri: &awc::http::Uri,
@@ -261,7 +261,7 @@ fn upstream_message(body: &[u8], scrubber: &Scrubber) -> Option<String> {
 
 /// The error for a 2xx that is not the event stream asked for: its content type in words,
 /// and the upstream's message when the body is an OpenAI error object.
-async fn not_a_stream<S>(
+pub(super) async fn not_a_stream<S>(
     resp: &mut awc::ClientResponse<S>,
     upstream: &str,
     deadline: Instant,

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod auth;
 pub mod gen;
 pub mod skip;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

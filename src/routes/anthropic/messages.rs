@@ -8,8 +8,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::catalog::{self, Route};
 use crate::error::GatewayError;
-use crate::routes::ollama::routed::{self, Routed};
 use crate::routes::ollama::{key, may_use};
+use crate::routes::routed::{self, Routed};
 use crate::state::AppState;
 use crate::translate::anthropic::parse_request;
 

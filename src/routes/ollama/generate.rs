@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::routed::{self, Routed};
 use crate::error::GatewayError;
+use crate::routes::routed::{self, Routed};
 use crate::state::AppState;
 use crate::translate::generate::GenerateRequest;
 use crate::upstream::openai;

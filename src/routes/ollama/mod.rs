@@ -6,7 +6,6 @@ pub mod generate;
 pub mod manage;
 pub mod meta;
 pub mod models;
-pub(crate) mod routed;
 
 use std::rc::Rc;
 use std::sync::Arc;

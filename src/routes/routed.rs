@@ -30,7 +30,7 @@ pub struct ToOllama<'a> {
     record: RequestRecord,
 }
 
-impl ToOllama<'_> {
+impl<'a> ToOllama<'a> {
     /// Sends `body` as it came to Ollama's `uri` (the endpoint's own) and relays the answer.
     pub async fn forward(
         self,
@@ -62,6 +62,11 @@ impl ToOllama<'_> {
         } = self;
         upstream::anthropic::forward(client, config, req, body, &request_id, record).await
     }
+
+    /// The config, the request id and the record, for a relay of its own.
+    pub fn into_parts(self) -> (&'a Config, Arc<str>, RequestRecord) {
+        (self.config, self.request_id, self.record)
+    }
 }
 
 /// Admits a request for `model` at `endpoint` (the `route` label), received at `started`:
@@ -74,7 +79,7 @@ pub fn admit<'a>(
     started: Instant,
     streams: bool,
 ) -> Result<Routed<'a>, GatewayError> {
-    super::may_use(super::key(req).as_deref(), model)?;
+    super::ollama::may_use(super::ollama::key(req).as_deref(), model)?;
     let config = &*state.config;
     let route = catalog::route(config, model);
     let (label, is_ollama) = match route {
@@ -82,7 +87,7 @@ pub fn admit<'a>(
         Route::OpenAi { upstream, .. } => (Arc::clone(&upstream.label), false),
     };
     // From here on, the record counts and logs this request when its answer ends.
-    let (record, request_id) = super::record(
+    let (record, request_id) = super::ollama::record(
         req, state, endpoint, started, label, is_ollama, model, streams,
     );
     Ok(match route {
