@@ -5,7 +5,9 @@
 //! everything else in Ollama's `{"error": "..."}`, with the same status and headers. `/v1`
 //! answers also carry OpenAI's `x-ratelimit-*-requests`. Checked on the raw bytes, and with
 //! the official `openai` and `anthropic` Python SDKs, whose exception classes depend on it.
-//! Every request here is refused before routing, so none needs the `/v1` routes.
+//! Most requests here are refused before routing; the routes' own refusals (a model the
+//! key may not use, a wrong method, a bad body) and a passed answer's headers are checked
+//! against fake upstreams at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -17,6 +19,7 @@ use serde_json::{json, Value};
 
 const DISABLED_KEY: &str = "ogw_disabled_key_for_api_errors_01";
 const TIGHT_KEY: &str = "ogw_tight_key_for_api_errors_0001";
+const NARROW_KEY: &str = "ogw_narrow_key_for_api_errors_001";
 const MISSING_KEY: &str = "missing API key: send it as `Authorization: Bearer <key>`, as `X-API-Key: <key>`, or as the password of `Authorization: Basic`";
 
 /// The test key (generous), a disabled key, and a key with one request a minute.
@@ -30,6 +33,7 @@ fn keys() -> String {
             TIGHT_KEY,
             "requests_per_minute = 1\nburst = 1",
         ),
+        key_entry("narrow", "test", NARROW_KEY, "models = [\"qwen3:*\"]"),
     ]
     .concat()
 }
@@ -642,5 +646,116 @@ async fn allowlist_refusal_is_permission_denied_in_both_sdks() {
     assert_eq!(status, 403);
     assert_eq!(body, json!({"error": "access denied"}));
     assert_eq!(gw.metrics.rejections("ip"), 3);
+    gw.stop().await;
+}
+
+/// The routes' own refusals take their API's shape too, and an answer that passed the
+/// limits carries OpenAI's request headers on /v1.
+#[actix_rt::test]
+async fn route_refusals_and_passed_answers_on_v1() {
+    let openai_side = common::v1::ollama();
+    let gw = Gateway::start(Some(&openai_side), None, |_| {}).await;
+    gw.set_keys(&keys());
+    let bearer = format!("Bearer {TEST_KEY}");
+    let narrow = format!("Bearer {NARROW_KEY}");
+    let json_type = ("content-type", "application/json");
+
+    // A wrong method: 405 with Allow, in each shape.
+    let (status, headers, v) = call(
+        &gw,
+        "GET",
+        "/v1/chat/completions",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 405, "{v}");
+    assert_eq!(header(&headers, "allow"), Some("POST"));
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+    let (status, _, v) = call(
+        &gw,
+        "GET",
+        "/v1/messages",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 405, "{v}");
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let (status, _, v) = call(&gw, "POST", "/v1/models", &[("authorization", &bearer)], "").await;
+    assert_eq!(status, 405, "{v}");
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+
+    // A model the key may not use: 403, OpenAI's permission error / Anthropic's.
+    let [_, (status, _, openai), (a_status, _, anthropic)] =
+        post_all(&gw, &[("authorization", &narrow), json_type], BODY).await;
+    assert_eq!((status, a_status), (403, 403), "{openai} {anthropic}");
+    assert_eq!(openai["error"]["code"], "permission_denied", "{openai}");
+    assert!(
+        openai["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("llama3:instruct"),
+        "{openai}"
+    );
+    assert_eq!(
+        anthropic["error"]["type"], "permission_error",
+        "{anthropic}"
+    );
+
+    // A body that is not JSON: 400 invalid_request_error.
+    let (status, _, v) = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &bearer), json_type],
+        "{not json",
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let (status, _, v) = call(
+        &gw,
+        "POST",
+        "/v1/embeddings",
+        &[("authorization", &bearer), json_type],
+        r#"{"input":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "model", "{v}");
+    assert!(
+        openai_side.requests().is_empty(),
+        "no refusal reached the upstream"
+    );
+
+    // A passed answer carries the x-ratelimit headers beside RateLimit.
+    let mut resp = gw
+        .client()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .insert_header(("authorization", bearer.as_str()))
+        .insert_header(json_type)
+        .send_body(BODY)
+        .await
+        .unwrap();
+    let body = resp.body().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", String::from_utf8_lossy(&body));
+    let h = resp.headers();
+    assert_eq!(
+        header(h, "x-ratelimit-limit-requests"),
+        Some("100000"),
+        "{h:?}"
+    );
+    assert!(
+        header(h, "x-ratelimit-remaining-requests").is_some(),
+        "{h:?}"
+    );
+    assert!(
+        header(h, "x-ratelimit-reset-requests").is_some_and(|r| r.ends_with('s')),
+        "{h:?}"
+    );
+    assert!(header(h, "ratelimit").is_some(), "{h:?}");
     gw.stop().await;
 }

@@ -16,7 +16,7 @@ use crate::translate::openai::Usage;
 
 mod events;
 
-pub use self::events::{data_span, error_event, event_data, EventSplitter, TooLarge};
+pub use self::events::{data_span, event_data, EventSplitter, TooLarge};
 
 /// One of OpenAI's model endpoints the gateway relays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

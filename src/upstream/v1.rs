@@ -18,9 +18,7 @@ use crate::config::Config;
 use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::translate::openai::Usage;
-use crate::translate::v1::{
-    data_span, error_event, event_data, Answer, Endpoint, EventSplitter, V1Request,
-};
+use crate::translate::v1::{data_span, event_data, Answer, Endpoint, EventSplitter, V1Request};
 
 /// Relays `request` (its raw `body`) to Ollama's `/v1/...` for `endpoint`: the model name
 /// unchanged, the answer's bytes too but for a usage chunk only the gateway asked for.
@@ -363,7 +361,7 @@ impl Transform for Events {
     }
 
     fn failure(&self, message: &str) -> Vec<u8> {
-        error_event(message)
+        crate::error::openai_stream_error(message).to_vec()
     }
 }
 

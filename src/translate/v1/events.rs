@@ -124,19 +124,3 @@ pub fn data_span(event: &[u8], data: &[u8]) -> Range<usize> {
     let start = data.as_ptr() as usize - event.as_ptr() as usize;
     start..start + data.len()
 }
-
-/// A stream's error event in OpenAI's format, which the openai SDKs raise as `APIError`.
-pub fn error_event(message: &str) -> Vec<u8> {
-    let body = serde_json::json!({
-        "error": {
-            "message": message,
-            "type": "server_error",
-            "param": null,
-            "code": null,
-        }
-    });
-    let mut out = b"data: ".to_vec();
-    out.extend_from_slice(body.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
-    out
-}

@@ -224,14 +224,3 @@ fn event_data_is_borrowed_when_it_can_be() {
     assert!(event_data(b": comment\n\n").is_none());
     assert!(event_data(b"datax: 1\n\n").is_none());
 }
-
-#[test]
-fn the_error_event_is_openais() {
-    let e = error_event("upstream cut \"it\"");
-    let text = std::str::from_utf8(&e).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap();
-    assert_eq!(json["error"]["type"], "server_error");
-    assert_eq!(json["error"]["message"], "upstream cut \"it\"");
-    assert!(text.ends_with("\n\n"));
-}
