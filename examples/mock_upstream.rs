@@ -268,6 +268,9 @@ fn main() -> std::io::Result<()> {
         })
         .workers(args.workers)
         .tcp_nodelay(true)
+        // Ollama (Go's net/http, no IdleTimeout) never closes an idle keep-alive connection;
+        // actix's default 5 s would race the proxies' pooled connections between runs.
+        .keep_alive(actix_web::http::KeepAlive::Os)
         .backlog(4096)
         .max_connections(100_000)
         .bind(args.listen)?;
