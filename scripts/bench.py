@@ -8,9 +8,9 @@ to a file), pins the proxy under test to CPU 0 and the load tools and mock to CP
 scenarios S1-S7 of issue "Performance" as interleaved rounds (direct / nginx / gateway, plus
 in S1 and S2 examples/bare_proxy.rs: the required stack with no feature), S2's load on
 /api/generate and /api/embed too (S2g, S2e: also translated to the mock's OpenAI side) and on
-/v1/chat/completions (S2v, and S4's `v1` rows: OpenAI's API relayed to Ollama's /v1), and
-writes BENCHMARKS.md with medians, spread (min-max over rounds), the commands, the machine and
-the commit.
+/v1/chat/completions (S2c, and S4's `v1` streams: OpenAI's API relayed to Ollama's /v1, and to
+an OpenAI-compatible upstream with the model rewritten), and writes BENCHMARKS.md with medians,
+spread (min-max over rounds), the commands, the machine and the commit.
 
 Standard library only. Needs nginx, wrk and taskset (Debian: nginx-light or nginx, wrk,
 util-linux).
@@ -26,11 +26,13 @@ import re
 import resource
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,7 +47,11 @@ CHAT_BODY = '{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stre
 # S2g / S2e: the other proxied model endpoints, whole answers like S2's chat.
 GENERATE_BODY = '{"model":"llama3","prompt":"hi","stream":false}'
 EMBED_BODY = '{"model":"nomic-embed-text","input":"hi"}'
+# S2c: OpenAI's chat as the openai SDK sends it (no "stream": OpenAI's default is a whole answer).
+V1_CHAT_BODY = '{"model":"llama3","messages":[{"role":"user","content":"hi"}]}'
+V1_CHAT = "/v1/chat/completions"
 COMMANDS = []  # every load command run, for BENCHMARKS.md
+S4_KINDS = ("ollama", "openai", "v1")
 
 
 def log(msg):
@@ -272,6 +278,22 @@ format = "json"
             "gateway": (f"https://127.0.0.1:{gateway.port}", BENCH_KEY, gateway),
         }
 
+    def check_v1_chat(self, gateway):
+        """One whole answer from POST /v1/chat/completions before S2c and S4 load it: wrk counts
+        only statuses, so this checks that the gateway relays the mock's chat.completion with
+        the client's model name; anything else stops the run."""
+        req = urllib.request.Request(f"https://127.0.0.1:{gateway.port}{V1_CHAT}", data=V1_CHAT_BODY.encode(),
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             "Authorization": f"Bearer {BENCH_KEY}"})
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                answer = json.load(resp)
+        except urllib.error.HTTPError as e:
+            sys.exit(f"gateway POST {V1_CHAT}: {e.code} {e.read()[:300]!r}")
+        if answer.get("object") != "chat.completion" or answer.get("model") != "llama3":
+            sys.exit(f"gateway POST {V1_CHAT}: not the mock's answer: {json.dumps(answer)[:300]}")
+
     # ---- scenarios -------------------------------------------------------------------
     def s1_s2(self, gateway, baseline=None):
         """S1 and S2 in interleaved rounds; with --baseline, S2 also runs against that
@@ -296,14 +318,14 @@ format = "json"
                 self.add("S2", name, "errors", r["errors"])
 
     def s2_endpoints(self, gateway):
-        """S2g, S2e, S2v: S2's load on /api/generate, /api/embed and /v1/chat/completions,
+        """S2g, S2e, S2c: S2's load on /api/generate, /api/embed and /v1/chat/completions,
         relayed (direct / nginx / gateway to Ollama) and sent by the gateway to the OpenAI side
-        of the mock (translated, or for S2v with its model rewritten)."""
+        of the mock (translated; for S2c relayed with the model rewritten)."""
         d = self.args.duration
         gw = f"https://127.0.0.1:{gateway.port}"
         for rnd in range(self.args.rounds):
             for scenario, path, body in (("S2g", "/api/generate", GENERATE_BODY), ("S2e", "/api/embed", EMBED_BODY),
-                                         ("S2v", "/v1/chat/completions", CHAT_BODY)):
+                                         ("S2c", V1_CHAT, V1_CHAT_BODY)):
                 translated = json.loads(body)
                 translated["model"] = "openai/mock"
                 runs = [(name, base, key, proc, body) for name, (base, key, proc) in self.targets(gateway).items()]
@@ -329,31 +351,48 @@ format = "json"
                 self.add("S3", variant, "rps", r["rps"])
                 self.stop(gw)
 
+    def s4_runs(self, gateway, kind):
+        """S4's streams of one kind, as (target, url, key, body, sse):
+        ollama: /api/chat everywhere (NDJSON);
+        openai: the gateway's /api/chat translated from the mock's OpenAI side, against that
+                side's SSE read direct and through nginx;
+        v1:     OpenAI's /v1/chat/completions everywhere (SSE), the gateway relaying to Ollama's
+                /v1 (the client does not ask for usage: the gateway asks and drops that chunk),
+                and as gateway-openai to an OpenAI-compatible upstream with the model rewritten."""
+        def body(model):
+            return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True})
+
+        targets = self.targets(gateway)
+        runs = []
+        for name, (base, key, _) in targets.items():
+            if kind == "ollama":
+                runs.append((name, base + "/api/chat", key, body("llama3"), False))
+            elif kind == "openai" and name == "gateway":
+                runs.append((name, base + "/api/chat", key, body("openai/mock"), False))
+            elif kind == "openai":
+                runs.append((name, base + V1_CHAT, key, body("mock"), True))
+            else:
+                runs.append((name, base + V1_CHAT, key, body("llama3"), True))
+        if kind == "v1":
+            base, key, _ = targets["gateway"]
+            runs.append(("gateway-openai", base + V1_CHAT, key, body("openai/mock"), True))
+        return runs
+
     def s4(self, gateway):
         count_1 = 5 if self.args.quick else 10
         count_64 = 64 if self.args.quick else 320
         for rnd in range(self.args.rounds):
-            for kind in ("ollama", "openai", "v1"):
+            for kind in S4_KINDS:
                 for conc, count in ((1, count_1), (64, count_64)):
-                    for name, (base, key, _) in self.targets(gateway).items():
-                        request = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
-                        if kind == "v1":
-                            # OpenAI's API end to end, the gateway relaying to Ollama's /v1 (here
-                            # the mock's); usage asked for, so every target relays the same events.
-                            path, model = "/v1/chat/completions", "llama3"
-                            request["stream_options"] = {"include_usage": True}
-                        elif kind == "ollama" or name == "gateway":
-                            path, model = "/api/chat", ("openai/mock" if kind == "openai" else "llama3")
-                        else:
-                            path, model = "/v1/chat/completions", "mock"
-                        body = json.dumps({"model": model, **request})
-                        args = ["stream", "--url", base + path, "--body", body, "--concurrency", str(conc),
+                    for name, url, key, body, sse in self.s4_runs(gateway, kind):
+                        # 64 token lines and the closing one (NDJSON: done; SSE: the finish
+                        # event, before [DONE]), on the same schedule either way.
+                        args = ["stream", "--url", url, "--body", body, "--concurrency", str(conc),
                                 "--count", str(count), "--lines", "65", "--ca", str(self.ca)]
                         if key:
                             args += ["--header", f"Authorization: Bearer {key}"]
-                        if kind == "v1" or (kind == "openai" and name != "gateway"):
-                            # The raw SSE: 64 token events and 3 closing events, each ending in a blank line.
-                            args[args.index("--lines") + 1] = str(64 * 2 + 6)
+                        if sse:
+                            args.append("--sse")
                         log(f"S4 round {rnd + 1} {kind} x{conc} {name}")
                         r = self.client(*args)
                         if r["stamped_lines"] != count * 64:
@@ -361,8 +400,8 @@ format = "json"
                                      "carried the mock's stamp; the timing below would be wrong")
                         tag = f"{kind} x{conc}"
                         for k in ("ttft_p99_us", "gap_p99_us", "gap_max_us", "wrong_line_count", "merged_lines",
-                                  "gaps_over_interval_plus_40ms", "line_delay_p99_us", "gap_stretch_p99_us",
-                                  "stamped_lines"):
+                                  "gaps_over_interval_plus_40ms", "unterminated_streams", "error_events",
+                                  "line_delay_p99_us", "gap_stretch_p99_us", "stamped_lines"):
                             self.add("S4", name, f"{tag} {k}", r[k])
 
     def s5(self):
@@ -425,6 +464,8 @@ format = "json"
             log("mock ceiling: direct runs double as the mock's own ceiling")
             only = set(self.args.only.split(","))
             gateway = self.start_gateway("all-on")
+            if only & {"S2", "S4"}:
+                self.check_v1_chat(gateway)
             baseline = None
             if self.baseline_bin and "S2" in only:
                 baseline = self.start_gateway("baseline", binary=self.baseline_bin)
@@ -553,7 +594,7 @@ def report(results, args):
         rows.append(("S2", f"this build against the baseline {label}: CPU µs per request", "", "",
                      f"{gc:.1f} / {bcpu:.1f} = {gc / bcpu:.2f}", "≤1.05× baseline", verdict(gc <= 1.05 * bcpu)))
 
-    for scenario, path in (("S2g", "/api/generate"), ("S2e", "/api/embed"), ("S2v", "/v1/chat/completions")):
+    for scenario, path in (("S2g", "/api/generate"), ("S2e", "/api/embed"), ("S2c", V1_CHAT)):
         if not vs(scenario, "gateway", "rps"):
             continue
         sg, sn, sd = (v(scenario, t, "rps") for t in ("gateway", "nginx", "direct"))
@@ -565,7 +606,8 @@ def report(results, args):
                      f"{v(scenario, 'direct', 'cpu_us_per_req'):.1f}", f"{v(scenario, 'nginx', 'cpu_us_per_req'):.1f}",
                      f"{v(scenario, 'gateway', 'cpu_us_per_req'):.1f}", "(reported)", ""))
         so = v(scenario, "gateway-openai", "rps")
-        rows.append((scenario, f"{path} to an OpenAI-compatible upstream, {'relayed, its model rewritten' if scenario == 'S2v' else 'translated'} (requests/s; CPU µs per request)",
+        how = "relayed, its model rewritten" if scenario == "S2c" else "translated"
+        rows.append((scenario, f"{path} to an OpenAI-compatible upstream, {how} (requests/s; CPU µs per request)",
                      "", "", f"{so:.0f}; {v(scenario, 'gateway-openai', 'cpu_us_per_req'):.1f}", "(reported)", ""))
 
     mock_bound = g >= 0.8 * d
@@ -576,26 +618,31 @@ def report(results, args):
     rows.append(("S3", "10,000 keys / 1 key (requests/s)", "", "", f"{k10:.0f} / {on:.0f} = {k10 / on:.2f}",
                  "within 5%", verdict(abs(k10 / on - 1) <= 0.05)))
     # S4
-    for kind in ("ollama", "openai", "v1"):
+    for kind in S4_KINDS:
         for conc in (1, 64):
             tag = f"{kind} x{conc}"
-            for k, label, limit in (("ttft_p99_us", "added TTFT p99", 1000),
-                                    ("gap_stretch_p99_us", "added gap p99, from the mock's stamps", 100),
-                                    ("gap_p99_us", "gap p99 as received", None),
-                                    ("line_delay_p99_us", "line delay p99, mock write to client read", None)):
-                gd = v("S4", "gateway", f"{tag} {k}") - v("S4", "direct", f"{tag} {k}")
-                nd = v("S4", "nginx", f"{tag} {k}") - v("S4", "direct", f"{tag} {k}")
-                rows.append(("S4", f"{tag}: {label} (µs)", f"{v('S4', 'direct', f'{tag} {k}'):.0f}", f"{nd:+.0f}",
-                             f"{gd:+.0f}", f"≤{limit} µs" if limit else "(reported)",
-                             verdict(gd <= limit) if limit else ""))
-            bad = sum(v("S4", "gateway", f"{tag} {k}") for k in ("wrong_line_count", "merged_lines",
-                                                                  "gaps_over_interval_plus_40ms"))
-            if kind == "v1":
-                # An SSE event is two lines written at once (`data: ...` and the blank line):
-                # the mock's own reads count as merged; only merges beyond the direct run's are.
-                bad -= min(v("S4", "gateway", f"{tag} merged_lines"), v("S4", "direct", f"{tag} merged_lines"))
-            rows.append(("S4", f"{tag}: lines lost / merged / delayed ≥40 ms", "", "", f"{bad:.0f}", "0",
-                         verdict(bad == 0)))
+            if not vs("S4", "gateway", f"{tag} ttft_p99_us"):
+                continue
+            for target in ("gateway", "gateway-openai"):
+                if not vs("S4", target, f"{tag} ttft_p99_us"):
+                    continue
+                what = tag + (", to an OpenAI-compatible upstream (model rewritten)" if target != "gateway" else "")
+                for k, label, limit in (("ttft_p99_us", "added TTFT p99", 1000),
+                                        ("gap_stretch_p99_us", "added gap p99, from the mock's stamps", 100),
+                                        ("gap_p99_us", "gap p99 as received", None),
+                                        ("line_delay_p99_us", "line delay p99, mock write to client read", None)):
+                    gd = v("S4", target, f"{tag} {k}") - v("S4", "direct", f"{tag} {k}")
+                    nd = v("S4", "nginx", f"{tag} {k}") - v("S4", "direct", f"{tag} {k}")
+                    rows.append(("S4", f"{what}: {label} (µs)", f"{v('S4', 'direct', f'{tag} {k}'):.0f}", f"{nd:+.0f}",
+                                 f"{gd:+.0f}", f"≤{limit} µs" if limit else "(reported)",
+                                 verdict(gd <= limit) if limit else ""))
+                # Absent from runs older than the SSE counts: counted as none.
+                bad = sum(v("S4", target, f"{tag} {k}") if vs("S4", target, f"{tag} {k}") else 0
+                          for k in ("wrong_line_count", "merged_lines", "gaps_over_interval_plus_40ms",
+                                    "unterminated_streams", "error_events"))
+                ends = "; streams not ended by [DONE], error events" if kind == "v1" else ""
+                rows.append(("S4", f"{what}: lines lost / merged / delayed ≥40 ms{ends}", "", "", f"{bad:.0f}", "0",
+                             verdict(bad == 0)))
     # S5
     idle = v("S5", "gateway", "idle_kib")
     counts = [50] if args.quick else [500, 1000, 2000]
@@ -652,6 +699,23 @@ def report(results, args):
         "- bare (S1, S2, in the same rounds): examples/bare_proxy.rs, the required stack alone (actix-web,",
         "  rustls, the gateway's awc client, jemalloc; one worker) with no feature at all: what the",
         "  gateway costs above it is what its features cost",
+        "",
+        "## Scenarios",
+        "",
+        "- S1: one request in flight on /api/chat (whole answers); S2: 64 connections on /api/chat, requests/s and",
+        "  the proxy's CPU per request; S2g, S2e: the same load on /api/generate and /api/embed, and translated by",
+        "  the gateway to the mock's OpenAI side; S2c: the same load on OpenAI's POST /v1/chat/completions (no",
+        "  `stream`, as the openai SDK sends it), relayed to Ollama's /v1 (the mock answers as Ollama's",
+        "  compatibility layer does), and relayed to an OpenAI-compatible upstream with the model rewritten",
+        "- S3: S2 on the gateway with every feature on, off, and with 10,000 keys loaded",
+        "- S4: streams of 64 tokens 20 ms apart, 1 and 64 at once; each token stamped by the mock as it writes it.",
+        "  `ollama`: /api/chat everywhere (NDJSON). `openai`: the gateway's /api/chat translated from the mock's",
+        "  OpenAI side, against that side's SSE read direct and through nginx. `v1`: /v1/chat/completions",
+        "  everywhere (SSE, one token per `data:` event, `data: [DONE]` last; the client does not ask for usage,",
+        "  so the gateway's usage chunk must not reach it), and to an OpenAI-compatible upstream",
+        "- S5: memory with many open streams; S6: the SSE→NDJSON translation and the /v1 relay's model",
+        "  rewrite, throughput (criterion);",
+        "  S7: the 429 path for one key far over its limit",
         "",
         "## Results",
         "",
