@@ -329,6 +329,14 @@ async fn failures_before_the_answer_are_honest_statuses() {
     let fake = FakeUpstream::start(move |r| {
         match r.json()["model"].as_str().unwrap() {
         "nope" => Reply::json(404, &body),
+        "runner" => Reply::json(500, &json!({"error": "llama runner process has terminated: exit status 2"})),
+        "old" => Reply::Full {
+            status: 404,
+            headers: vec![("Content-Type".into(), "text/plain".into())],
+            body: b"404 page not found".to_vec(),
+        },
+        "unauth" => Reply::json(401, &json!({"error": "unauthorized"})),
+        "whole" => Reply::json(200, &json!({"type": "message", "usage": {"input_tokens": 1, "output_tokens": 1}})),
         "html" => Reply::Full {
             status: 200,
             headers: vec![("Content-Type".into(), "text/html".into())],
@@ -348,8 +356,39 @@ async fn failures_before_the_answer_are_honest_statuses() {
         let (status, _, out) = post(&gw, &body).await;
         assert_eq!(status, 502, "{model}: {}", text(&out));
     }
-    assert_eq!(gw.upstream_errors("ollama", "status"), 1.0);
-    assert_eq!(gw.upstream_errors("ollama", "protocol"), 1.0);
+    // Any other error answer becomes the gateway's, in Anthropic's shape: Ollama's own
+    // `{"error": ...}`, an Ollama too old to serve /v1/messages, a refusal of the gateway
+    // itself (not the client's key: 502).
+    for (model, want_status, want_type) in [
+        ("runner", 502, "api_error"),
+        ("old", 404, "not_found_error"),
+        ("unauth", 502, "api_error"),
+    ] {
+        let body = format!(r#"{{"model":"{model}","max_tokens":8,"messages":[]}}"#);
+        let (status, _, out) = post(&gw, &body).await;
+        assert_eq!(status, want_status, "{model}: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "error", "{model}: {v}");
+        assert_eq!(v["error"]["type"], want_type, "{model}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("upstream ollama"),
+            "{v}"
+        );
+    }
+    // A whole message for a streamed request is no stream: 502, not a silent empty stream.
+    let (status, _, out) = post(
+        &gw,
+        r#"{"model":"whole","max_tokens":8,"messages":[],"stream":true}"#,
+    )
+    .await;
+    assert_eq!(status, 502, "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["error"]["type"], "api_error", "{v}");
+    assert_eq!(gw.upstream_errors("ollama", "status"), 4.0);
+    assert_eq!(gw.upstream_errors("ollama", "protocol"), 2.0);
     assert_eq!(gw.upstream_errors("ollama", "truncated"), 1.0);
     gw.stop().await;
 }

@@ -48,19 +48,20 @@ impl<'a> ToOllama<'a> {
     }
 
     /// Sends `body` as it came to Ollama's Anthropic Messages API (`/v1/messages`) and
-    /// relays the answer.
+    /// relays the answer (an event stream when `streams`).
     pub async fn messages(
         self,
         client: &awc::Client,
         req: &HttpRequest,
         body: Bytes,
+        streams: bool,
     ) -> Result<HttpResponse, GatewayError> {
         let Self {
             config,
             request_id,
             record,
         } = self;
-        upstream::anthropic::forward(client, config, req, body, &request_id, record).await
+        upstream::anthropic::forward(client, config, req, body, streams, &request_id, record).await
     }
 
     /// The config, the request id and the record, for a relay of its own.

@@ -25,13 +25,17 @@ fn tokens(usage: Usage) -> Tokens {
 }
 
 /// Sends `body` to Ollama's `/v1/messages` and relays the answer: a 2xx event stream as it
-/// arrives, anything else read whole (a 2xx answer that is not a message becomes a 502; an
-/// error status is relayed with its body, as Ollama wrote it in Anthropic's shape).
+/// arrives, anything else read whole (a 2xx answer that is not a message, or not a stream
+/// when `streams`, becomes a 502). An error status is relayed with its body when Ollama
+/// wrote it in Anthropic's shape; any other error answer (Ollama's own `{"error": ...}`, a
+/// proxy's HTML, an Ollama too old to serve `/v1/messages`) becomes the gateway's error, in
+/// Anthropic's shape, as on the other routes (401/403 as 502: not the client's key).
 pub async fn forward(
     client: &awc::Client,
     config: &Config,
     req: &HttpRequest,
     body: Bytes,
+    streams: bool,
     request_id: &str,
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
@@ -75,7 +79,12 @@ pub async fn forward(
         );
         return Ok(builder.streaming(relay));
     }
+    if status.is_success() && streams {
+        let e = super::openai::not_a_stream(&mut resp, OLLAMA, deadline, config).await;
+        return Err(record.fail(e));
+    }
     if !status.is_success() {
+        let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
         let body = match read_error_body(&mut resp, OLLAMA, deadline, config).await {
             Ok(body) => body,
             // The status still says what happened; the body is only its explanation.
@@ -92,8 +101,12 @@ pub async fn forward(
             }
             Err(e) => return Err(record.fail(e)),
         };
-        record.finish(status.as_u16(), Tokens::default(), None, &Ending::Complete);
-        return Ok(builder.body(body));
+        if !matches!(status.as_u16(), 401 | 403) && in_anthropic_shape(&body) {
+            record.finish(status.as_u16(), Tokens::default(), None, &Ending::Complete);
+            return Ok(builder.body(body));
+        }
+        let e = super::openai::status_error(OLLAMA, status, &body, retry_after, &config.scrubber);
+        return Err(record.fail(e));
     }
     let body = match read_body(&mut resp, OLLAMA, MAX_ANSWER_BYTES, deadline, timeouts).await {
         Ok(body) => body,
@@ -106,6 +119,13 @@ pub async fn forward(
         }
         Err(detail) => Err(record.fail(unreadable_answer(OLLAMA, &body, detail, &config.scrubber))),
     }
+}
+
+/// Whether an error answer is Anthropic's `{"type": "error", "error": {"type", "message"}}`.
+fn in_anthropic_shape(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        v["type"] == "error" && v["error"]["type"].is_string() && v["error"]["message"].is_string()
+    })
 }
 
 /// Relays whole events and knows when the answer is complete (`message_stop`).

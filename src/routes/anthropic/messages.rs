@@ -36,7 +36,7 @@ pub async fn messages(
         });
     }
     match routed::admit(&req, &state, ROUTE, model, started, request.stream)? {
-        Routed::Ollama(to) => to.messages(&client, &req, body).await,
+        Routed::Ollama(to) => to.messages(&client, &req, body, request.stream).await,
         // Routed by the same catalog as above: not reached, and refused if it were.
         Routed::OpenAi(call, record) => Err(record.fail(GatewayError::ModelNotServedHere {
             model: model.chars().take(200).collect(),
