@@ -3,12 +3,12 @@
 //! its token usage read on the way. A stream that fails ends with an `error` event, never
 //! with a `message_stop` the upstream did not send.
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::headers::downstream_response_headers;
+use super::headers::{downstream_response_headers, has_media_type, unbuffered};
 use super::ollama::with_client_headers;
 use super::relay::{Relay, Step, Transform};
 use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, OLLAMA};
@@ -57,15 +57,8 @@ pub async fn forward(
     for (name, value) in downstream_response_headers(resp.headers()) {
         builder.append_header((name.clone(), value.clone()));
     }
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if status.is_success() && is_sse {
-        builder
-            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
-            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
+    if status.is_success() && has_media_type(resp.headers(), "text/event-stream") {
+        unbuffered(&mut builder);
         let events = Events(MessagesEvents::with_max(
             config.upstream.max_stream_line_bytes,
         ));

@@ -1,6 +1,7 @@
 //! Which headers cross the gateway. Small pure functions over fixed lists.
 
-use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::HttpResponseBuilder;
 
 /// Hop-by-hop headers (RFC 9110 7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`):
 /// they describe one connection and are never forwarded.
@@ -74,10 +75,25 @@ pub fn downstream_response_headers(
     passing(upstream, &NOT_FORWARDED_DOWNSTREAM)
 }
 
+/// Whether an upstream answer's `Content-Type` is `media_type` (its parameters aside).
+pub fn has_media_type(headers: &HeaderMap, media_type: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(media_type))
+}
+
+/// Marks a relayed stream as neither to be cached nor buffered by a proxy in front (nginx
+/// reads `X-Accel-Buffering`), so that each piece reaches the client as it comes.
+pub fn unbuffered(builder: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
+    builder
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .insert_header(("x-accel-buffering", HeaderValue::from_static("no")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::HeaderValue;
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -7,7 +7,9 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::headers::{downstream_response_headers, upstream_request_headers};
+use super::headers::{
+    downstream_response_headers, has_media_type, unbuffered, upstream_request_headers,
+};
 use super::relay::{Relay, Step, Transform};
 use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES, OLLAMA};
 use crate::config::Config;
@@ -105,15 +107,8 @@ pub(super) async fn answer(
     for (name, value) in downstream_response_headers(resp.headers()) {
         builder.append_header((name.clone(), value.clone()));
     }
-    let is_ndjson = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    if status.is_success() && is_ndjson {
-        builder
-            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
-            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
+    if status.is_success() && has_media_type(resp.headers(), "application/x-ndjson") {
+        unbuffered(&mut builder);
         let relay = Relay::new(
             resp,
             OllamaLines(lines),

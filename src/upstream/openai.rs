@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 pub use self::embed::embed;
+use super::headers::{has_media_type, unbuffered};
 use super::relay::{Relay, Step, Transform};
 use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWER_BYTES};
 use crate::config::{Config, OpenAiConfig};
@@ -163,12 +164,7 @@ pub async fn forward(
         Err(e) => return Err(record.fail(e)),
     };
     let client_model = chat.model();
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if stream && is_sse {
+    if stream && has_media_type(resp.headers(), "text/event-stream") {
         let relay = Relay::new(
             resp,
             SseTransform {
@@ -185,11 +181,10 @@ pub async fn forward(
             deadline,
             Some(record),
         );
-        return Ok(HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, "application/x-ndjson"))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header(("x-accel-buffering", "no"))
-            .streaming(relay));
+        return Ok(unbuffered(
+            HttpResponse::Ok().insert_header((header::CONTENT_TYPE, "application/x-ndjson")),
+        )
+        .streaming(relay));
     }
     if stream {
         // Asked for a stream, got something else (an upstream that ignores `stream`, an

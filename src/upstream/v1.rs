@@ -5,11 +5,12 @@
 
 use std::borrow::Cow;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use super::headers::{has_media_type, unbuffered};
 use super::ollama::with_client_headers;
 use super::openai::{self, not_a_stream, status_error};
 use super::relay::{Relay, Step, Transform};
@@ -132,12 +133,7 @@ impl Relayed<'_> {
         mut resp: awc::ClientResponse,
         record: RequestRecord,
     ) -> Result<HttpResponse, GatewayError> {
-        let is_sse = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if self.streams && is_sse {
+        if self.streams && has_media_type(resp.headers(), "text/event-stream") {
             let events = Events {
                 splitter: EventSplitter::new(self.config.upstream.max_stream_line_bytes),
                 edit: Edit {
@@ -155,11 +151,10 @@ impl Relayed<'_> {
                 self.deadline,
                 Some(record),
             );
-            return Ok(HttpResponse::Ok()
-                .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-                .insert_header((header::CACHE_CONTROL, "no-cache"))
-                .insert_header(("x-accel-buffering", HeaderValue::from_static("no")))
-                .streaming(relay));
+            return Ok(unbuffered(
+                HttpResponse::Ok().insert_header((header::CONTENT_TYPE, "text/event-stream")),
+            )
+            .streaming(relay));
         }
         if self.streams {
             let e = not_a_stream(&mut resp, self.upstream, self.deadline, self.config).await;
