@@ -24,12 +24,7 @@ pub struct MessagesRequest {
 /// Whether `key` is `name` as Go's `encoding/json` matches field names (Ollama's decoder):
 /// case-insensitively, with Unicode's simple folds of `s` (U+017F) and `k` (U+212A).
 fn folds_to(key: &str, name: &str) -> bool {
-    let fold = |c: char| match c {
-        '\u{17F}' => 's',
-        '\u{212A}' => 'k',
-        c => c.to_ascii_lowercase(),
-    };
-    key.chars().map(fold).eq(name.chars())
+    key.chars().map(super::go_fold).eq(name.chars())
 }
 
 /// The top level of a request, read once; every other value is skipped unread.

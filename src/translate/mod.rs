@@ -34,6 +34,18 @@ pub(crate) fn line_reserve(len: usize, capacity: usize, additional: usize, max: 
     }
 }
 
+/// One character of a JSON object key as Go's `encoding/json` (Ollama's decoder) matches
+/// field names: ASCII case folded, and Unicode's simple folds of `ſ` (U+017F) to `s` and
+/// the Kelvin sign (U+212A) to `k`. A request whose guarded keys (`model`, `stream`, ...)
+/// come twice under such spellings is refused: gateway and Ollama would read different ones.
+pub(crate) fn go_fold(c: char) -> char {
+    match c {
+        '\u{17F}' => 's',
+        '\u{212A}' => 'k',
+        c => c.to_ascii_lowercase(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,13 +112,7 @@ fn is_null(raw: &RawValue) -> bool {
 /// A key as a case-insensitive decoder would match it: Go's `encoding/json` (Ollama)
 /// folds case, including the long s (`ſ`, U+017F) to `s` and the Kelvin sign to `k`.
 fn folded(key: &str) -> String {
-    key.chars()
-        .map(|c| match c {
-            '\u{17F}' => 's',
-            '\u{212A}' => 'k',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+    key.chars().map(super::go_fold).collect()
 }
 
 /// Refuses two members that any reader could take for the same one of `guarded`: a
