@@ -3,6 +3,7 @@
 
 pub mod allowlist;
 pub mod body;
+pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod error;
