@@ -28,6 +28,7 @@ fn table(n: usize, pool: &LimiterPool) -> KeyTable {
         max_in_flight: 1_000_000,
         reads_per_minute: u32::MAX / 60,
         read_burst: u32::MAX / 2,
+        tokens: Default::default(),
     };
     KeyTable::parse(&text, std::path::Path::new("bench"), limits, pool).unwrap()
 }

@@ -26,7 +26,7 @@ const ENV_SEPARATOR: &str = "__";
 
 /// Short environment names that docker compose users set, and the key each one overrides.
 /// The long form of the same key wins when both are set.
-pub const SHORT_ENV: [(&str, &str); 9] = [
+pub const SHORT_ENV: [(&str, &str); 10] = [
     ("OLLAMA_BASE_URL", "OLLAMA__BASE_URL"),
     ("OPENAI_API_KEY", "UPSTREAMS__OPENAI__API_KEY"),
     ("OPENAI_BASE_URL", "UPSTREAMS__OPENAI__BASE_URL"),
@@ -36,6 +36,7 @@ pub const SHORT_ENV: [(&str, &str); 9] = [
     ("GATEWAY_LOG_FORMAT", "LOG__FORMAT"),
     ("GATEWAY_KEYS_FILE", "AUTH__KEYS_FILE"),
     ("GATEWAY_ADMIN_LISTEN", "ADMIN__LISTEN"),
+    ("GATEWAY_STATE_DIR", "STATE__DIR"),
 ];
 
 /// Keys whose environment value is a comma-separated list.
@@ -90,6 +91,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     pub metrics: RawMetrics,
     pub log: RawLog,
+    pub budgets: RawBudgets,
+    pub state: RawState,
 }
 
 impl Default for RawConfig {
@@ -117,6 +120,8 @@ impl Default for RawConfig {
             admin: RawAdmin::default(),
             metrics: RawMetrics::default(),
             log: RawLog::default(),
+            budgets: RawBudgets::default(),
+            state: RawState::default(),
         }
     }
 }
@@ -222,6 +227,22 @@ pub struct RawLimits {
     /// take no in-flight slot: sustained rate and burst.
     pub reads_per_minute: u32,
     pub read_burst: u32,
+    /// Token budgets of a key that names none in the keys file (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+    /// The most output a request may ask for (absent: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    /// The largest `options.num_ctx` a request may ask for (absent: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context: Option<u64>,
+    /// The output a budgeted request reserves when it asks for no limit and its key has
+    /// no `max_output_tokens`.
+    pub default_output_reservation: u64,
 }
 
 impl Default for RawLimits {
@@ -233,6 +254,44 @@ impl Default for RawLimits {
             // A UI polling tags, ps and version every few seconds, with several tabs open.
             reads_per_minute: 600,
             read_burst: 60,
+            tokens_per_minute: None,
+            tokens_per_day: None,
+            tokens_per_month: None,
+            max_output_tokens: None,
+            max_context: None,
+            default_output_reservation: 1024,
+        }
+    }
+}
+
+/// How token budgets count time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBudgets {
+    /// The time zone whose calendar days and months the day and month budgets follow.
+    pub timezone: String,
+}
+
+impl Default for RawBudgets {
+    fn default() -> Self {
+        Self {
+            timezone: "UTC".into(),
+        }
+    }
+}
+
+/// Where the gateway keeps what outlives a restart (day and month token usage).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    /// The directory of the usage store (`usage.redb`); empty keeps usage in memory only.
+    pub dir: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            dir: "state".into(),
         }
     }
 }
@@ -486,6 +545,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub auth: AuthConfig,
     pub limits: Limits,
+    pub budgets: BudgetConfig,
     pub allowlist: AllowlistConfig,
     /// The admin listener (metrics, health), if any.
     pub admin_listen: Option<SocketAddr>,
@@ -535,6 +595,52 @@ pub struct Limits {
     pub max_in_flight: u32,
     pub reads_per_minute: u32,
     pub read_burst: u32,
+    /// Token budgets and caps (each optional).
+    pub tokens: TokenLimits,
+}
+
+/// An identity's token budgets and caps, each optional (absent: unlimited, no cap); every
+/// value given is greater than 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TokenLimits {
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub tokens_per_month: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub max_context: Option<u64>,
+}
+
+impl TokenLimits {
+    /// Each field named as the keys file names it, with its value.
+    pub fn fields(&self) -> [(&'static str, Option<u64>); 5] {
+        [
+            ("tokens_per_minute", self.tokens_per_minute),
+            ("tokens_per_day", self.tokens_per_day),
+            ("tokens_per_month", self.tokens_per_month),
+            ("max_output_tokens", self.max_output_tokens),
+            ("max_context", self.max_context),
+        ]
+    }
+
+    /// Refuses a 0 (write nothing for unlimited); `within` names where the values are.
+    pub fn check(&self, within: &str) -> Result<(), String> {
+        match self.fields().iter().find(|(_, v)| *v == Some(0)) {
+            Some((name, _)) => Err(format!(
+                "{within}{name} must be greater than 0 (leave it out for no limit)"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The token budgets' settings.
+#[derive(Debug, Clone)]
+pub struct BudgetConfig {
+    /// Whose days and months the calendar windows are.
+    pub calendar: crate::budget::clock::Calendar,
+    pub default_output_reservation: u64,
+    /// The usage store's directory; `None` keeps usage in memory.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -792,6 +898,29 @@ impl Config {
             max_in_flight: positive("limits.max_in_flight", raw.limits.max_in_flight)?,
             reads_per_minute: positive("limits.reads_per_minute", raw.limits.reads_per_minute)?,
             read_burst: positive("limits.read_burst", raw.limits.read_burst)?,
+            tokens: TokenLimits {
+                tokens_per_minute: raw.limits.tokens_per_minute,
+                tokens_per_day: raw.limits.tokens_per_day,
+                tokens_per_month: raw.limits.tokens_per_month,
+                max_output_tokens: raw.limits.max_output_tokens,
+                max_context: raw.limits.max_context,
+            },
+        };
+        limits.tokens.check("limits.").map_err(|reason| {
+            let (key, why) = reason.split_once(' ').unwrap_or((&reason, ""));
+            invalid(key, why.to_string())
+        })?;
+        let budgets = BudgetConfig {
+            calendar: crate::budget::clock::Calendar::named(&raw.budgets.timezone)
+                .map_err(|reason| invalid("budgets.timezone", reason))?,
+            default_output_reservation: positive(
+                "limits.default_output_reservation",
+                raw.limits.default_output_reservation,
+            )?,
+            state_dir: match raw.state.dir.trim() {
+                "" => None,
+                dir => Some(PathBuf::from(dir)),
+            },
         };
         let allowlist = AllowlistConfig {
             cidrs: match (raw.allowlist.allow_all, raw.allowlist.cidrs.is_empty()) {
@@ -840,6 +969,7 @@ impl Config {
             timeouts,
             auth,
             limits,
+            budgets,
             allowlist,
             admin_listen,
             metrics: raw.metrics.clone(),

@@ -102,6 +102,10 @@ pub enum GatewayError {
         key_id: Arc<str>,
         policy: RatePolicy,
     },
+    /// A window of the identity's or its team's token budget has no room for the
+    /// request's reservation (or never can: it is larger than the whole limit).
+    #[error("{}", token_budget_message(.0))]
+    TokenBudget(Box<crate::budget::Exhausted>),
     /// The key already has its maximum of requests in flight.
     #[error(
         "too many requests in flight for API key {key_id} (limit {limit}); retry when one finishes"
@@ -227,6 +231,40 @@ impl RatePolicy {
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+
+/// "token budget of team alpha exhausted (tokens_per_day); resets in 3h12m": who, which
+/// window, and when; or, for a reservation that can never fit, that and why.
+fn token_budget_message(e: &crate::budget::Exhausted) -> String {
+    let who = format!("{} {}", e.spec.subject.scope.word(), e.spec.subject.name);
+    let field = e.spec.window.field();
+    let when = short_duration(e.retry_in);
+    if e.never_fits {
+        return format!(
+            "token budget of {who} is too small for this request ({field} = {}): it reserves an estimated {} tokens (prompt plus output limit); ask for fewer output tokens (num_predict, max_tokens) or send a shorter prompt; the window resets in {when}",
+            e.spec.limit, e.needed
+        );
+    }
+    match e.spec.window {
+        crate::budget::Window::Minute => format!(
+            "token budget of {who} exhausted ({field}); room for this request's {} tokens in {when}",
+            e.needed
+        ),
+        _ => format!("token budget of {who} exhausted ({field}); resets in {when}"),
+    }
+}
+
+/// A wait in its two largest units, rounded up to the second: `3h12m`, `4m30s`, `12s`,
+/// `2d3h`.
+pub fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let (days, hours, minutes, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m{s}s"),
+        (0, h, m) => format!("{h}h{m}m"),
+        (d, h, _) => format!("{d}d{h}h"),
+    }
+}
 
 /// A duration as Go's `time.Duration.String` writes it, to the millisecond (rounded up, so
 /// that a wait is never shown as none): `0s`, `17ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`. The
@@ -468,6 +506,7 @@ impl GatewayError {
             Self::AdminRequired => "admin_required",
             Self::RateLimited { .. } => "rate_limit",
             Self::TooManyInFlight { .. } => "in_flight",
+            Self::TokenBudget(_) => "token_budget",
             Self::HeadersTooLarge(_) => "header_too_large",
             Self::UpgradeRefused(_) => "upgrade",
             Self::BodyTimeout(_) => "body_timeout",
@@ -527,6 +566,8 @@ impl GatewayError {
             Self::AuthThrottled { .. }
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. } => (RATE, None, Some(RATE)),
+            // OpenAI's own answer to a tokens-per-minute limit.
+            Self::TokenBudget(_) => ("tokens", None, Some(RATE)),
             Self::ModelNotFound { .. } => (INVALID, None, Some("model_not_found")),
             Self::ModelNotServedHere { .. } => (INVALID, Some("model"), Some("model_not_served")),
             Self::HeadersTooLarge(_) => (INVALID, None, Some("headers_too_large")),
@@ -573,6 +614,7 @@ impl GatewayError {
             | Self::AdminRequired
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. }
+            | Self::TokenBudget(_)
             | Self::HeadersTooLarge(_)
             | Self::UpgradeRefused(_)
             | Self::BodyTimeout(_)
@@ -607,7 +649,8 @@ impl ResponseError for GatewayError {
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey => StatusCode::UNAUTHORIZED,
             Self::AuthThrottled { .. }
             | Self::RateLimited { .. }
-            | Self::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Self::TooManyInFlight { .. }
+            | Self::TokenBudget(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             // A client error, not 501: the request asks for something this gateway
             // deliberately does not offer, and says so (426 would ask the client to upgrade).
@@ -652,6 +695,11 @@ impl ResponseError for GatewayError {
             }
             Self::TooManyInFlight { .. } => {
                 builder.insert_header((header::RETRY_AFTER, "1"));
+            }
+            Self::TokenBudget(e) => {
+                let mut n = itoa::Buffer::new();
+                let secs = e.retry_in.as_secs() + u64::from(e.retry_in.subsec_nanos() > 0);
+                builder.insert_header((header::RETRY_AFTER, n.format(secs.max(1)).to_string()));
             }
             Self::BodyTimeout(_) => {
                 // The rest of the body may still be on its way: do not reuse the connection.

@@ -13,7 +13,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::Limits;
+use crate::budget::{Budget, Scope, Subject, Window, WindowSpec};
+use crate::config::{Limits, TokenLimits};
 use crate::limits::{KeyLimits, LimiterPool};
 
 /// Every generated key starts with this, so leaked keys are easy to recognise and scan for.
@@ -68,6 +69,45 @@ pub struct KeyEntry {
     /// `"admin"` for a key that may manage models; absent means an ordinary key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Token budgets of this identity alone (inside its team's), and its caps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context: Option<u64>,
+}
+
+/// One `[[teams]]` entry: the token budgets all of a team's keys share.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamEntry {
+    /// The name keys give in `team`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+}
+
+/// The windows of `subject` that `values` (per minute, per day, per month) set.
+fn windows_of(subject: &Subject, values: [Option<u64>; 3]) -> impl Iterator<Item = WindowSpec> + '_ {
+    Window::ALL
+        .into_iter()
+        .zip(values)
+        .filter_map(move |(window, limit)| {
+            limit.map(|limit| WindowSpec {
+                subject: subject.clone(),
+                window,
+                limit,
+            })
+        })
 }
 
 /// What a key may do beyond using models.
@@ -106,6 +146,8 @@ struct KeysFile {
     keys: Vec<KeyEntry>,
     #[serde(default)]
     networks: Vec<KeyEntry>,
+    #[serde(default)]
+    teams: Vec<TeamEntry>,
 }
 
 /// An identity as the gateway uses it: an API key (the secret itself is never held), or a
@@ -117,6 +159,8 @@ pub struct ApiKey {
     pub role: Role,
     /// Its request limits and their state.
     pub quota: KeyLimits,
+    /// Its token budgets (its own and its team's) and caps.
+    pub budget: Budget,
     models: Option<Vec<glob::Pattern>>,
 }
 
@@ -165,6 +209,8 @@ pub struct KeyTable {
     networks: Vec<(IpNet, Arc<ApiKey>)>,
     /// How many `[[networks]]` entries there are.
     network_entries: usize,
+    /// The `[[teams]]` entries' windows, by team name in file order.
+    teams: Vec<(Arc<str>, Vec<WindowSpec>)>,
 }
 
 impl KeyTable {
@@ -180,6 +226,7 @@ impl KeyTable {
             reason,
         };
         let file: KeysFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let teams = parse_teams(&file.teams).map_err(invalid)?;
         let mut by_hash = HashMap::with_capacity_and_hasher(
             file.keys.len(),
             foldhash::fast::RandomState::default(),
@@ -197,7 +244,7 @@ impl KeyTable {
                 parse_hash(entry.sha256.as_deref().unwrap_or_default()).ok_or_else(|| {
                     at("sha256 must be 64 hex characters (the SHA-256 of the key)".into())
                 })?;
-            let key = identity(entry, defaults, pool, &mut ids).map_err(at)?;
+            let key = identity(entry, defaults, pool, &teams, &mut ids).map_err(at)?;
             if by_hash.insert(hash, Arc::new(key)).is_some() {
                 return Err(at("the same sha256 appears twice".into()));
             }
@@ -221,7 +268,7 @@ impl KeyTable {
                 .iter()
                 .map(|c| parse_net(c).map_err(|e| at(format!("cidr {c:?} {e}"))))
                 .collect::<Result<Vec<_>, _>>()?;
-            let network = Arc::new(identity(entry, defaults, pool, &mut ids).map_err(at)?);
+            let network = Arc::new(identity(entry, defaults, pool, &teams, &mut ids).map_err(at)?);
             for net in nets {
                 if let Some(other) = seen.insert(net, Arc::clone(&network.id)) {
                     return Err(at(format!(
@@ -236,7 +283,26 @@ impl KeyTable {
             by_hash,
             networks,
             network_entries,
+            teams,
         })
+    }
+
+    /// Every identity (keys, then networks), each once, sorted by id.
+    pub fn identities(&self) -> Vec<&Arc<ApiKey>> {
+        let mut all: Vec<&Arc<ApiKey>> = self.by_hash.values().collect();
+        let mut seen = std::collections::HashSet::new();
+        for (_, network) in &self.networks {
+            if seen.insert(Arc::as_ptr(network)) {
+                all.push(network);
+            }
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The `[[teams]]` entries: each team's name and its windows.
+    pub fn teams(&self) -> &[(Arc<str>, Vec<WindowSpec>)] {
+        &self.teams
     }
 
     /// The key whose hash matches `presented`, if any. The table is indexed by hash, so
@@ -278,11 +344,42 @@ impl KeyTable {
     }
 }
 
+/// The `[[teams]]` entries: names checked and unique, budgets greater than 0.
+fn parse_teams(entries: &[TeamEntry]) -> Result<Vec<(Arc<str>, Vec<WindowSpec>)>, String> {
+    let mut teams: Vec<(Arc<str>, Vec<WindowSpec>)> = Vec::with_capacity(entries.len());
+    for (n, entry) in entries.iter().enumerate() {
+        let at = |what: String| format!("team #{} ({:?}): {what}", n + 1, entry.name);
+        check_label(&entry.name).map_err(|e| at(format!("name {e}")))?;
+        if teams.iter().any(|(name, _)| **name == *entry.name) {
+            return Err(at("the team is listed twice".into()));
+        }
+        let values = [
+            entry.tokens_per_minute,
+            entry.tokens_per_day,
+            entry.tokens_per_month,
+        ];
+        if let Some(w) = Window::ALL.iter().zip(values).find(|(_, v)| *v == Some(0)) {
+            return Err(at(format!(
+                "{} must be greater than 0 (leave it out for no limit)",
+                w.0.field()
+            )));
+        }
+        let subject = Subject {
+            scope: Scope::Team,
+            name: entry.name.as_str().into(),
+        };
+        let windows = windows_of(&subject, values).collect();
+        teams.push((subject.name, windows));
+    }
+    Ok(teams)
+}
+
 /// The identity an entry describes; `ids` are the ids taken so far (keys and networks).
 fn identity(
     entry: KeyEntry,
     defaults: Limits,
     pool: &LimiterPool,
+    teams: &[(Arc<str>, Vec<WindowSpec>)],
     ids: &mut std::collections::HashSet<String>,
 ) -> Result<ApiKey, String> {
     check_label(&entry.id).map_err(|e| format!("id {e}"))?;
@@ -298,13 +395,25 @@ fn identity(
         max_in_flight: entry.max_in_flight.unwrap_or(defaults.max_in_flight),
         reads_per_minute: entry.reads_per_minute.unwrap_or(defaults.reads_per_minute),
         read_burst: entry.read_burst.unwrap_or(defaults.read_burst),
+        tokens: {
+            let d = defaults.tokens;
+            TokenLimits {
+                tokens_per_minute: entry.tokens_per_minute.or(d.tokens_per_minute),
+                tokens_per_day: entry.tokens_per_day.or(d.tokens_per_day),
+                tokens_per_month: entry.tokens_per_month.or(d.tokens_per_month),
+                max_output_tokens: entry.max_output_tokens.or(d.max_output_tokens),
+                max_context: entry.max_context.or(d.max_context),
+            }
+        },
     };
+    limits.tokens.check("")?;
     let Limits {
         requests_per_minute,
         burst,
         max_in_flight,
         reads_per_minute,
         read_burst,
+        tokens,
     } = limits;
     if [
         requests_per_minute,
@@ -332,10 +441,33 @@ fn identity(
         )
     })?;
     let id: Arc<str> = entry.id.as_str().into();
+    let team: Arc<str> = entry.team.as_str().into();
+    let own = Subject {
+        scope: Scope::Key,
+        name: Arc::clone(&id),
+    };
+    let mut windows: Vec<WindowSpec> = windows_of(
+        &own,
+        [
+            tokens.tokens_per_minute,
+            tokens.tokens_per_day,
+            tokens.tokens_per_month,
+        ],
+    )
+    .collect();
+    if let Some((_, team_windows)) = teams.iter().find(|(name, _)| **name == *team) {
+        windows.extend(team_windows.iter().cloned());
+    }
+    let budget = Budget {
+        windows,
+        max_output_tokens: tokens.max_output_tokens,
+        max_context: tokens.max_context,
+    };
     Ok(ApiKey {
         quota: pool.key_limits(Arc::clone(&id), limits),
+        budget,
         id,
-        team: entry.team.into(),
+        team,
         enabled: entry.enabled.unwrap_or(true),
         role,
         models,
@@ -563,6 +695,13 @@ mod tests {
         max_in_flight: 2,
         reads_per_minute: 600,
         read_burst: 60,
+        tokens: TokenLimits {
+            tokens_per_minute: None,
+            tokens_per_day: None,
+            tokens_per_month: None,
+            max_output_tokens: None,
+            max_context: None,
+        },
     };
 
     fn table(text: &str) -> Result<KeyTable, KeysError> {

@@ -294,6 +294,7 @@ mod tests {
             max_in_flight: 1,
             reads_per_minute: 1,
             read_burst: 3,
+            tokens: Default::default(),
         };
         let k = key(&pool, limits);
         let remaining: Vec<u32> = (0..3).map(|_| take(&k).unwrap().remaining).collect();
@@ -328,6 +329,7 @@ mod tests {
                 max_in_flight: 1,
                 reads_per_minute: 60,
                 read_burst: 3,
+                tokens: Default::default(),
             },
         );
         let s = Duration::from_secs(1);
@@ -358,6 +360,7 @@ mod tests {
                 max_in_flight: 2,
                 reads_per_minute: 60,
                 read_burst: 60,
+                tokens: Default::default(),
             },
         );
         let a = InFlight::acquire(&k).unwrap();

@@ -24,12 +24,13 @@ use crate::keys::ApiKey;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every reason a request can be rejected by the gateway itself (the `reason` label).
-pub const REJECTION_REASONS: [&str; 19] = [
+pub const REJECTION_REASONS: [&str; 20] = [
     "ip",
     "auth",
     "auth_throttled",
     "rate_limit",
     "in_flight",
+    "token_budget",
     "model_not_allowed",
     "model_not_found",
     "model_not_served",

@@ -16,6 +16,7 @@ use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::allowlist::Allowlist;
+use crate::budget::{self, Flusher, LocalLedger};
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::limits::{AuthThrottle, LimiterPool};
@@ -56,6 +57,10 @@ pub struct Running {
     pub cert_store: Arc<CertStore>,
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
+    /// The token budgets' ledger.
+    pub ledger: Arc<LocalLedger>,
+    /// Writes the ledger's usage to its store once a second, and once more when dropped.
+    pub flusher: Flusher,
     /// Await to run; use `handle()` to stop.
     pub server: actix_web::dev::Server,
     /// The admin listener's server, run alongside.
@@ -65,12 +70,15 @@ pub struct Running {
 impl Running {
     /// Runs both servers until they stop.
     pub async fn run(self) -> std::io::Result<()> {
-        match self.admin {
+        let result = match self.admin {
             Some(admin) => futures_util::future::try_join(self.server, admin)
                 .await
                 .map(|_| ()),
             None => self.server.await,
-        }
+        };
+        // The last usage written before the process ends.
+        drop(self.flusher);
+        result
     }
 }
 
@@ -125,6 +133,9 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     });
     Arc::clone(&reloader).spawn(config.server.reload_interval);
 
+    let ledger = Arc::new(open_ledger(&config.budgets));
+    let flusher = ledger.spawn_flusher(budget::FLUSH_EVERY);
+
     let config = Arc::new(config);
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
@@ -135,6 +146,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         readiness: Readiness::default(),
         catalog: Default::default(),
         ollama_label: upstream::OLLAMA.into(),
+        ledger: Arc::clone(&ledger) as Arc<dyn budget::Ledger>,
+        local_ledger: Arc::clone(&ledger),
     });
     let client_tls = upstream::client_tls();
     let timeouts = config.timeouts;
@@ -248,9 +261,38 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         cert_store: loaded.store,
         reloader,
         metrics,
+        ledger,
+        flusher,
         server: builder.run(),
         admin,
     })
+}
+
+/// The token budgets' ledger, going on from the usage store under `[state] dir`. A store
+/// that cannot be opened (another gateway holds it, the directory is not writable) is
+/// logged as an error and the usage kept in memory: the gateway still serves, and the
+/// error says what is lost at the next restart.
+fn open_ledger(budgets: &crate::config::BudgetConfig) -> LocalLedger {
+    let clock: Arc<dyn budget::Clock> = Arc::new(budget::SystemClock);
+    let Some(dir) = &budgets.state_dir else {
+        tracing::info!("state.dir is empty: day and month token usage is kept in memory only");
+        return LocalLedger::with_memory_store(clock, budgets.calendar.clone());
+    };
+    let opened = budget::RedbStore::open(dir).and_then(|store| {
+        let path = store.path().display().to_string();
+        let store: Arc<dyn budget::UsageStore> = Arc::new(store);
+        LocalLedger::open(Arc::clone(&clock), budgets.calendar.clone(), store).map(|l| (l, path))
+    });
+    match opened {
+        Ok((ledger, path)) => {
+            tracing::info!(%path, "token usage store opened");
+            ledger
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "token usage is kept in memory only: day and month usage will not survive a restart");
+            LocalLedger::with_memory_store(clock, budgets.calendar.clone())
+        }
+    }
 }
 
 /// What the HTTP/1.1 dispatcher is told on both public listeners.

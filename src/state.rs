@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::allowlist::Allowlist;
+use crate::budget::{Ledger, LocalLedger};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::keys::Keys;
@@ -23,6 +24,10 @@ pub struct AppState {
     pub catalog: Catalog,
     /// The Ollama upstream's name, interned once for metric labels.
     pub ollama_label: Arc<str>,
+    /// Token budgets' state: reservations and usage.
+    pub ledger: Arc<dyn Ledger>,
+    /// The same ledger as this process keeps it (its store's health, for metrics).
+    pub local_ledger: Arc<LocalLedger>,
 }
 
 /// The last readiness result and when it was taken (`/readyz` reuses it for a moment).

@@ -86,10 +86,18 @@ impl LocalLedger {
 
     /// A ledger in memory only, on the system clock in UTC (tests, tools).
     pub fn in_memory() -> Self {
+        Self::with_memory_store(
+            Arc::new(super::SystemClock),
+            Calendar::new(jiff::tz::TimeZone::UTC),
+        )
+    }
+
+    /// A ledger whose store keeps nothing past the process.
+    pub fn with_memory_store(clock: Arc<dyn Clock>, calendar: Calendar) -> Self {
         let store: Arc<dyn UsageStore> = Arc::new(super::MemoryStore::default());
         Self {
-            clock: Arc::new(super::SystemClock),
-            calendar: Calendar::new(jiff::tz::TimeZone::UTC),
+            clock,
+            calendar,
             store,
             inner: Mutex::new(Inner::default()),
             writes: AtomicU64::new(0),

@@ -20,7 +20,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
-pub use self::local::LocalLedger;
+pub use self::local::{Flusher, LocalLedger};
+
+/// How often settled usage is written to the store: at most this much is lost to `kill -9`.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub use self::store::{MemoryStore, RedbStore, StoredUsage, UsageStore};
 
 /// A budget window, named as the keys file names its limit.

@@ -463,6 +463,9 @@ pub struct Gateway {
     pub handle: ServerHandle,
     pub dir: TempDir,
     pub reloader: Arc<ollama_gateway::reload::Reloader>,
+    /// The token budgets' ledger, and its flushing thread (flushes once more when dropped).
+    pub ledger: Arc<ollama_gateway::budget::LocalLedger>,
+    pub flusher: ollama_gateway::budget::Flusher,
     pub metrics: Arc<ollama_gateway::metrics::Metrics>,
     pub keys_file: PathBuf,
     /// `http://127.0.0.1:PORT` of the admin listener (metrics, health).
@@ -512,6 +515,7 @@ pub fn test_config(
     raw.server.workers = 1;
     raw.auth.keys_file = keys_file.display().to_string();
     raw.admin.listen = "127.0.0.1:0".into();
+    raw.state.dir = dir.0.join("state").display().to_string();
     // Generous defaults so limits only bite in the tests about limits.
     raw.limits.requests_per_minute = 100_000;
     raw.limits.burst = 10_000;
@@ -572,6 +576,8 @@ impl Gateway {
             dir,
             reloader: running.reloader,
             metrics: running.metrics,
+            ledger: running.ledger,
+            flusher: running.flusher,
             keys_file,
             admin_url,
         }
