@@ -1080,8 +1080,21 @@ mod tests {
                 upstream: up(),
                 detail: "x".into(),
             },
+            GatewayError::TokenBudget(Box::new(crate::budget::Exhausted {
+                spec: crate::budget::WindowSpec {
+                    subject: crate::budget::Subject {
+                        scope: crate::budget::Scope::Team,
+                        name: "alpha".into(),
+                    },
+                    window: crate::budget::Window::Day,
+                    limit: 1000,
+                },
+                needed: 10,
+                never_fits: false,
+                retry_in: Duration::from_secs(3 * 3600 + 12 * 60 + 5),
+            })),
         ];
-        let mut seen = [false; 30];
+        let mut seen = [false; 31];
         for e in &all {
             let i = match e {
                 GatewayError::EmptyBody => 0,
@@ -1114,6 +1127,7 @@ mod tests {
                 GatewayError::UpstreamStatus { .. } => 27,
                 GatewayError::UpstreamProtocol { .. } => 28,
                 GatewayError::ModelNotServedHere { .. } => 29,
+                GatewayError::TokenBudget(_) => 30,
             };
             seen[i] = true;
         }
@@ -1172,6 +1186,8 @@ mod tests {
             assert_eq!(openai["error"]["message"], message);
             let (kind, code) = (&openai["error"]["type"], &openai["error"]["code"]);
             let expected_type = match status {
+                // OpenAI's type for a tokens-per-minute limit.
+                429 if matches!(err, GatewayError::TokenBudget(_)) => "tokens",
                 429 => "rate_limit_exceeded",
                 500..=599 => "server_error",
                 _ => "invalid_request_error",

@@ -136,6 +136,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let ledger = Arc::new(open_ledger(&config.budgets));
     let flusher = ledger.spawn_flusher(budget::FLUSH_EVERY);
 
+    let _ = metrics
+        .registry()
+        .register(Box::new(crate::metrics::BudgetGauges::new(
+            Arc::clone(&keys),
+            Arc::clone(&ledger) as Arc<dyn budget::Ledger>,
+            Arc::clone(&ledger),
+        )));
+
     let config = Arc::new(config);
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),

@@ -5,6 +5,7 @@
 pub mod anthropic;
 pub mod embed;
 pub mod generate;
+pub mod limit;
 pub mod manage;
 pub mod ndjson;
 pub mod ollama;

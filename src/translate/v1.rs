@@ -43,7 +43,7 @@ impl Endpoint {
 }
 
 /// A JSON object key, borrowed from the input unless it had escapes.
-struct Key<'a>(Cow<'a, str>);
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -65,7 +65,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// A JSON object's members in order, duplicates kept, values as their raw text.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(crate) struct Members<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -89,18 +89,18 @@ impl<'de> Deserialize<'de> for Members<'de> {
 }
 
 impl<'a> Members<'a> {
-    fn parse(json: &'a [u8]) -> Result<Self, serde_json::Error> {
+    pub(crate) fn parse(json: &'a [u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(json)
     }
 
     /// The first member named exactly `name`.
-    fn get(&self, name: &str) -> Option<&'a RawValue> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'a RawValue> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 }
 
 /// Where `raw` lies in `within` (it was parsed out of it).
-fn span(within: &[u8], raw: &RawValue) -> Range<usize> {
+pub(crate) fn span(within: &[u8], raw: &RawValue) -> Range<usize> {
     let start = raw.get().as_ptr() as usize - within.as_ptr() as usize;
     start..start + raw.get().len()
 }
@@ -118,8 +118,8 @@ fn folded(key: &str) -> String {
 /// Refuses two members that any reader could take for the same one of `guarded`: a
 /// duplicate, or a case (or fold) variant, which gateway and upstream could read
 /// differently.
-fn check_keys(members: &Members<'_>, guarded: &[&str], within: &str) -> Result<(), GatewayError> {
-    let mut seen = [false; 4];
+pub(crate) fn check_keys(members: &Members<'_>, guarded: &[&str], within: &str) -> Result<(), GatewayError> {
+    let mut seen = [false; 8];
     for (key, _) in &members.0 {
         // Only a key as long as a guarded one (in bytes, or in characters when folded from
         // a longer one) can match it: most keys are passed over without folding.
@@ -282,7 +282,7 @@ impl<'a> V1Request<'a> {
 }
 
 /// `body` with each range replaced (ranges do not overlap).
-fn apply(body: &[u8], edits: &mut [(Range<usize>, Cow<'_, [u8]>)]) -> Vec<u8> {
+pub(crate) fn apply(body: &[u8], edits: &mut [(Range<usize>, Cow<'_, [u8]>)]) -> Vec<u8> {
     edits.sort_by_key(|(r, _)| r.start);
     let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
     let mut out = Vec::with_capacity(body.len() + extra);
