@@ -152,6 +152,16 @@ class Bench:
         self.keys_10k = self.work / "keys-10k.toml"
         self.keys_1.write_text(self.entry("bench", BENCH_KEY, 60_000_000, 1_000_000)
                                + self.entry("limited", LIMITED_KEY, LIMITED_RPM, LIMITED_BURST))
+        # The same keys with token budgets for the bench key and its team, large enough
+        # never to refuse: S3 "budgets" measures their cost (reserve, settle, headers).
+        self.keys_budgets = self.work / "keys-budgets.toml"
+        big = 10**15
+        self.keys_budgets.write_text(
+            f'[[teams]]\nname = "bench"\ntokens_per_minute = {big}\ntokens_per_day = {big}\n'
+            f"tokens_per_month = {big}\n\n"
+            + self.keys_1.read_text().replace(
+                "max_in_flight = 100000\n",
+                f"max_in_flight = 100000\ntokens_per_minute = {big}\ntokens_per_day = {big}\n", 1))
         with open(self.keys_10k, "w") as f:
             f.write(self.keys_1.read_text())
             for i in range(10_000):
@@ -220,6 +230,7 @@ http {{
         all_on = variant != "all-off"
         # The load generator is one address holding up to 2,000 streams (S5).
         per_ip = "" if binary else "max_connections_per_ip = 0"
+        state = "" if binary else f'[state]\ndir = "{self.work / ("state-" + variant)}"'
         conf.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -243,6 +254,7 @@ listen = "{f'127.0.0.1:{admin}' if all_on else ''}"
 [log]
 level = "{'info' if all_on else 'error'}"
 format = "json"
+{state}
 """)
         env = dict(os.environ, RUST_LOG="")
         env.pop("RUST_LOG")
@@ -344,7 +356,8 @@ format = "json"
     def s3(self):
         d = self.args.duration
         for rnd in range(self.args.rounds):
-            for variant, keys in (("all-on", self.keys_1), ("all-off", self.keys_1), ("10k-keys", self.keys_10k)):
+            for variant, keys in (("all-on", self.keys_1), ("all-off", self.keys_1), ("10k-keys", self.keys_10k),
+                                  ("budgets", self.keys_budgets)):
                 log(f"S3 round {rnd + 1} {variant}")
                 gw = self.start_gateway(variant, keys)
                 r = self.wrk(f"https://127.0.0.1:{gw.port}/api/chat", 64, d, BENCH_KEY)
@@ -617,6 +630,10 @@ def report(results, args):
                  "≥0.9", verdict(on / off >= 0.9)))
     rows.append(("S3", "10,000 keys / 1 key (requests/s)", "", "", f"{k10:.0f} / {on:.0f} = {k10 / on:.2f}",
                  "within 5%", verdict(abs(k10 / on - 1) <= 0.05)))
+    if vs("S3", "budgets", "rps"):
+        bud = v("S3", "budgets", "rps")
+        rows.append(("S3", "token budgets of key and team on / off (requests/s)", "", "",
+                     f"{bud:.0f} / {on:.0f} = {bud / on:.2f}", "within 5%", verdict(bud / on >= 0.95)))
     # S4
     for kind in S4_KINDS:
         for conc in (1, 64):
@@ -707,7 +724,8 @@ def report(results, args):
         "  the gateway to the mock's OpenAI side; S2c: the same load on OpenAI's POST /v1/chat/completions (no",
         "  `stream`, as the openai SDK sends it), relayed to Ollama's /v1 (the mock answers as Ollama's",
         "  compatibility layer does), and relayed to an OpenAI-compatible upstream with the model rewritten",
-        "- S3: S2 on the gateway with every feature on, off, and with 10,000 keys loaded",
+        "- S3: S2 on the gateway with every feature on, off, with 10,000 keys loaded, and with token budgets"
+        " on the bench key and its team (never refusing: their cost is reserve, settle, headers)",
         "- S4: streams of 64 tokens 20 ms apart, 1 and 64 at once; each token stamped by the mock as it writes it.",
         "  `ollama`: /api/chat everywhere (NDJSON). `openai`: the gateway's /api/chat translated from the mock's",
         "  OpenAI side, against that side's SSE read direct and through nginx. `v1`: /v1/chat/completions",

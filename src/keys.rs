@@ -97,7 +97,10 @@ pub struct TeamEntry {
 }
 
 /// The windows of `subject` that `values` (per minute, per day, per month) set.
-fn windows_of(subject: &Subject, values: [Option<u64>; 3]) -> impl Iterator<Item = WindowSpec> + '_ {
+fn windows_of(
+    subject: &Subject,
+    values: [Option<u64>; 3],
+) -> impl Iterator<Item = WindowSpec> + '_ {
     Window::ALL
         .into_iter()
         .zip(values)
@@ -345,8 +348,11 @@ impl KeyTable {
 }
 
 /// The `[[teams]]` entries: names checked and unique, budgets greater than 0.
-fn parse_teams(entries: &[TeamEntry]) -> Result<Vec<(Arc<str>, Vec<WindowSpec>)>, String> {
-    let mut teams: Vec<(Arc<str>, Vec<WindowSpec>)> = Vec::with_capacity(entries.len());
+/// Each team's name and windows.
+type TeamWindows = Vec<(Arc<str>, Vec<WindowSpec>)>;
+
+fn parse_teams(entries: &[TeamEntry]) -> Result<TeamWindows, String> {
+    let mut teams: TeamWindows = Vec::with_capacity(entries.len());
     for (n, entry) in entries.iter().enumerate() {
         let at = |what: String| format!("team #{} ({:?}): {what}", n + 1, entry.name);
         check_label(&entry.name).map_err(|e| at(format!("name {e}")))?;

@@ -558,6 +558,13 @@ pub struct RequestRecord {
     done: bool,
     /// Answered by the gateway without asking the upstream (see `answered_locally`).
     local: bool,
+    /// For an identity with budgets or caps: what its answer spends.
+    spent: Option<Box<Spent>>,
+}
+
+/// What a budgeted request's answer spends.
+#[derive(Default)]
+struct Spent {
     /// The token budget reservation this answer settles when it ends.
     charge: Option<Charge>,
     /// Content chunks streamed so far (an estimate of the tokens generated).
@@ -613,9 +620,7 @@ impl RequestRecord {
             streaming,
             done: false,
             local: false,
-            charge: None,
-            generated: 0,
-            caps: Caps::default(),
+            spent: None,
             upstream,
             worker,
         }
@@ -623,17 +628,21 @@ impl RequestRecord {
 
     /// The reservation this answer settles when it ends.
     pub fn charge(&mut self, charge: Charge) {
-        self.charge = Some(charge);
+        self.spent.get_or_insert_with(Box::default).charge = Some(charge);
     }
 
     /// The limits the gateway set on the request.
     pub fn caps(&mut self, caps: Caps) {
-        self.caps = caps;
+        if caps != Caps::default() {
+            self.spent.get_or_insert_with(Box::default).caps = caps;
+        }
     }
 
     /// Content chunks streamed so far (one token each, for an answer without counts).
     pub fn generated(&mut self, chunks: u64) {
-        self.generated = chunks;
+        if let Some(spent) = &mut self.spent {
+            spent.generated = chunks;
+        }
     }
 
     /// The first byte of a streamed answer is going out.
@@ -746,6 +755,7 @@ impl RequestRecord {
         series.prompt.inc_by(tokens.prompt);
         series.completion.inc_by(tokens.completion);
         let charged = self.settle(status, tokens, outcome);
+        let caps = self.spent.as_ref().map(|s| s.caps).unwrap_or_default();
         if let (true, Some(t)) = (self.is_ollama, ollama) {
             let shared = &self.worker.shared;
             if t.load_duration > 0 {
@@ -779,8 +789,8 @@ impl RequestRecord {
                     prompt_tokens = tokens.prompt,
                     completion_tokens = tokens.completion,
                     charged_tokens = charged,
-                    output_cap = self.caps.output,
-                    context_cap = self.caps.context,
+                    output_cap = caps.output,
+                    context_cap = caps.context,
                     error,
                     "request"
                 )
@@ -800,20 +810,22 @@ impl RequestRecord {
     /// output reserved for a whole answer); nothing for an answer that never came (an
     /// upstream error status, a failure before the first byte). Returns the tokens charged.
     fn settle(&mut self, status: u16, tokens: Tokens, outcome: &str) -> Option<u64> {
-        let charge = self.charge.take()?;
+        let spent = self.spent.as_mut()?;
+        let generated = spent.generated;
+        let charge = spent.charge.take()?;
         let reported = tokens.prompt.saturating_add(tokens.completion);
         let (charged, basis) = if reported > 0 {
             (reported, "reported")
         } else if outcome == "complete" && (200..300).contains(&status) {
             let output = if self.streaming {
-                self.generated
+                generated
             } else {
                 charge.output
             };
             (charge.prompt.saturating_add(output), "estimated")
-        } else if outcome == "client_closed" || self.generated > 0 {
+        } else if outcome == "client_closed" || generated > 0 {
             // The client left, or the stream broke, after work was done.
-            (charge.prompt.saturating_add(self.generated), "estimated")
+            (charge.prompt.saturating_add(generated), "estimated")
         } else {
             (0, "reported")
         };
@@ -840,6 +852,152 @@ impl Drop for RequestRecord {
                 Some("the client went away before the answer ended"),
             );
         }
+    }
+}
+
+/// The budgets' state, read at scrape time: per team and per identity, each configured
+/// window's used, limit and remaining tokens; and the usage store's writes.
+pub struct BudgetGauges {
+    keys: Arc<crate::keys::Keys>,
+    ledger: Arc<dyn Ledger>,
+    store: Arc<crate::budget::LocalLedger>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const TEAM_GAUGES: [(&str, &str); 3] = [
+    (
+        "gateway_team_budget_used_tokens",
+        "Tokens a team's budget window holds now: settled usage plus reservations in flight (the minute bucket: what it lacks of full).",
+    ),
+    (
+        "gateway_team_budget_limit_tokens",
+        "A team's token budget per window, as the keys file sets it.",
+    ),
+    (
+        "gateway_team_budget_remaining_tokens",
+        "Tokens left in a team's budget window now.",
+    ),
+];
+const KEY_GAUGES: [(&str, &str); 3] = [
+    (
+        "gateway_key_budget_used_tokens",
+        "Tokens an identity's own budget window holds now: settled usage plus reservations in flight.",
+    ),
+    (
+        "gateway_key_budget_limit_tokens",
+        "An identity's own token budget per window, as the keys file sets it.",
+    ),
+    (
+        "gateway_key_budget_remaining_tokens",
+        "Tokens left in an identity's own budget window now.",
+    ),
+];
+const STORE_COUNTERS: [(&str, &str); 2] = [
+    (
+        "gateway_budget_store_writes_total",
+        "Batches of day and month token usage written to the state store.",
+    ),
+    (
+        "gateway_budget_store_errors_total",
+        "Failed writes of token usage to the state store (retried on the next flush).",
+    ),
+];
+
+impl BudgetGauges {
+    pub fn new(
+        keys: Arc<crate::keys::Keys>,
+        ledger: Arc<dyn Ledger>,
+        store: Arc<crate::budget::LocalLedger>,
+    ) -> Self {
+        let mut descs = Vec::new();
+        for (name, help) in TEAM_GAUGES {
+            descs.extend(
+                prometheus::core::Collector::desc(&team_vec(name, help))
+                    .into_iter()
+                    .cloned(),
+            );
+        }
+        for (name, help) in KEY_GAUGES {
+            descs.extend(
+                prometheus::core::Collector::desc(&key_vec(name, help))
+                    .into_iter()
+                    .cloned(),
+            );
+        }
+        for (name, help) in STORE_COUNTERS {
+            if let Ok(c) = IntCounter::new(name, help) {
+                descs.extend(prometheus::core::Collector::desc(&c).into_iter().cloned());
+            }
+        }
+        Self {
+            keys,
+            ledger,
+            store,
+            descs,
+        }
+    }
+}
+
+fn team_vec(name: &str, help: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &["team", "window"])
+        .unwrap_or_else(|e| bad_metric(name, e))
+}
+
+fn key_vec(name: &str, help: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &["key_id", "team", "window"])
+        .unwrap_or_else(|e| bad_metric(name, e))
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl prometheus::core::Collector for BudgetGauges {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let table = self.keys.table();
+        let teams: Vec<IntGaugeVec> = TEAM_GAUGES.iter().map(|(n, h)| team_vec(n, h)).collect();
+        for (team, windows) in table.teams() {
+            for state in self.ledger.read(windows) {
+                let labels = [&**team, state.spec.window.field()];
+                let values = [state.used, state.spec.limit, state.remaining()];
+                for (vec, v) in teams.iter().zip(values) {
+                    vec.with_label_values(&labels).set(gauge_value(v));
+                }
+            }
+        }
+        let keys: Vec<IntGaugeVec> = KEY_GAUGES.iter().map(|(n, h)| key_vec(n, h)).collect();
+        for identity in table.identities() {
+            let own: Vec<_> = identity
+                .budget
+                .windows
+                .iter()
+                .filter(|w| w.subject.scope == crate::budget::Scope::Key)
+                .cloned()
+                .collect();
+            for state in self.ledger.read(&own) {
+                let labels = [&*identity.id, &*identity.team, state.spec.window.field()];
+                let values = [state.used, state.spec.limit, state.remaining()];
+                for (vec, v) in keys.iter().zip(values) {
+                    vec.with_label_values(&labels).set(gauge_value(v));
+                }
+            }
+        }
+        let (writes, errors) = self.store.store_writes();
+        let mut out: Vec<prometheus::proto::MetricFamily> = Vec::new();
+        for vec in teams.iter().chain(keys.iter()) {
+            out.extend(prometheus::core::Collector::collect(vec));
+        }
+        for ((name, help), value) in STORE_COUNTERS.iter().zip([writes, errors]) {
+            if let Ok(c) = IntCounter::new(*name, *help) {
+                c.inc_by(value);
+                out.extend(prometheus::core::Collector::collect(&c));
+            }
+        }
+        out
     }
 }
 
@@ -944,143 +1102,5 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle}\n{text}");
         }
-    }
-}
-
-/// The budgets' state, read at scrape time: per team and per identity, each configured
-/// window's used, limit and remaining tokens; and the usage store's writes.
-pub struct BudgetGauges {
-    keys: Arc<crate::keys::Keys>,
-    ledger: Arc<dyn Ledger>,
-    store: Arc<crate::budget::LocalLedger>,
-    descs: Vec<prometheus::core::Desc>,
-}
-
-const TEAM_GAUGES: [(&str, &str); 3] = [
-    (
-        "gateway_team_budget_used_tokens",
-        "Tokens a team's budget window holds now: settled usage plus reservations in flight (the minute bucket: what it lacks of full).",
-    ),
-    (
-        "gateway_team_budget_limit_tokens",
-        "A team's token budget per window, as the keys file sets it.",
-    ),
-    (
-        "gateway_team_budget_remaining_tokens",
-        "Tokens left in a team's budget window now.",
-    ),
-];
-const KEY_GAUGES: [(&str, &str); 3] = [
-    (
-        "gateway_key_budget_used_tokens",
-        "Tokens an identity's own budget window holds now: settled usage plus reservations in flight.",
-    ),
-    (
-        "gateway_key_budget_limit_tokens",
-        "An identity's own token budget per window, as the keys file sets it.",
-    ),
-    (
-        "gateway_key_budget_remaining_tokens",
-        "Tokens left in an identity's own budget window now.",
-    ),
-];
-const STORE_COUNTERS: [(&str, &str); 2] = [
-    (
-        "gateway_budget_store_writes_total",
-        "Batches of day and month token usage written to the state store.",
-    ),
-    (
-        "gateway_budget_store_errors_total",
-        "Failed writes of token usage to the state store (retried on the next flush).",
-    ),
-];
-
-impl BudgetGauges {
-    pub fn new(
-        keys: Arc<crate::keys::Keys>,
-        ledger: Arc<dyn Ledger>,
-        store: Arc<crate::budget::LocalLedger>,
-    ) -> Self {
-        let mut descs = Vec::new();
-        for (name, help) in TEAM_GAUGES {
-            descs.extend(prometheus::core::Collector::desc(&team_vec(name, help)).into_iter().cloned());
-        }
-        for (name, help) in KEY_GAUGES {
-            descs.extend(prometheus::core::Collector::desc(&key_vec(name, help)).into_iter().cloned());
-        }
-        for (name, help) in STORE_COUNTERS {
-            if let Ok(c) = IntCounter::new(name, help) {
-                descs.extend(prometheus::core::Collector::desc(&c).into_iter().cloned());
-            }
-        }
-        Self {
-            keys,
-            ledger,
-            store,
-            descs,
-        }
-    }
-}
-
-fn team_vec(name: &str, help: &str) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(name, help), &["team", "window"])
-        .unwrap_or_else(|e| bad_metric(name, e))
-}
-
-fn key_vec(name: &str, help: &str) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(name, help), &["key_id", "team", "window"])
-        .unwrap_or_else(|e| bad_metric(name, e))
-}
-
-fn gauge_value(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-impl prometheus::core::Collector for BudgetGauges {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let table = self.keys.table();
-        let teams: Vec<IntGaugeVec> = TEAM_GAUGES.iter().map(|(n, h)| team_vec(n, h)).collect();
-        for (team, windows) in table.teams() {
-            for state in self.ledger.read(windows) {
-                let labels = [&**team, state.spec.window.field()];
-                let values = [state.used, state.spec.limit, state.remaining()];
-                for (vec, v) in teams.iter().zip(values) {
-                    vec.with_label_values(&labels).set(gauge_value(v));
-                }
-            }
-        }
-        let keys: Vec<IntGaugeVec> = KEY_GAUGES.iter().map(|(n, h)| key_vec(n, h)).collect();
-        for identity in table.identities() {
-            let own: Vec<_> = identity
-                .budget
-                .windows
-                .iter()
-                .filter(|w| w.subject.scope == crate::budget::Scope::Key)
-                .cloned()
-                .collect();
-            for state in self.ledger.read(&own) {
-                let labels = [&*identity.id, &*identity.team, state.spec.window.field()];
-                let values = [state.used, state.spec.limit, state.remaining()];
-                for (vec, v) in keys.iter().zip(values) {
-                    vec.with_label_values(&labels).set(gauge_value(v));
-                }
-            }
-        }
-        let (writes, errors) = self.store.store_writes();
-        let mut out: Vec<prometheus::proto::MetricFamily> = Vec::new();
-        for vec in teams.iter().chain(keys.iter()) {
-            out.extend(prometheus::core::Collector::collect(vec));
-        }
-        for ((name, help), value) in STORE_COUNTERS.iter().zip([writes, errors]) {
-            if let Ok(c) = IntCounter::new(*name, *help) {
-                c.inc_by(value);
-                out.extend(prometheus::core::Collector::collect(&c));
-            }
-        }
-        out
     }
 }

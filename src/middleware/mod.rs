@@ -66,7 +66,7 @@ fn admit(
     }
     check_declared_length(req, state.config.server.max_body_bytes)?;
     let cheap_read = rate_limit::is_cheap_read(req.method(), req.path());
-    rate_limit::admit(key.as_deref(), cheap_read)
+    rate_limit::admit(key.as_ref(), cheap_read)
 }
 
 /// Refuses a body whose declared `Content-Length` is over `server.max_body_bytes` before

@@ -14,9 +14,16 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use bytes::Bytes;
 
-use crate::error::{Api, GatewayError, RatePolicy};
+use std::sync::Arc;
+
+use actix_web::web;
+
+use crate::budget::clock::until;
+use crate::budget::{Budget, Ledger};
+use crate::error::{go_duration, Api, GatewayError, RatePolicy};
 use crate::keys::ApiKey;
 use crate::limits::{self, InFlight};
+use crate::state::AppState;
 
 pin_project_lite::pin_project! {
     /// A response body that holds its request's in-flight slot until it is dropped.
@@ -78,16 +85,19 @@ pub fn is_cheap_read(method: &Method, path: &str) -> bool {
 pub struct Admission {
     slot: Option<InFlight>,
     policy: Option<RatePolicy>,
+    /// The identity, when it has token budgets (its answers carry their headers).
+    budgeted: Option<Arc<ApiKey>>,
 }
 
 /// Takes the key's in-flight slot, then a token from its bucket; for a cheap read, only a
 /// token from its bucket of reads. The slot comes first, so a request refused for
 /// concurrency does not spend a token.
-pub fn admit(key: Option<&ApiKey>, cheap_read: bool) -> Result<Admission, GatewayError> {
+pub fn admit(key: Option<&Arc<ApiKey>>, cheap_read: bool) -> Result<Admission, GatewayError> {
     let Some(key) = key else {
         return Ok(Admission {
             slot: None,
             policy: None,
+            budgeted: None,
         });
     };
     let (slot, policy) = if cheap_read {
@@ -99,7 +109,41 @@ pub fn admit(key: Option<&ApiKey>, cheap_read: bool) -> Result<Admission, Gatewa
     Ok(Admission {
         slot,
         policy: Some(policy),
+        budgeted: key.budget.is_limited().then(|| Arc::clone(key)),
     })
+}
+
+const X_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const X_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-tokens` for the window of `key`'s token
+/// budgets (its own and its team's) with the least room left now: its limit, what is left,
+/// and the time until it resets (a Go duration: `1s`, `6m0s`).
+pub fn add_token_headers(
+    headers: &mut HeaderMap,
+    key: &ApiKey,
+    ledger: &dyn Ledger,
+    now: jiff::Timestamp,
+) {
+    let states = ledger.read(&key.budget.windows);
+    let Some(tightest) = Budget::tightest(&states) else {
+        return;
+    };
+    let mut n = itoa::Buffer::new();
+    let values = [
+        (X_LIMIT_TOKENS, n.format(tightest.spec.limit).to_string()),
+        (
+            X_REMAINING_TOKENS,
+            n.format(tightest.remaining()).to_string(),
+        ),
+        (X_RESET_TOKENS, go_duration(until(now, tightest.resets_at))),
+    ];
+    for (name, value) in values {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(name, v);
+        }
+    }
 }
 
 impl Admission {
@@ -118,6 +162,12 @@ impl Admission {
             }
             if Api::of_path(res.request().path()) != Api::Ollama {
                 add_openai_headers(res.headers_mut(), &policy);
+            }
+        }
+        if let Some(key) = &self.budgeted {
+            if let Some(state) = res.request().app_data::<web::Data<AppState>>().cloned() {
+                let now = state.local_ledger.now();
+                add_token_headers(res.headers_mut(), key, &*state.ledger, now);
             }
         }
         match self.slot {

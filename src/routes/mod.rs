@@ -7,6 +7,7 @@ pub mod models;
 pub mod ollama;
 pub mod openai;
 pub(crate) mod routed;
+pub mod spend;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 

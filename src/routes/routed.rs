@@ -11,7 +11,8 @@ use bytes::Bytes;
 use crate::catalog::{self, Route};
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::metrics::RequestRecord;
+use crate::metrics::{Charge, RequestRecord};
+use crate::routes::spend::Spend;
 use crate::state::AppState;
 use crate::upstream::{self, openai};
 
@@ -70,8 +71,10 @@ impl<'a> ToOllama<'a> {
     }
 }
 
-/// Admits a request for `model` at `endpoint` (the `route` label), received at `started`:
-/// 403 when the key's `models` exclude it; else its upstream and its record.
+/// Admits a request for `model` at `endpoint` (the `route` label), received at `started`,
+/// which `spend`s tokens: 403 when the key's `models` exclude it; 429 when a window of its
+/// token budget (or its team's) has no room for the reservation; else its upstream and
+/// its record, which holds the reservation until the answer ends.
 pub fn admit<'a>(
     req: &HttpRequest,
     state: &'a AppState,
@@ -79,8 +82,19 @@ pub fn admit<'a>(
     model: &'a str,
     started: Instant,
     streams: bool,
+    spend: Spend,
 ) -> Result<Routed<'a>, GatewayError> {
-    super::ollama::may_use(super::ollama::key(req).as_deref(), model)?;
+    let key = super::ollama::key(req);
+    super::ollama::may_use(key.as_deref(), model)?;
+    let hold = match key.as_deref().map(|k| &k.budget) {
+        Some(budget) if budget.is_limited() => Some(
+            state
+                .ledger
+                .reserve(&budget.windows, spend.tokens())
+                .map_err(|e| GatewayError::TokenBudget(Box::new(e)))?,
+        ),
+        _ => None,
+    };
     let config = &*state.config;
     let route = catalog::route(config, model);
     let (label, is_ollama) = match route {
@@ -88,9 +102,18 @@ pub fn admit<'a>(
         Route::OpenAi { upstream, .. } => (Arc::clone(&upstream.label), false),
     };
     // From here on, the record counts and logs this request when its answer ends.
-    let (record, request_id) = super::ollama::record(
+    let (mut record, request_id) = super::ollama::record(
         req, state, endpoint, started, label, is_ollama, model, streams,
     );
+    record.caps(spend.caps);
+    if let Some(hold) = hold {
+        record.charge(Charge {
+            ledger: Arc::clone(&state.ledger),
+            hold,
+            prompt: spend.prompt,
+            output: spend.output,
+        });
+    }
     Ok(match route {
         Route::Ollama => Routed::Ollama(ToOllama {
             config,

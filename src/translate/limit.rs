@@ -43,7 +43,10 @@ fn bad_json(e: serde_json::Error) -> GatewayError {
 
 /// The span of the whole JSON object in `body` (its leading and trailing whitespace cut).
 fn object_span(body: &[u8]) -> Range<usize> {
-    let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
     let end = body
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
@@ -61,7 +64,14 @@ impl<'a> Limits<'a> {
         let top = Members::parse(body).map_err(bad_json)?;
         let top_span = object_span(body);
         let (members, container, prefix) = match within {
-            None => (top, Container::Object { span: top_span, empty: false }, String::new()),
+            None => (
+                top,
+                Container::Object {
+                    span: top_span,
+                    empty: false,
+                },
+                String::new(),
+            ),
             Some(name) => {
                 check_keys(&top, &[name], "")?;
                 match top.get(name) {
@@ -83,7 +93,14 @@ impl<'a> Limits<'a> {
                             GatewayError::InvalidField(format!("{name} must be an object"))
                         })?;
                         let empty = inner.0.is_empty();
-                        (inner, Container::Object { span: span(body, raw), empty }, format!("{name}: "))
+                        (
+                            inner,
+                            Container::Object {
+                                span: span(body, raw),
+                                empty,
+                            },
+                            format!("{name}: "),
+                        )
                     }
                 }
             }
@@ -207,11 +224,18 @@ mod tests {
         let l = Limits::read(body, Some("options"), OLLAMA).unwrap();
         assert_eq!(l.get("num_predict"), None);
         let out = l.write(&[("num_predict", 64)]);
-        assert_eq!(out, br#"{"options":{"num_predict":64},"model":"m","messages":[]}"#);
+        assert_eq!(
+            out,
+            br#"{"options":{"num_predict":64},"model":"m","messages":[]}"#
+        );
 
-        let body = br#"{"model":"m","options":{"temperature":0.5,"num_predict":9000,"num_ctx":99999}}"#;
+        let body =
+            br#"{"model":"m","options":{"temperature":0.5,"num_predict":9000,"num_ctx":99999}}"#;
         let l = Limits::read(body, Some("options"), OLLAMA).unwrap();
-        assert_eq!((l.get("num_predict"), l.get("num_ctx")), (Some(9000), Some(99999)));
+        assert_eq!(
+            (l.get("num_predict"), l.get("num_ctx")),
+            (Some(9000), Some(99999))
+        );
         let out = l.write(&[("num_predict", 64), ("num_ctx", 8192)]);
         assert_eq!(
             out,
@@ -219,14 +243,27 @@ mod tests {
         );
 
         let body = br#"{"model":"m","options":{"temperature":0.5}}"#;
-        let out = Limits::read(body, Some("options"), OLLAMA).unwrap().write(&[("num_predict", 64)]);
-        assert_eq!(json(&out)["options"], json(br#"{"num_predict":64,"temperature":0.5}"#));
+        let out = Limits::read(body, Some("options"), OLLAMA)
+            .unwrap()
+            .write(&[("num_predict", 64)]);
+        assert_eq!(
+            json(&out)["options"],
+            json(br#"{"num_predict":64,"temperature":0.5}"#)
+        );
 
         for (body, want) in [
-            (&br#"{"model":"m","options":{}}"#[..], &br#"{"model":"m","options":{"num_predict":1}}"#[..]),
-            (br#" {"model":"m","options":null} "#, br#" {"model":"m","options":{"num_predict":1}} "#),
+            (
+                &br#"{"model":"m","options":{}}"#[..],
+                &br#"{"model":"m","options":{"num_predict":1}}"#[..],
+            ),
+            (
+                br#" {"model":"m","options":null} "#,
+                br#" {"model":"m","options":{"num_predict":1}} "#,
+            ),
         ] {
-            let out = Limits::read(body, Some("options"), OLLAMA).unwrap().write(&[("num_predict", 1)]);
+            let out = Limits::read(body, Some("options"), OLLAMA)
+                .unwrap()
+                .write(&[("num_predict", 1)]);
             assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
         }
     }
@@ -240,14 +277,19 @@ mod tests {
         let out = l.write(&[("max_tokens", 100)]);
         assert_eq!(out, br#"{"model":"gpt","max_tokens":100,"messages":[]}"#);
         let body = br#"{"model":"gpt"}"#;
-        let out = Limits::read(body, None, &["max_tokens"]).unwrap().write(&[("max_tokens", 7)]);
+        let out = Limits::read(body, None, &["max_tokens"])
+            .unwrap()
+            .write(&[("max_tokens", 7)]);
         assert_eq!(out, br#"{"max_tokens":7,"model":"gpt"}"#);
         // Not an integer: read as none, replaced when written.
         let body = br#"{"model":"gpt","max_tokens":"lots"}"#;
         let l = Limits::read(body, None, &["max_tokens"]).unwrap();
         assert_eq!(l.get("max_tokens"), None);
         assert!(l.has("max_tokens"));
-        assert_eq!(l.write(&[("max_tokens", 7)]), br#"{"model":"gpt","max_tokens":7}"#);
+        assert_eq!(
+            l.write(&[("max_tokens", 7)]),
+            br#"{"model":"gpt","max_tokens":7}"#
+        );
     }
 
     #[test]
@@ -261,9 +303,11 @@ mod tests {
             let err = Limits::read(body, Some("options"), OLLAMA).unwrap_err();
             assert!(matches!(err, GatewayError::InvalidField(_)), "{err:?}");
         }
-        let err = Limits::read(br#"{"model":"m","Max_Tokens":1}"#, None, &["max_tokens"]).unwrap_err();
+        let err =
+            Limits::read(br#"{"model":"m","Max_Tokens":1}"#, None, &["max_tokens"]).unwrap_err();
         assert!(matches!(err, GatewayError::InvalidField(_)), "{err:?}");
-        let err = Limits::read(br#"{"model":"m","options":[1]}"#, Some("options"), OLLAMA).unwrap_err();
+        let err =
+            Limits::read(br#"{"model":"m","options":[1]}"#, Some("options"), OLLAMA).unwrap_err();
         assert!(matches!(err, GatewayError::InvalidField(_)), "{err:?}");
     }
 }

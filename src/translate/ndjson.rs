@@ -64,6 +64,8 @@ pub struct NdjsonRelay {
     error: bool,
     /// A progress stream: complete at `"status":"success"` rather than at `done`.
     progress: bool,
+    /// Content lines (`"done":false`) seen: about one token each.
+    chunks: u64,
 }
 
 impl Default for NdjsonRelay {
@@ -85,7 +87,13 @@ impl NdjsonRelay {
             done: None,
             error: false,
             progress: false,
+            chunks: 0,
         }
+    }
+
+    /// The content lines relayed so far (Ollama streams one token a line).
+    pub fn chunks(&self) -> u64 {
+        self.chunks
     }
 
     /// A relay of model-management progress (pull, push, create), which is complete at its
@@ -179,7 +187,11 @@ impl NdjsonRelay {
                 continue;
             }
             // Content chunks say `"done":false`; only other lines need a parse.
-            if line.is_empty() || memchr::memmem::find(line, b"\"done\":false").is_some() {
+            if line.is_empty() {
+                continue;
+            }
+            if memchr::memmem::find(line, b"\"done\":false").is_some() {
+                self.chunks += 1;
                 continue;
             }
             if let Ok(probe) = serde_json::from_slice::<LineProbe>(line) {

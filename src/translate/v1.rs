@@ -118,7 +118,11 @@ fn folded(key: &str) -> String {
 /// Refuses two members that any reader could take for the same one of `guarded`: a
 /// duplicate, or a case (or fold) variant, which gateway and upstream could read
 /// differently.
-pub(crate) fn check_keys(members: &Members<'_>, guarded: &[&str], within: &str) -> Result<(), GatewayError> {
+pub(crate) fn check_keys(
+    members: &Members<'_>,
+    guarded: &[&str],
+    within: &str,
+) -> Result<(), GatewayError> {
     let mut seen = [false; 8];
     for (key, _) in &members.0 {
         // Only a key as long as a guarded one (in bytes, or in characters when folded from

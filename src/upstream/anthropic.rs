@@ -59,9 +59,10 @@ pub async fn forward(
     }
     if status.is_success() && has_media_type(resp.headers(), "text/event-stream") {
         unbuffered(&mut builder);
-        let events = Events(MessagesEvents::with_max(
-            config.upstream.max_stream_line_bytes,
-        ));
+        let events = Events(
+            MessagesEvents::with_max(config.upstream.max_stream_line_bytes),
+            0,
+        );
         let relay = Relay::new(
             resp,
             events,
@@ -122,10 +123,12 @@ fn in_anthropic_shape(body: &[u8]) -> bool {
 }
 
 /// Relays whole events and knows when the answer is complete (`message_stop`).
-struct Events(MessagesEvents);
+/// The second field counts `content_block_delta` events (about one token each).
+struct Events(MessagesEvents, u64);
 
 impl Transform for Events {
     fn chunk(&mut self, chunk: Bytes) -> Step {
+        self.1 += memchr::memmem::find_iter(&chunk, b"content_block_delta").count() as u64;
         match self.0.push(chunk) {
             Pushed::More(forward) => Step::Forward(forward),
             Pushed::Stopped(forward) => Step::Finish(forward),
@@ -164,6 +167,10 @@ impl Transform for Events {
 
     fn report(&self) -> (Tokens, Option<OllamaTimings>) {
         (tokens(self.0.usage()), None)
+    }
+
+    fn generated(&self) -> u64 {
+        self.1
     }
 
     fn failure(&self, message: &str) -> Vec<u8> {

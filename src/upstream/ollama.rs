@@ -227,6 +227,10 @@ impl Transform for OllamaLines {
         let rest = self.0.finish();
         self.end(rest)
     }
+
+    fn generated(&self) -> u64 {
+        self.0.chunks()
+    }
 }
 
 impl OllamaLines {

@@ -175,6 +175,7 @@ pub async fn forward(
                     call.config.upstream.max_stream_line_bytes,
                 ),
                 upstream: up.name.clone(),
+                lines: 0,
             },
             up.name.clone(),
             call.config,
@@ -337,6 +338,8 @@ pub(super) fn status_error(
 struct SseTransform {
     inner: SseToNdjson,
     upstream: String,
+    /// NDJSON lines written (about one token each).
+    lines: u64,
 }
 
 impl SseTransform {
@@ -395,6 +398,7 @@ impl Transform for SseTransform {
     fn chunk(&mut self, chunk: Bytes) -> Step {
         let mut out = Vec::new();
         let result = self.inner.feed(&chunk, &mut out);
+        self.lines += memchr::memchr_iter(b'\n', &out).count() as u64;
         self.step(out, result)
     }
 
@@ -402,6 +406,10 @@ impl Transform for SseTransform {
         let mut out = Vec::new();
         let result = self.inner.finish(&mut out).map(|()| Progress::Done);
         self.step(out, result)
+    }
+
+    fn generated(&self) -> u64 {
+        self.lines
     }
 }
 

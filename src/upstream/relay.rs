@@ -54,6 +54,11 @@ pub trait Transform {
     fn failure(&self, message: &str) -> Vec<u8> {
         error_line(message)
     }
+    /// Content chunks of the answer seen so far (about one token each): what a client that
+    /// leaves, or a stream without counts, is charged for its output.
+    fn generated(&self) -> u64 {
+        0
+    }
 }
 
 /// Most of an upstream body read after its answer was complete (and dropped), so that its
@@ -220,10 +225,11 @@ where
                 }
             };
             let (now, later) = join(now, later);
-            if now.is_some() {
-                if let Some(record) = this.record.as_mut() {
+            if let Some(record) = this.record.as_mut() {
+                if now.is_some() {
                     record.first_byte();
                 }
+                record.generated(this.transform.generated());
             }
             if let Some(ending) = ending {
                 match (&ending, this.upstream.take()) {

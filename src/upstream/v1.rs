@@ -141,6 +141,7 @@ impl Relayed<'_> {
                     quoted_model: self.quoted_model,
                     drop_usage: self.drop_usage,
                     usage: Usage::default(),
+                    chunks: 0,
                 },
             };
             let relay = Relay::new(
@@ -212,6 +213,8 @@ struct Edit {
     quoted_model: Option<Vec<u8>>,
     drop_usage: bool,
     usage: Usage,
+    /// Answer chunks seen (about one token each).
+    chunks: u64,
 }
 
 /// How a stream ended, as one of its events says.
@@ -293,8 +296,12 @@ impl Edit {
         if let Some(usage) = answer.usage {
             self.usage = usage;
         }
-        if answer.usage_only && self.drop_usage {
-            return None;
+        if answer.usage_only {
+            if self.drop_usage {
+                return None;
+            }
+        } else {
+            self.chunks += 1;
         }
         match answer.rewrite(&data, self.quoted_model.as_deref(), self.drop_usage) {
             None => out.keep(event),
@@ -355,6 +362,10 @@ impl Transform for Events {
         (tokens(self.edit.usage), None)
     }
 
+    fn generated(&self) -> u64 {
+        self.edit.chunks
+    }
+
     fn failure(&self, message: &str) -> Vec<u8> {
         crate::error::openai_stream_error(message).to_vec()
     }
@@ -372,6 +383,7 @@ mod tests {
                 quoted_model: quoted_model.map(|m| m.as_bytes().to_vec()),
                 drop_usage,
                 usage: Usage::default(),
+                chunks: 0,
             },
         }
     }

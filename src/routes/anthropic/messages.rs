@@ -10,6 +10,7 @@ use crate::catalog::{self, Route};
 use crate::error::GatewayError;
 use crate::routes::ollama::{key, may_use};
 use crate::routes::routed::{self, Routed};
+use crate::routes::spend;
 use crate::state::AppState;
 use crate::translate::anthropic::parse_request;
 
@@ -24,6 +25,8 @@ pub async fn messages(
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
     let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
+    let shape = spend::Shape::Anthropic;
+    let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;
     let request = parse_request(&body)?;
     let model = request.model.as_str();
     // A key that may not use the model hears so first, as on every route.
@@ -35,7 +38,7 @@ pub async fn messages(
             route: ROUTE,
         });
     }
-    match routed::admit(&req, &state, ROUTE, model, started, request.stream)? {
+    match routed::admit(&req, &state, ROUTE, model, started, request.stream, spend)? {
         Routed::Ollama(to) => to.messages(&client, &req, body, request.stream).await,
         // Routed by the same catalog as above: not reached, and refused if it were.
         Routed::OpenAi(call, record) => Err(record.fail(GatewayError::ModelNotServedHere {

@@ -5,7 +5,9 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::GatewayError;
+use crate::routes::ollama::key;
 use crate::routes::routed::{self, Routed};
+use crate::routes::spend;
 use crate::state::AppState;
 use crate::translate::ollama::{ChatRequest, Shape};
 use crate::upstream::openai;
@@ -18,9 +20,11 @@ pub async fn chat(
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
     let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
+    let shape = spend::Shape::Ollama { generates: true };
+    let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;
     let chat = ChatRequest::parse(&body)?;
     let (model, streams) = (chat.model(), chat.streams());
-    match routed::admit(&req, &state, "/api/chat", model, started, streams)? {
+    match routed::admit(&req, &state, "/api/chat", model, started, streams, spend)? {
         Routed::Ollama(to) => {
             let uri = &state.config.ollama.chat_uri;
             to.forward(&client, &req, uri, body.clone()).await

@@ -6,7 +6,9 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::GatewayError;
+use crate::routes::ollama::key;
 use crate::routes::routed::{self, Routed};
+use crate::routes::spend;
 use crate::state::AppState;
 use crate::translate::embed::{EmbedRequest, Endpoint};
 use crate::upstream::openai;
@@ -38,12 +40,14 @@ async fn handle(
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
     let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
+    let shape = spend::Shape::Ollama { generates: false };
+    let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;
     let embed = EmbedRequest::parse(&body)?;
     let (label, uri) = match endpoint {
         Endpoint::Embed => ("/api/embed", &state.config.ollama.embed_uri),
         Endpoint::Legacy => ("/api/embeddings", &state.config.ollama.embeddings_uri),
     };
-    match routed::admit(&req, &state, label, embed.model(), started, false)? {
+    match routed::admit(&req, &state, label, embed.model(), started, false, spend)? {
         Routed::Ollama(to) => to.forward(&client, &req, uri, body.clone()).await,
         Routed::OpenAi(call, record) => {
             openai::embed(&client, call, &embed, endpoint, record).await

@@ -6,7 +6,9 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::GatewayError;
+use crate::routes::ollama::key;
 use crate::routes::routed::{self, Routed};
+use crate::routes::spend;
 use crate::state::AppState;
 use crate::translate::generate::GenerateRequest;
 use crate::upstream::openai;
@@ -19,10 +21,20 @@ pub async fn generate(
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
     let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
+    let shape = spend::Shape::Ollama { generates: true };
+    let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;
     // Moves the parsed fields, copies nothing: cheap even when the body goes to Ollama.
     let generate = GenerateRequest::parse(&body)?.into_chat();
     let (model, streams) = (generate.chat.model(), generate.chat.streams());
-    match routed::admit(&req, &state, "/api/generate", model, started, streams)? {
+    match routed::admit(
+        &req,
+        &state,
+        "/api/generate",
+        model,
+        started,
+        streams,
+        spend,
+    )? {
         Routed::Ollama(to) => {
             let uri = &state.config.ollama.generate_uri;
             to.forward(&client, &req, uri, body.clone()).await

@@ -13,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::only;
 use super::routed::{self, Routed};
+use super::spend;
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::translate::v1::{Endpoint, V1Request};
@@ -51,10 +52,28 @@ async fn relay(
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
     let body = super::body::read_json(payload, &req, &state.config.server).await?;
+    let shape = match endpoint {
+        Endpoint::Embeddings => spend::Shape::Embeddings,
+        Endpoint::Chat | Endpoint::Completions => spend::Shape::OpenAi,
+    };
+    let (spend, body) = spend::of(
+        super::ollama::key(&req).as_ref(),
+        &state.config,
+        body,
+        shape,
+    )?;
     let request = V1Request::parse(&body)?;
     let streams = request.streams() && endpoint.can_stream();
     let model = request.model();
-    match routed::admit(&req, &state, endpoint.path(), model, started, streams)? {
+    match routed::admit(
+        &req,
+        &state,
+        endpoint.path(),
+        model,
+        started,
+        streams,
+        spend,
+    )? {
         Routed::Ollama(to) => {
             let (config, request_id, record) = to.into_parts();
             let raw = body.clone();

@@ -1,0 +1,167 @@
+//! What a model request spends before it is sent: its token budget reservation (prompt
+//! estimate plus output) and the output and context limits the gateway writes into it,
+//! for an identity with budgets or caps. Requests of other identities pass untouched and
+//! unread.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::budget::{estimate, Output};
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::keys::ApiKey;
+use crate::metrics::Caps;
+use crate::translate::limit::Limits;
+
+/// A request's reservation and the limits written into it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spend {
+    /// The prompt's estimated tokens.
+    pub prompt: u64,
+    /// The output reserved.
+    pub output: u64,
+    pub caps: Caps,
+}
+
+impl Spend {
+    /// Tokens to reserve.
+    pub fn tokens(&self) -> u64 {
+        self.prompt.saturating_add(self.output)
+    }
+}
+
+/// Where a request asks for its output limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Ollama's `options.num_predict` (and `options.num_ctx`); `generates` is false for
+    /// embeddings, which have no output.
+    Ollama { generates: bool },
+    /// OpenAI's `max_completion_tokens` or `max_tokens` (chat, completions).
+    OpenAi,
+    /// Anthropic's `max_tokens`.
+    Anthropic,
+    /// No output and no limit to write (OpenAI's embeddings).
+    Embeddings,
+}
+
+const OLLAMA: &[&str] = &["num_predict", "num_ctx"];
+const OPENAI: &[&str] = &["max_tokens", "max_completion_tokens"];
+const ANTHROPIC: &[&str] = &["max_tokens"];
+
+/// The spend of `body` for `key`, and the body to send (with the limits written, or as it
+/// came). Nothing is read for an identity without budgets or caps.
+pub fn of(
+    key: Option<&Arc<ApiKey>>,
+    config: &Config,
+    body: Bytes,
+    shape: Shape,
+) -> Result<(Spend, Bytes), GatewayError> {
+    let Some(budget) = key.map(|k| &k.budget).filter(|b| b.applies()) else {
+        return Ok((Spend::default(), body));
+    };
+    let default = config.budgets.default_output_reservation;
+    let prompt = if budget.is_limited() {
+        estimate::prompt_tokens(&body)
+    } else {
+        0
+    };
+    let (output, caps, set) = match shape {
+        Shape::Embeddings => (
+            Output {
+                reserve: 0,
+                cap: None,
+            },
+            Caps::default(),
+            None,
+        ),
+        Shape::Ollama { generates } => {
+            let limits = Limits::read(&body, Some("options"), OLLAMA)?;
+            let output = if generates {
+                budget.output(limits.get("num_predict"), default)
+            } else {
+                Output {
+                    reserve: 0,
+                    cap: None,
+                }
+            };
+            let context = budget.context(context_asked(&limits));
+            let mut set = Vec::new();
+            if let Some(cap) = output.cap {
+                set.push(("num_predict", cap));
+            }
+            if let Some(ctx) = context {
+                set.push(("num_ctx", ctx));
+            }
+            let caps = Caps {
+                output: output.cap,
+                context,
+            };
+            (output, caps, written(&limits, &set))
+        }
+        Shape::OpenAi => {
+            let limits = Limits::read(&body, None, OPENAI)?;
+            let asked = [
+                limits.get("max_completion_tokens"),
+                limits.get("max_tokens"),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let output = budget.output(asked, default);
+            let mut set = Vec::new();
+            if let Some(cap) = output.cap {
+                // The one the client used (both, if it sent both); `max_tokens` if none.
+                let given: Vec<&'static str> =
+                    OPENAI.iter().copied().filter(|n| limits.has(n)).collect();
+                if given.is_empty() {
+                    set.push(("max_tokens", cap));
+                }
+                set.extend(given.into_iter().map(|n| (n, cap)));
+            }
+            let caps = Caps {
+                output: output.cap,
+                context: None,
+            };
+            (output, caps, written(&limits, &set))
+        }
+        Shape::Anthropic => {
+            let limits = Limits::read(&body, None, ANTHROPIC)?;
+            let output = budget.output(limits.get("max_tokens"), default);
+            let set: Vec<_> = output
+                .cap
+                .map(|cap| ("max_tokens", cap))
+                .into_iter()
+                .collect();
+            let caps = Caps {
+                output: output.cap,
+                context: None,
+            };
+            (output, caps, written(&limits, &set))
+        }
+    };
+    let spend = Spend {
+        prompt,
+        output: if budget.is_limited() {
+            output.reserve
+        } else {
+            0
+        },
+        caps,
+    };
+    Ok((spend, set.map_or(body, Bytes::from)))
+}
+
+/// `options.num_ctx` as asked: a value that is not an integer counts as too large, so that
+/// it is replaced.
+fn context_asked(limits: &Limits<'_>) -> Option<i64> {
+    match limits.get("num_ctx") {
+        Some(n) => Some(n),
+        None if limits.has("num_ctx") => Some(i64::MAX),
+        None => None,
+    }
+}
+
+fn written(limits: &Limits<'_>, set: &[(&'static str, u64)]) -> Option<Vec<u8>> {
+    (!set.is_empty()).then(|| limits.write(set))
+}
