@@ -190,5 +190,10 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data()
             "no data for: {missing:#?}"
         );
     }
+    // The refusals panel shows real refusals (the tight key's), not only a zero series.
+    assert!(
+        gw.metric("gateway_rejections_total{reason=\"token_budget\"}") > 0.0,
+        "the tight key was refused for its budget"
+    );
     gw.stop().await;
 }
