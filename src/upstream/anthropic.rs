@@ -128,7 +128,10 @@ struct Events(MessagesEvents, u64);
 
 impl Transform for Events {
     fn chunk(&mut self, chunk: Bytes) -> Step {
-        self.1 += memchr::memmem::find_iter(&chunk, b"content_block_delta").count() as u64;
+        // Each delta event says its type once in its data (a split across reads can miss
+        // one: this is an estimate).
+        self.1 +=
+            memchr::memmem::find_iter(&chunk, b"\"type\":\"content_block_delta\"").count() as u64;
         match self.0.push(chunk) {
             Pushed::More(forward) => Step::Forward(forward),
             Pushed::Stopped(forward) => Step::Finish(forward),

@@ -338,7 +338,7 @@ pub(super) fn status_error(
 struct SseTransform {
     inner: SseToNdjson,
     upstream: String,
-    /// NDJSON lines written (about one token each).
+    /// Content lines written (about one token each).
     lines: u64,
 }
 
@@ -398,7 +398,8 @@ impl Transform for SseTransform {
     fn chunk(&mut self, chunk: Bytes) -> Step {
         let mut out = Vec::new();
         let result = self.inner.feed(&chunk, &mut out);
-        self.lines += memchr::memchr_iter(b'\n', &out).count() as u64;
+        // The content lines (the final line is `"done":true`).
+        self.lines += memchr::memmem::find_iter(&out, b"\"done\":false").count() as u64;
         self.step(out, result)
     }
 

@@ -217,6 +217,19 @@ struct Edit {
     chunks: u64,
 }
 
+/// Whether a chunk carries generated text (a token, about): a non-empty `content`, `text`
+/// (completions) or `reasoning_content`, or a tool call; not the role chunk OpenAI opens
+/// with, nor the finish chunk.
+fn carries_text(data: &[u8]) -> bool {
+    let non_empty = |name: &[u8]| {
+        memchr::memmem::find_iter(data, name).any(|at| data.get(at + name.len()) != Some(&b'"'))
+    };
+    non_empty(b"\"content\":\"")
+        || non_empty(b"\"text\":\"")
+        || non_empty(b"\"reasoning_content\":\"")
+        || memchr::memmem::find(data, b"\"tool_calls\":[{").is_some()
+}
+
 /// How a stream ended, as one of its events says.
 enum End {
     /// `data: [DONE]`.
@@ -300,7 +313,7 @@ impl Edit {
             if self.drop_usage {
                 return None;
             }
-        } else {
+        } else if carries_text(&data) {
             self.chunks += 1;
         }
         match answer.rewrite(&data, self.quoted_model.as_deref(), self.drop_usage) {
