@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ollama_gateway::budget::{report, store, RedbStore, SystemClock};
 use ollama_gateway::config::{Config, DEFAULT_CONFIG_PATH};
 use ollama_gateway::keys::{self, Keys};
 use ollama_gateway::limits::LimiterPool;
@@ -69,6 +70,21 @@ enum Command {
         /// unspecified address such as 0.0.0.0 probed on loopback.
         #[arg(long)]
         url: Option<String>,
+    },
+    /// Print every team's and key's token budgets: used, limit, remaining and reset time
+    /// of each window. Asks the running gateway's admin listener (GET /usage); when
+    /// nothing listens there, or the admin listener is off, reads the usage store under
+    /// `[state] dir` and the keys file. Says on stderr which source it used.
+    Usage {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The admin listener, `http://HOST:PORT` (`/usage` is appended unless the URL
+        /// ends in it); default: found as `health` finds it.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the JSON of GET /usage instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -217,6 +233,12 @@ fn health_url(url: Option<String>, config: Option<PathBuf>) -> anyhow::Result<St
             "the admin listener is off (admin.listen = \"\"), so there is no /healthz to probe: pass --url"
         );
     };
+    Ok(format!("{}/healthz", admin_base(listen)))
+}
+
+/// `http://HOST:PORT` of an admin listener bound to `listen`, an unspecified address such
+/// as 0.0.0.0 reached on loopback.
+fn admin_base(listen: std::net::SocketAddr) -> String {
     let ip = match listen.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
         std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
@@ -224,10 +246,129 @@ fn health_url(url: Option<String>, config: Option<PathBuf>) -> anyhow::Result<St
         }
         ip => ip,
     };
-    Ok(format!(
-        "http://{}/healthz",
-        std::net::SocketAddr::new(ip, listen.port())
-    ))
+    format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
+}
+
+/// `ollama-gateway usage`: the report from the running gateway, else from its store.
+fn usage(url: Option<String>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    // With --url the configuration is read only if the gateway does not answer there.
+    let (url, loaded) = match url {
+        Some(url) => {
+            let base = url.trim_end_matches('/');
+            let url = if base.ends_with("/usage") {
+                base.to_string()
+            } else {
+                format!("{base}/usage")
+            };
+            (Some(url), None)
+        }
+        None => {
+            let loaded = load_config(config.clone())?;
+            let url = loaded
+                .admin_listen
+                .map(|listen| format!("{}/usage", admin_base(listen)));
+            (url, Some(loaded))
+        }
+    };
+    let asked = match &url {
+        Some(url) => fetch_usage(url)?.map(|report| (report, url)),
+        None => None,
+    };
+    let report = match asked {
+        Some((report, url)) => {
+            eprintln!("usage from the running gateway at {url}");
+            report
+        }
+        None => {
+            let why = match &url {
+                Some(url) => format!("nothing listens at {url}"),
+                None => "the admin listener is off (admin.listen = \"\")".to_string(),
+            };
+            let config = match loaded {
+                Some(c) => c,
+                None => load_config(config)?,
+            };
+            stored_usage(&config, &why)?
+        }
+    };
+    print(|out| {
+        if json {
+            let text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
+            writeln!(out, "{text}")
+        } else {
+            out.write_all(report.table().as_bytes())
+        }
+    })
+}
+
+/// GET `url` for the usage report; `None` when nothing listens there (connection refused).
+fn fetch_usage(url: &str) -> anyhow::Result<Option<report::Report>> {
+    // awc's connector wants a process-wide TLS provider even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    actix_web::rt::System::new().block_on(async {
+        let client = awc::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .finish();
+        let mut resp = match client.get(url).send().await {
+            Ok(resp) => resp,
+            Err(awc::error::SendRequestError::Connect(awc::error::ConnectError::Io(e)))
+                if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                return Ok(None)
+            }
+            Err(e) => anyhow::bail!("{url}: {e}"),
+        };
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "{url} answered {} (a gateway without GET /usage?)",
+            resp.status()
+        );
+        let body = resp
+            .body()
+            .limit(64 << 20)
+            .await
+            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        let report = serde_json::from_slice(&body)
+            .with_context(|| format!("{url} did not answer a usage report"))?;
+        Ok(Some(report))
+    })
+}
+
+/// The report of a stopped gateway: its usage store (read-only, without the writer's
+/// lock) and its keys file, counted in its calendar.
+fn stored_usage(config: &Config, why: &str) -> anyhow::Result<report::Report> {
+    let keys = Keys::load(
+        &config.auth.keys_file,
+        config.limits,
+        Arc::new(LimiterPool::default()),
+    )?;
+    let rows = match &config.budgets.state_dir {
+        Some(dir) => {
+            let path = dir.join(store::FILE_NAME);
+            let rows = RedbStore::read_file(&path).context(
+                "cannot read the stored usage (while a gateway runs on this state directory it holds the store: ask that gateway with --url)",
+            )?;
+            eprintln!(
+                "usage from the store file {} and the keys file {} ({why})",
+                path.display(),
+                config.auth.keys_file.display()
+            );
+            rows
+        }
+        None => {
+            eprintln!(
+                "no usage is stored ([state] dir is empty: it lived in the gateway's memory) and {why}: the budgets of the keys file {} with nothing used",
+                config.auth.keys_file.display()
+            );
+            Vec::new()
+        }
+    };
+    Ok(report::from_stored(
+        &keys.table(),
+        &rows,
+        Arc::new(SystemClock),
+        config.budgets.calendar.clone(),
+    )?)
 }
 
 /// A liveness probe without curl in the image: GET `url`, succeed on 2xx.
@@ -279,6 +420,13 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
             keys_file.display(),
             keys_file.display()
         );
+    }
+    for warning in report::never_fitting(
+        &keys.table(),
+        &config.limits.tokens,
+        config.budgets.default_output_reservation,
+    ) {
+        eprintln!("warning: {warning}");
     }
     print(|out| {
         writeln!(
@@ -340,6 +488,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: CertsCommand::New { out, names, force },
         }) => return certs_new(&out, &names, force),
         Some(Command::Health { config, url }) => return health(&health_url(url, config.config)?),
+        Some(Command::Usage { config, url, json }) => return usage(url, config.config, json),
     };
     let config = load_config(config_arg.config)?;
     if !serve {

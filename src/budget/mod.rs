@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod estimate;
 mod local;
+pub mod report;
 pub mod store;
 
 use std::sync::Arc;

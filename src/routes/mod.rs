@@ -8,6 +8,7 @@ pub mod ollama;
 pub mod openai;
 pub(crate) mod routed;
 pub mod spend;
+pub mod usage;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -67,11 +68,12 @@ pub(crate) async fn method_not_allowed(
 }
 
 /// The fallback for every path no route matches.
-/// The admin listener: metrics and probes, nothing else.
+/// The admin listener: metrics, probes and the token usage report, nothing else.
 pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(health::metrics))
         .service(probe("/healthz", health::healthz))
-        .service(probe("/readyz", health::readyz));
+        .service(probe("/readyz", health::readyz))
+        .service(probe("/usage", usage::usage));
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
