@@ -569,6 +569,8 @@ struct Spent {
     charge: Option<Charge>,
     /// Content chunks streamed so far (an estimate of the tokens generated).
     generated: u64,
+    /// The counts the upstream reported so far (a stream's first event may give them).
+    so_far: Tokens,
     /// The output and context limits the gateway set on the request, for the log line.
     caps: Caps,
 }
@@ -638,10 +640,17 @@ impl RequestRecord {
         }
     }
 
-    /// Content chunks streamed so far (one token each, for an answer without counts).
-    pub fn generated(&mut self, chunks: u64) {
+    /// Whether the answer's progress is wanted ([`Self::progress`]): it settles a budget.
+    pub fn budgeted(&self) -> bool {
+        self.spent.as_ref().is_some_and(|s| s.charge.is_some())
+    }
+
+    /// Content chunks streamed so far (one token each, for an answer without counts), and
+    /// the counts reported so far: what a client that leaves now is charged.
+    pub fn progress(&mut self, chunks: u64, so_far: Tokens) {
         if let Some(spent) = &mut self.spent {
             spent.generated = chunks;
+            spent.so_far = so_far;
         }
     }
 
@@ -812,20 +821,33 @@ impl RequestRecord {
     fn settle(&mut self, status: u16, tokens: Tokens, outcome: &str) -> Option<u64> {
         let spent = self.spent.as_mut()?;
         let generated = spent.generated;
+        let so_far = spent.so_far;
         let charge = spent.charge.take()?;
         let reported = tokens.prompt.saturating_add(tokens.completion);
-        let (charged, basis) = if reported > 0 {
+        let complete = outcome == "complete" && (200..300).contains(&status);
+        let (charged, basis) = if complete && reported > 0 {
             (reported, "reported")
-        } else if outcome == "complete" && (200..300).contains(&status) {
+        } else if complete {
             let output = if self.streaming {
                 generated
             } else {
                 charge.output
             };
             (charge.prompt.saturating_add(output), "estimated")
-        } else if outcome == "client_closed" || generated > 0 {
-            // The client left, or the stream broke, after work was done.
-            (charge.prompt.saturating_add(generated), "estimated")
+        } else if outcome == "client_closed"
+            || generated > 0
+            || reported > 0
+            || so_far != Tokens::default()
+        {
+            // The client left, or the stream broke, after work was done: what the
+            // upstream reported so far (Anthropic's stream gives the input at its start),
+            // the estimate for the rest.
+            let prompt = match tokens.prompt.max(so_far.prompt) {
+                0 => charge.prompt,
+                n => n,
+            };
+            let output = tokens.completion.max(so_far.completion).max(generated);
+            (prompt.saturating_add(output), "estimated")
         } else {
             (0, "reported")
         };

@@ -229,7 +229,10 @@ where
                 if now.is_some() {
                     record.first_byte();
                 }
-                record.generated(this.transform.generated());
+                if record.budgeted() {
+                    let (so_far, _) = this.transform.report();
+                    record.progress(this.transform.generated(), so_far);
+                }
             }
             if let Some(ending) = ending {
                 match (&ending, this.upstream.take()) {
