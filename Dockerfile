@@ -29,19 +29,22 @@ RUN touch src/main.rs src/lib.rs \
 FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/ollama-gateway --shell /usr/sbin/nologin gateway \
-    && mkdir -p /etc/ollama-gateway /var/lib/ollama-gateway/certs \
+    && mkdir -p /etc/ollama-gateway /var/lib/ollama-gateway/certs /var/lib/ollama-gateway/state \
     && chown -R gateway:gateway /var/lib/ollama-gateway
 COPY --from=builder /usr/local/bin/ollama-gateway /usr/local/bin/ollama-gateway
 COPY config/gateway.toml /etc/ollama-gateway/gateway.toml
 USER gateway
 WORKDIR /var/lib/ollama-gateway
-# Inside the container: listen on all interfaces; keys and generated certificates in
-# their usual places. docker compose (or -e) can override any of these.
+# Inside the container: listen on all interfaces; keys, generated certificates and the
+# token usage store (usage.redb; the directory belongs to the runtime user, so that a
+# volume mounted there starts out writable by it) in their usual places. docker compose
+# (or -e) can override any of these.
 ENV GATEWAY_CONFIG=/etc/ollama-gateway/gateway.toml \
     GATEWAY_LISTEN=0.0.0.0:8443 \
     GATEWAY_ADMIN_LISTEN=0.0.0.0:9464 \
     GATEWAY_KEYS_FILE=/etc/ollama-gateway/keys.toml \
     GATEWAY__TLS__SELF_SIGNED_DIR=/var/lib/ollama-gateway/certs \
+    GATEWAY_STATE_DIR=/var/lib/ollama-gateway/state \
     GATEWAY_LOG_FORMAT=json
 EXPOSE 8443
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \

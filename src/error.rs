@@ -240,17 +240,12 @@ fn token_budget_message(e: &crate::budget::Exhausted) -> String {
     let when = short_duration(e.retry_in);
     if e.never_fits {
         return format!(
-            "token budget of {who} is too small for this request ({field} = {}): it reserves an estimated {} tokens (prompt plus output limit); ask for fewer output tokens (num_predict, max_tokens) or send a shorter prompt; the window resets in {when}",
+            "token budget of {who} is too small for this request ({field} = {}): it reserves an estimated {} tokens (prompt plus output limit), more than the whole window; ask for fewer output tokens (num_predict, max_tokens) or send a shorter prompt",
             e.spec.limit, e.needed
         );
     }
-    match e.spec.window {
-        crate::budget::Window::Minute => format!(
-            "token budget of {who} exhausted ({field}); room for this request's {} tokens in {when}",
-            e.needed
-        ),
-        _ => format!("token budget of {who} exhausted ({field}); resets in {when}"),
-    }
+    // The minute bucket refills continuously: "resets" is when it has room for this one.
+    format!("token budget of {who} exhausted ({field}); resets in {when}")
 }
 
 /// A wait in its two largest units, rounded up to the second: `3h12m`, `4m30s`, `12s`,

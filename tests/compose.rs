@@ -246,3 +246,47 @@ fn the_dockerfile_builds_without_buildkit() {
         }
     }
 }
+
+/// Token usage survives restarts under compose: a named volume at the gateway's state
+/// directory, which GATEWAY_STATE_DIR names, and which the image creates for its user (a
+/// fresh named volume takes the owner of the directory it is mounted on).
+#[test]
+fn the_usage_store_lives_on_a_named_volume() {
+    const STATE: &str = "/var/lib/ollama-gateway/state";
+    let c = compose();
+    let gw = &c["services"]["gateway"];
+    let env: HashMap<String, String> = env_of(gw).into_iter().collect();
+    assert_eq!(
+        env.get("GATEWAY_STATE_DIR").map(String::as_str),
+        Some(STATE)
+    );
+    let volume = gw["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|m| m.strip_suffix(&format!(":{STATE}")))
+        .expect("a volume is mounted at the state directory");
+    assert!(
+        c["volumes"].as_object().unwrap().contains_key(volume),
+        "{volume} is a named volume"
+    );
+    let dockerfile = repo("Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("GATEWAY_STATE_DIR={STATE} ")),
+        "the image points GATEWAY_STATE_DIR there too"
+    );
+    // The runtime stage: after the last FROM.
+    let runtime = dockerfile.rsplit_once("\nFROM ").unwrap().1;
+    let mkdir = runtime.lines().find(|l| l.contains("mkdir -p")).unwrap();
+    assert!(mkdir.contains(STATE), "the image creates {STATE}: {mkdir}");
+    assert!(
+        runtime.contains("chown -R gateway:gateway /var/lib/ollama-gateway"),
+        "owned by the runtime user"
+    );
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .unwrap();
+    assert_eq!(user.trim(), "gateway");
+}

@@ -14,6 +14,9 @@ use common::{ollama_stream_lines, openai_sse, FakeUpstream, Gateway, Reply, Temp
 use ollama_gateway::config::RawOpenAi;
 use serde_json::{json, Value};
 
+/// A key whose budget no request fits.
+const TIGHT_KEY: &str = "ogw_test_tight_budget_key_0123";
+
 struct Prometheus(Child);
 
 impl Drop for Prometheus {
@@ -100,6 +103,14 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data()
         );
     })
     .await;
+    // Budgets roomy enough for all the traffic below, so the budget panels have series; the
+    // second key's minute budget is smaller than any reservation, so its requests are
+    // refused with reason token_budget.
+    gw.set_keys(&format!(
+        "[[teams]]\nname = \"test\"\ntokens_per_minute = 10000000\ntokens_per_day = 1000000000\ntokens_per_month = 10000000000\n\n{}{}",
+        common::key_entry("test-key", "test", common::TEST_KEY, "tokens_per_day = 100000000"),
+        common::key_entry("tight", "test", TIGHT_KEY, "tokens_per_minute = 10"),
+    ));
 
     let dir = TempDir::new("prom");
     let port = free_port();
@@ -141,6 +152,7 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data()
             ("openai/gpt-4o-mini", common::TEST_KEY),
             ("down/x", common::TEST_KEY),
             ("llama3", "ogw_wrong"),
+            ("llama3", TIGHT_KEY),
         ] {
             let body = serde_json::to_vec(&json!({"model": model, "messages": []})).unwrap();
             gw.post_exact("/api/chat", body, &[("x-api-key", key)])
@@ -178,5 +190,10 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data()
             "no data for: {missing:#?}"
         );
     }
+    // The refusals panel shows real refusals (the tight key's), not only a zero series.
+    assert!(
+        gw.metric("gateway_rejections_total{reason=\"token_budget\"}") > 0.0,
+        "the tight key was refused for its budget"
+    );
     gw.stop().await;
 }
