@@ -769,3 +769,212 @@ async fn the_official_sdks_raise_their_rate_limit_errors() {
     assert_eq!(ollama.requests().len(), sent);
     gw.stop().await;
 }
+
+/// Opens an SSE stream of the `stall` model on `path`, reads until its last content
+/// chunk arrived, leaves; checks the fake saw the gateway drop it and the key's day window
+/// settles to the prompt estimate plus the `STALL_CHUNKS` content chunks.
+async fn leave_sse(path: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ollama = b::ollama();
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    gw.set_keys(&keys("tokens_per_day = 100000", ""));
+    let window = day(Scope::Key, "test-key", 100_000);
+    let body = json!({"model": "stall", "stream": true, "max_tokens": 500,
+        "messages": [{"role": "user", "content": "tell me a story"}]});
+    let text = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {TEST_KEY}\r\nContent-Length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    let mut tls = gw.raw_tls().await;
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("t4 ") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("stream in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "{path} closed early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(tls);
+    assert!(
+        ollama.wait_closed(Duration::from_secs(10)).await,
+        "{path}: upstream dropped"
+    );
+    let want = estimate(&body) + STALL_CHUNKS as u64;
+    settles_to(&gw, &window, want, path).await;
+    gw.stop().await;
+}
+
+/// A client leaving OpenAI's chat stream (on Ollama's `/v1`) mid-way is charged its prompt
+/// estimate plus the content chunks generated (the role chunk carries no content).
+#[actix_rt::test]
+#[ignore = "gateway bug: src/upstream/v1.rs counts the role chunk as a generated token: charged 11, not 10"]
+async fn a_client_leaving_a_v1_chat_stream_is_charged_what_was_generated() {
+    leave_sse("/v1/chat/completions").await;
+}
+
+/// A client leaving Anthropic's messages stream mid-way is charged its prompt estimate
+/// plus the text deltas generated.
+#[actix_rt::test]
+#[ignore = "gateway bug: a client leaving /v1/messages after 5 text deltas (estimate 5) is charged 15, not 10"]
+async fn a_client_leaving_a_messages_stream_is_charged_what_was_generated() {
+    leave_sse("/v1/messages").await;
+}
+
+/// An upstream error status, or no upstream at all, charges nothing, and the
+/// reservation is released.
+#[actix_rt::test]
+async fn failed_answers_charge_nothing() {
+    let ollama = b::ollama();
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    gw.set_keys(&keys("tokens_per_day = 100000", ""));
+    let window = day(Scope::Key, "test-key", 100_000);
+    let msg = json!([{"role": "user", "content": "hi"}]);
+    for (path, body) in [
+        (
+            "/api/chat",
+            json!({"model": "fail", "stream": false, "messages": msg}),
+        ),
+        ("/api/chat", json!({"model": "fail", "messages": msg})),
+        ("/api/generate", json!({"model": "fail", "prompt": "hi"})),
+        ("/api/embed", json!({"model": "fail", "input": "hi"})),
+        (
+            "/v1/chat/completions",
+            json!({"model": "fail", "messages": msg}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "fail", "stream": true, "messages": msg}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "fail", "max_tokens": 8, "messages": msg}),
+        ),
+        // No OpenAI upstream listening: a connect failure.
+        (
+            "/v1/chat/completions",
+            json!({"model": "openai/gpt-4o-mini", "messages": msg}),
+        ),
+        (
+            "/api/chat",
+            json!({"model": "openai/gpt-4o-mini", "messages": msg}),
+        ),
+    ] {
+        let (status, _, got) = post(&gw, path, &body).await;
+        assert!(status >= 500, "{path} {body}: {status} {got}");
+        settles_to(&gw, &window, 0, &format!("{path} {body}")).await;
+    }
+    gw.stop().await;
+}
+
+/// The minute bucket: spent, it refuses naming `tokens_per_minute` and when there is room
+/// again (Retry-After within the minute), then admits once that time has passed.
+#[actix_rt::test]
+async fn a_spent_minute_bucket_says_when_it_has_room_again() {
+    let ollama = b::ollama();
+    let gw = Gateway::start(Some(&ollama), None, |_| {}).await;
+    gw.set_keys(&keys("tokens_per_minute = 600", ""));
+    let body = |n: u64| {
+        json!({"model": format!("exact-{n}"), "stream": false,
+            "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 8}})
+    };
+    assert_eq!(post(&gw, "/api/chat", &body(600)).await.0, 200);
+    let (status, headers, got) = post(&gw, "/api/chat", &body(1)).await;
+    assert_eq!(status, 429, "{got}");
+    let text = got["error"].as_str().unwrap();
+    assert!(
+        text.starts_with("token budget of key test-key exhausted (tokens_per_minute); resets in "),
+        "{text}"
+    );
+    // 10 tokens at 10 a second: about a second.
+    let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=3).contains(&retry), "Retry-After {retry}");
+    let reset = header(&headers, "x-ratelimit-reset-tokens").unwrap();
+    assert!(b::go_duration(reset), "{reset}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(retry + 5);
+    loop {
+        let (status, _, _) = post(&gw, "/api/chat", &body(1)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after Retry-After"
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.stop().await;
+}
+
+/// `[limits]` token defaults apply to keys that name none; a key's own field wins.
+#[actix_rt::test]
+async fn limits_defaults_apply_to_keys_naming_no_budget() {
+    let ollama = b::ollama();
+    let gw = Gateway::start(Some(&ollama), None, |raw| {
+        raw.limits.tokens_per_day = Some(50);
+        raw.limits.max_output_tokens = Some(30);
+    })
+    .await;
+    gw.set_keys(&format!(
+        "{}{}",
+        keys("", ""),
+        key_entry("own", "test", KEY_A, "tokens_per_day = 5000")
+    ));
+    let body = json!({"model": "exact-50", "stream": false,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, headers, _) = post(&gw, "/api/chat", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ratelimit-limit-tokens"), Some("50"));
+    assert_eq!(ollama.last().json()["options"]["num_predict"], 30);
+    settles_to(&gw, &day(Scope::Key, "test-key", 50), 50, "default day").await;
+    let (status, _, got) = post(&gw, "/api/chat", &body).await;
+    assert_eq!(status, 429, "{got}");
+    assert!(
+        got["error"].as_str().unwrap().contains("(tokens_per_day)"),
+        "{got}"
+    );
+    let (status, headers, _) = post_as(&gw, KEY_A, "/api/chat", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ratelimit-limit-tokens"), Some("5000"));
+    gw.stop().await;
+}
+
+/// `check-config` warns about an output cap larger than a budget (issue 15: "check-config
+/// warns about a cap larger than a budget").
+#[test]
+#[ignore = "gateway gap: check-config prints no warning for max_output_tokens = 4096 against tokens_per_minute = 1000"]
+fn check_config_warns_about_a_cap_larger_than_a_budget() {
+    let dir = common::TempDir::new("cap-warning");
+    let keys_file = dir.0.join("keys.toml");
+    std::fs::write(
+        &keys_file,
+        keys("tokens_per_minute = 1000\nmax_output_tokens = 4096", ""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["check-config", "--config", &common::repo_config()])
+        .current_dir(&dir.0)
+        .env_clear()
+        .env("GATEWAY_KEYS_FILE", &keys_file)
+        .env("GATEWAY__TLS__SELF_SIGNED_DIR", dir.0.join("certs"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let all = format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
+    let warning = all
+        .lines()
+        .find(|l| l.contains("warning") && l.contains("max_output_tokens"))
+        .unwrap_or_else(|| panic!("no warning about the cap in:\n{all}"));
+    assert!(
+        warning.contains("test-key") && warning.contains("tokens_per_minute"),
+        "{warning}"
+    );
+}

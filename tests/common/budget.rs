@@ -24,6 +24,7 @@ pub const EMBED_EVAL: u64 = 6;
 pub const TOKENS: [&str; 3] = ["Hel", "lo", "!"];
 /// Chunks a `stall` model streams before it stops sending (and holds the connection).
 pub const STALL_CHUNKS: usize = 5;
+const STALL_TEXT: [&str; STALL_CHUNKS] = ["t0 ", "t1 ", "t2 ", "t3 ", "t4 "];
 
 /// The `done` line of an Ollama stream, reporting `prompt` and `eval` tokens.
 fn done_line(model: &str, generate: bool, prompt: u64, eval: u64) -> Value {
@@ -58,9 +59,33 @@ pub fn ollama() -> FakeUpstream {
 }
 
 fn answer(req: &Recorded) -> Reply {
+    let body = req.json();
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    if model == "fail" {
+        return Reply::json(
+            500,
+            &json!({"error": "model runner has unexpectedly stopped"}),
+        );
+    }
+    if model == "stall" && req.path == "/v1/chat/completions" {
+        let chunks = v1::chat_chunks(Flavour::Ollama, &model, &STALL_TEXT, false, false, false);
+        // The role chunk and the content chunks; no finish chunk, no [DONE].
+        return Reply::stream(
+            "text/event-stream",
+            chunks[..1 + STALL_CHUNKS].to_vec(),
+            End::Hold,
+        );
+    }
+    if model == "stall" && req.path == "/v1/messages" {
+        let events = anthropic::stream_events(&model, &STALL_TEXT, 11, 0);
+        // message_start, content_block_start, ping, then the deltas.
+        return Reply::stream(
+            "text/event-stream",
+            events[..3 + STALL_CHUNKS].to_vec(),
+            End::Hold,
+        );
+    }
     if req.path.starts_with("/v1/messages") {
-        let body = req.json();
-        let model = body["model"].as_str().unwrap_or("").to_string();
         return if body["stream"] == true {
             Reply::sse(anthropic::stream_events(&model, &["你", "好"], 11, 2))
         } else {
@@ -70,8 +95,6 @@ fn answer(req: &Recorded) -> Reply {
     if req.path.starts_with("/v1/") {
         return v1::answer(Flavour::Ollama, "/v1", req);
     }
-    let body = req.json();
-    let model = body["model"].as_str().unwrap_or("").to_string();
     // Ollama streams unless told not to.
     let stream = body["stream"] != false;
     let (prompt, eval) = match model.strip_prefix("exact-") {
