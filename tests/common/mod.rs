@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod anthropic;
 pub mod auth;
+pub mod budget;
 pub mod gen;
 pub mod skip;
 pub mod v1;
