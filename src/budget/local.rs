@@ -32,8 +32,52 @@ enum State {
 /// Where a calendar window's settled usage is stored.
 type StoredKey = (Subject, Window, i64);
 
+/// The calendar periods of an instant, valid from it until the day ends: computed once a
+/// day rather than for every window of every request (a time-zone conversion each).
+#[derive(Debug, Clone, Copy)]
+struct Periods {
+    from: Timestamp,
+    day: i64,
+    day_end: Timestamp,
+    month: i64,
+    month_end: Timestamp,
+}
+
+impl Periods {
+    fn of(calendar: &Calendar, at: Timestamp) -> Self {
+        Self {
+            from: at,
+            day: calendar.period(Window::Day, at),
+            day_end: calendar.period_end(Window::Day, at),
+            month: calendar.period(Window::Month, at),
+            month_end: calendar.period_end(Window::Month, at),
+        }
+    }
+
+    fn holds(&self, at: Timestamp) -> bool {
+        self.from <= at && at < self.day_end
+    }
+
+    fn period(&self, window: Window) -> i64 {
+        match window {
+            Window::Minute => 0,
+            Window::Day => self.day,
+            Window::Month => self.month,
+        }
+    }
+
+    fn end(&self, window: Window, now: Timestamp) -> Timestamp {
+        match window {
+            Window::Minute => now,
+            Window::Day => self.day_end,
+            Window::Month => self.month_end,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
+    periods: Option<Periods>,
     windows: HashMap<(Subject, Window), State>,
     /// Usage read from the store at start, by period, for windows not yet in `windows`.
     stored: HashMap<StoredKey, u64>,
@@ -202,11 +246,19 @@ impl Drop for Flusher {
 }
 
 impl Inner {
+    /// The calendar periods `now` is in.
+    fn periods(&mut self, calendar: &Calendar, now: Timestamp) -> Periods {
+        match self.periods {
+            Some(p) if p.holds(now) => p,
+            _ => *self.periods.insert(Periods::of(calendar, now)),
+        }
+    }
+
     /// The state of `spec`'s window at `now`: the minute bucket refilled, a calendar
     /// window moved on to the period `now` is in.
     fn state(&mut self, spec: &WindowSpec, now: Timestamp, calendar: &Calendar) -> &mut State {
         let key = (spec.subject.clone(), spec.window);
-        let period = calendar.period(spec.window, now);
+        let period = self.periods(calendar, now).period(spec.window);
         let stored = &self.stored;
         let fresh = |period: i64| match spec.window {
             Window::Minute => State::Minute { taken: 0, at: now },
@@ -279,7 +331,7 @@ impl Ledger for LocalLedger {
             let retry_in = match spec.window {
                 Window::Minute if never_fits => minute_time(used, spec.limit),
                 Window::Minute => minute_time(used.saturating_add(tokens) - spec.limit, spec.limit),
-                w => until(now, self.calendar.period_end(w, now)),
+                w => until(now, inner.periods(&self.calendar, now).end(w, now)),
             };
             return Err(Exhausted {
                 spec: spec.clone(),
@@ -317,10 +369,10 @@ impl Ledger for LocalLedger {
         let mut inner = self.lock();
         for part in hold.parts {
             let key = (part.subject, part.window);
+            let current = inner.periods(&self.calendar, now).period(part.window);
             let Some(state) = inner.windows.get_mut(&key) else {
                 continue;
             };
-            let current = self.calendar.period(part.window, now);
             let changed = match state {
                 State::Minute { taken, .. } => {
                     *taken = taken.saturating_sub(hold.tokens).saturating_add(tokens);
@@ -362,7 +414,7 @@ impl Ledger for LocalLedger {
                 let used = used(&state);
                 let resets_at = match spec.window {
                     Window::Minute => after(now, minute_time(used, spec.limit)),
-                    w => self.calendar.period_end(w, now),
+                    w => inner.periods(&self.calendar, now).end(w, now),
                 };
                 WindowState {
                     spec: spec.clone(),
