@@ -12,6 +12,7 @@ instructions per request. The profile is left in the output directory for callgr
         --example bench_client --example bare_proxy
     python3 scripts/instructions.py              # the gateway
     python3 scripts/instructions.py --bare       # the required stack alone
+    python3 scripts/instructions.py --budgets    # the gateway, token budgets of key and team on
 
 Needs valgrind, nginx and taskset (Debian: apt-get install valgrind nginx-light util-linux).
 Standard library only.
@@ -34,12 +35,14 @@ import bench as B  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bare", action="store_true", help="measure examples/bare_proxy.rs instead of the gateway")
+    ap.add_argument("--budgets", action="store_true",
+                    help="the gateway with token budgets on the bench key and its team (bench.py's S3 budgets)")
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--out", default=None, help="directory for the callgrind profile (default: a temporary one)")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="ogw-callgrind-"))
     out.mkdir(parents=True, exist_ok=True)
-    bench = B.Bench(argparse.Namespace(debug=False))
+    bench = B.Bench(argparse.Namespace(debug=False, baseline=None, baseline_label=None))
     wrapper = out / "under-callgrind.sh"
     target = bench.bare_bin if args.bare else bench.gateway_bin
     wrapper.write_text("#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no "
@@ -58,7 +61,7 @@ def main():
             headers = {"Content-Type": "application/json"}
         else:
             bench.gateway_bin = wrapper
-            proc = bench.start_gateway("all-on")
+            proc = bench.start_gateway("all-on", bench.keys_budgets if args.budgets else None)
             port = proc.port
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {B.BENCH_KEY}"}
         ctx = ssl.create_default_context(cafile=str(bench.ca))
@@ -88,7 +91,8 @@ def main():
             profile = f
     if not total:
         sys.exit("no callgrind dump found")
-    print(f"{'bare proxy' if args.bare else 'gateway'}: {total / args.requests:,.0f} instructions per request "
+    what = "bare proxy" if args.bare else "gateway with token budgets" if args.budgets else "gateway"
+    print(f"{what}: {total / args.requests:,.0f} instructions per request "
           f"({args.requests} requests; profile: {profile})")
 
 

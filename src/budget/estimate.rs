@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use crate::translate::v1::Key;
+
 /// Bytes of text a token is estimated at.
 pub const BYTES_PER_TOKEN: u64 = 4;
 
@@ -83,7 +85,8 @@ impl<'de> Visitor<'de> for Text {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
         let mut n = 0u64;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        // Keys borrowed from the body (a `Cow` would be an owned copy of each).
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let seed = Text {
                 skip: self.skip || skipped(&key),
             };

@@ -3,7 +3,6 @@
 //! requests against room for k admit exactly k, whichever worker they run on), and the
 //! day and month usage written to a [`UsageStore`] in batches by [`LocalLedger::flush`].
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +27,10 @@ enum State {
         reserved: u64,
     },
 }
+
+/// Maps looked up several times a request: foldhash, not SipHash (their keys are names
+/// from the keys file, never text a client chose).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Where a calendar window's settled usage is stored.
 type StoredKey = (Subject, Window, i64);
