@@ -359,8 +359,7 @@ impl Ledger for LocalLedger {
                 }
             };
             parts.push(HoldPart {
-                subject: spec.subject.clone(),
-                window: spec.window,
+                spec: spec.clone(),
                 period,
             });
         }
@@ -371,11 +370,9 @@ impl Ledger for LocalLedger {
         let now = self.clock.now();
         let mut inner = self.lock();
         for part in hold.parts {
-            let key = (part.subject, part.window);
-            let current = inner.periods(&self.calendar, now).period(part.window);
-            let Some(state) = inner.windows.get_mut(&key) else {
-                continue;
-            };
+            // The window as it is now: a calendar one that moved on since the reservation
+            // starts its new period from the store, without the reservation.
+            let state = inner.state(&part.spec, now, &self.calendar);
             let changed = match state {
                 State::Minute { taken, .. } => {
                     *taken = taken.saturating_sub(hold.tokens).saturating_add(tokens);
@@ -386,13 +383,7 @@ impl Ledger for LocalLedger {
                     settled,
                     reserved,
                 } => {
-                    if *period != current {
-                        // Moved on since the reservation: the new period starts from its
-                        // stored usage (none, unless another process wrote it).
-                        *period = current;
-                        *settled = 0;
-                        *reserved = 0;
-                    } else if *period == part.period {
+                    if *period == part.period {
                         *reserved = reserved.saturating_sub(hold.tokens);
                     }
                     // Tokens count in the period they became known in.
@@ -401,7 +392,9 @@ impl Ledger for LocalLedger {
                 }
             };
             if let Some((period, settled)) = changed {
-                let (subject, window) = key;
+                let WindowSpec {
+                    subject, window, ..
+                } = part.spec;
                 inner.dirty.insert((subject, window, period), settled);
             }
         }

@@ -129,8 +129,7 @@ pub struct Hold {
 
 #[derive(Debug)]
 pub(crate) struct HoldPart {
-    pub(crate) subject: Subject,
-    pub(crate) window: Window,
+    pub(crate) spec: WindowSpec,
     /// The calendar period the reservation was counted in (0 for the minute bucket).
     pub(crate) period: i64,
 }
