@@ -622,6 +622,15 @@ impl TokenLimits {
         ]
     }
 
+    /// The budgets per minute, per day and per month, in the order of `budget::Window::ALL`.
+    pub fn windows(&self) -> [Option<u64>; 3] {
+        [
+            self.tokens_per_minute,
+            self.tokens_per_day,
+            self.tokens_per_month,
+        ]
+    }
+
     /// Refuses a 0 (write nothing for unlimited); `within` names where the values are.
     pub fn check(&self, within: &str) -> Result<(), String> {
         match self.fields().iter().find(|(_, v)| *v == Some(0)) {

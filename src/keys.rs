@@ -359,22 +359,18 @@ fn parse_teams(entries: &[TeamEntry]) -> Result<TeamWindows, String> {
         if teams.iter().any(|(name, _)| **name == *entry.name) {
             return Err(at("the team is listed twice".into()));
         }
-        let values = [
-            entry.tokens_per_minute,
-            entry.tokens_per_day,
-            entry.tokens_per_month,
-        ];
-        if let Some(w) = Window::ALL.iter().zip(values).find(|(_, v)| *v == Some(0)) {
-            return Err(at(format!(
-                "{} must be greater than 0 (leave it out for no limit)",
-                w.0.field()
-            )));
-        }
+        let budgets = TokenLimits {
+            tokens_per_minute: entry.tokens_per_minute,
+            tokens_per_day: entry.tokens_per_day,
+            tokens_per_month: entry.tokens_per_month,
+            ..TokenLimits::default()
+        };
+        budgets.check("").map_err(at)?;
         let subject = Subject {
             scope: Scope::Team,
             name: entry.name.as_str().into(),
         };
-        let windows = windows_of(&subject, values).collect();
+        let windows = windows_of(&subject, budgets.windows()).collect();
         teams.push((subject.name, windows));
     }
     Ok(teams)
@@ -452,15 +448,7 @@ fn identity(
         scope: Scope::Key,
         name: Arc::clone(&id),
     };
-    let mut windows: Vec<WindowSpec> = windows_of(
-        &own,
-        [
-            tokens.tokens_per_minute,
-            tokens.tokens_per_day,
-            tokens.tokens_per_month,
-        ],
-    )
-    .collect();
+    let mut windows: Vec<WindowSpec> = windows_of(&own, tokens.windows()).collect();
     if let Some((_, team_windows)) = teams.iter().find(|(name, _)| **name == *team) {
         windows.extend(team_windows.iter().cloned());
     }

@@ -993,13 +993,7 @@ impl prometheus::core::Collector for BudgetGauges {
         }
         let keys: Vec<IntGaugeVec> = KEY_GAUGES.iter().map(|(n, h)| key_vec(n, h)).collect();
         for identity in table.identities() {
-            let own: Vec<_> = identity
-                .budget
-                .windows
-                .iter()
-                .filter(|w| w.subject.scope == crate::budget::Scope::Key)
-                .cloned()
-                .collect();
+            let own: Vec<_> = identity.budget.own().cloned().collect();
             for state in self.ledger.read(&own) {
                 let labels = [&*identity.id, &*identity.team, state.spec.window.field()];
                 let values = [state.used, state.spec.limit, state.remaining()];

@@ -158,6 +158,13 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// The identity's own windows (not its team's, which come after them).
+    pub fn own(&self) -> impl Iterator<Item = &WindowSpec> {
+        self.windows
+            .iter()
+            .filter(|w| w.subject.scope == Scope::Key)
+    }
+
     /// Whether requests of this identity are counted against any window.
     pub fn is_limited(&self) -> bool {
         !self.windows.is_empty()

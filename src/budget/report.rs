@@ -47,14 +47,7 @@ pub fn build(table: &KeyTable, ledger: &dyn super::Ledger) -> Report {
         report.keys.insert(identity.id.to_string(), Windows::new());
         // An identity's windows are its own, then its team's: the team's are reported
         // under the team.
-        specs.extend(
-            identity
-                .budget
-                .windows
-                .iter()
-                .filter(|s| s.subject.scope == Scope::Key)
-                .cloned(),
-        );
+        specs.extend(identity.budget.own().cloned());
     }
     for state in ledger.read(&specs) {
         let section = match state.spec.subject.scope {
@@ -179,13 +172,8 @@ pub fn never_fitting(
     default_reservation: u64,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
-    let default_windows = [
-        (Window::Minute, defaults.tokens_per_minute),
-        (Window::Day, defaults.tokens_per_day),
-        (Window::Month, defaults.tokens_per_month),
-    ];
     if let Some(cap) = defaults.max_output_tokens {
-        for (window, limit) in default_windows {
+        for (window, limit) in Window::ALL.into_iter().zip(defaults.windows()) {
             if let Some(limit) = limit.filter(|l| cap > *l) {
                 warnings.push(format!(
                     "[limits]: a request asking for its whole output cap (max_output_tokens = {cap}) can never fit {} = {limit} of a key that names neither",
