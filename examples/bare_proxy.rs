@@ -1,13 +1,15 @@
 //! The required HTTP stack alone, as a reference point for the load harness: actix-web with
 //! rustls in front, the gateway's own awc client behind (same pool, TCP_NODELAY, allocator),
 //! one worker, and nothing else: no key, no limits, no allowlist, no metrics, no log, no
-//! JSON parsing. `POST /api/chat` goes to `--upstream` as is and the answer comes back
-//! whole. What the gateway costs on top of this is what its features cost.
+//! JSON parsing. A `POST` to any path goes to the same path of `--upstream` as is, and the
+//! answer comes back whole, so every endpoint the harness loads (`/api/chat`,
+//! `/api/generate`, `/v1/chat/completions`) has its bare figure. What the gateway costs on
+//! top of this is what its features cost.
 //!
 //! ```text
 //! cargo run --release --example bare_proxy -- --listen 127.0.0.1:8443 \
 //!     --cert certs/server.pem --key certs/server-key.pem \
-//!     --upstream http://127.0.0.1:11434/api/chat
+//!     --upstream http://127.0.0.1:11434
 //! ```
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
 
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::Uri;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use clap::Parser;
 use ollama_gateway::config::Timeouts;
 use ollama_gateway::upstream::{build_client, client_tls};
@@ -34,18 +36,25 @@ struct Args {
     cert: PathBuf,
     #[arg(long)]
     key: PathBuf,
-    /// The upstream chat URL, plain HTTP.
+    /// The upstream's base URL, plain HTTP (`http://host:port`).
     #[arg(long)]
-    upstream: Uri,
+    upstream: String,
 }
 
-async fn chat(
+/// `http://host:port` of the upstream, to which each request's path is appended.
+struct Upstream(String);
+
+async fn forward(
+    req: HttpRequest,
     body: web::Bytes,
-    upstream: web::Data<Uri>,
+    upstream: web::Data<Upstream>,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
+    let Ok(uri) = Uri::try_from(format!("{}{}", upstream.0, req.path())) else {
+        return HttpResponse::BadRequest().finish();
+    };
     let sent = client
-        .post((**upstream).clone())
+        .post(uri)
         .insert_header(("content-type", "application/json"))
         .send_body(body)
         .await;
@@ -79,7 +88,7 @@ fn main() -> std::io::Result<()> {
         idle: Duration::from_secs(300),
         total: Duration::from_secs(600),
     };
-    let upstream = web::Data::new(args.upstream);
+    let upstream = web::Data::new(Upstream(args.upstream.trim_end_matches('/').to_string()));
     let client_tls = client_tls();
     actix_web::rt::System::new().block_on(async move {
         let server = HttpServer::new(move || {
@@ -89,7 +98,7 @@ fn main() -> std::io::Result<()> {
                     &timeouts,
                     Arc::clone(&client_tls),
                 )))
-                .route("/api/chat", web::post().to(chat))
+                .default_service(web::post().to(forward))
         })
         .workers(1)
         .tcp_nodelay(true)
