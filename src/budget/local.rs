@@ -324,28 +324,38 @@ impl Ledger for LocalLedger {
     fn reserve(&self, windows: &[WindowSpec], tokens: u64) -> Result<Hold, Exhausted> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        for spec in windows {
-            let state = *inner.state(spec, now, &self.calendar);
-            let used = used(&state);
-            let never_fits = tokens > spec.limit;
-            if !never_fits && used.saturating_add(tokens) <= spec.limit {
-                continue;
-            }
-            let retry_in = match spec.window {
-                Window::Minute if never_fits => minute_time(used, spec.limit),
-                Window::Minute => minute_time(used.saturating_add(tokens) - spec.limit, spec.limit),
-                w => until(now, inner.periods(&self.calendar, now).end(w, now)),
-            };
-            return Err(Exhausted {
-                spec: spec.clone(),
-                needed: tokens,
-                never_fits,
-                retry_in,
-            });
-        }
-        let mut parts = Vec::with_capacity(windows.len());
-        for spec in windows {
+        let mut parts: Vec<HoldPart> = Vec::with_capacity(windows.len());
+        // The window with the least room once this reservation is in: (its index, its use).
+        let mut tightest: Option<(usize, u64)> = None;
+        // One look at each window: taken when it has room, and the ones already taken put
+        // back when a later one has none (refusals are the rare path).
+        for (i, spec) in windows.iter().enumerate() {
             let state = inner.state(spec, now, &self.calendar);
+            let used = used(state);
+            let never_fits = tokens > spec.limit;
+            if never_fits || used.saturating_add(tokens) > spec.limit {
+                for part in &parts {
+                    match inner.state(&part.spec, now, &self.calendar) {
+                        State::Minute { taken, .. } => *taken = taken.saturating_sub(tokens),
+                        State::Calendar { reserved, .. } => {
+                            *reserved = reserved.saturating_sub(tokens);
+                        }
+                    }
+                }
+                let retry_in = match spec.window {
+                    Window::Minute if never_fits => minute_time(used, spec.limit),
+                    Window::Minute => {
+                        minute_time(used.saturating_add(tokens) - spec.limit, spec.limit)
+                    }
+                    w => until(now, inner.periods(&self.calendar, now).end(w, now)),
+                };
+                return Err(Exhausted {
+                    spec: spec.clone(),
+                    needed: tokens,
+                    never_fits,
+                    retry_in,
+                });
+            }
             let period = match state {
                 State::Minute { taken, .. } => {
                     *taken = taken.saturating_add(tokens);
@@ -358,12 +368,33 @@ impl Ledger for LocalLedger {
                     *period
                 }
             };
+            let after = used.saturating_add(tokens);
+            let room = spec.limit.saturating_sub(after);
+            if tightest.is_none_or(|(j, u)| room < windows[j].limit.saturating_sub(u)) {
+                tightest = Some((i, after));
+            }
             parts.push(HoldPart {
                 spec: spec.clone(),
                 period,
             });
         }
-        Ok(Hold { tokens, parts })
+        let tightest = tightest.map(|(i, used)| {
+            let spec = &windows[i];
+            let resets_at = match spec.window {
+                Window::Minute => after(now, minute_time(used, spec.limit)),
+                w => inner.periods(&self.calendar, now).end(w, now),
+            };
+            WindowState {
+                spec: spec.clone(),
+                used,
+                resets_at,
+            }
+        });
+        Ok(Hold {
+            tokens,
+            parts,
+            tightest,
+        })
     }
 
     fn settle(&self, hold: Hold, tokens: u64) {
@@ -424,7 +455,7 @@ impl Ledger for LocalLedger {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ManualClock, MemoryStore, Scope};
+    use super::super::{Budget, ManualClock, MemoryStore, Scope};
     use super::*;
 
     fn ts(s: &str) -> Timestamp {
@@ -503,8 +534,12 @@ mod tests {
             spec(Scope::Team, "t", Window::Day, 150),
         ];
         let a = l.reserve(&w, 100).unwrap();
+        // The tightest window once the reservation is in: what a read would pick.
+        assert_eq!(a.tightest.as_ref(), Budget::tightest(&l.read(&w)));
+        assert_eq!(a.tightest.as_ref().unwrap().remaining(), 50);
         let err = l.reserve(&w, 100).unwrap_err();
         assert_eq!(err.spec.subject.scope, Scope::Team);
+        // The key's day, taken before the team's refused, was given back.
         let states = l.read(&w);
         assert_eq!((states[0].used, states[1].used), (100, 100));
         // An overrun is charged; later requests wait.

@@ -125,6 +125,10 @@ pub struct Hold {
     /// The tokens reserved.
     pub tokens: u64,
     pub(crate) parts: Vec<HoldPart>,
+    /// The window with the least room left once this reservation is in (the one
+    /// `Budget::tightest` would pick from a read just after it), for the answer's
+    /// `x-ratelimit-*-tokens`: one look at the ledger instead of a second read.
+    pub tightest: Option<WindowState>,
 }
 
 #[derive(Debug)]

@@ -16,10 +16,10 @@ use bytes::Bytes;
 
 use std::sync::Arc;
 
-use actix_web::web;
+use actix_web::{web, HttpMessage as _};
 
 use crate::budget::clock::until;
-use crate::budget::{Budget, Ledger};
+use crate::budget::{Budget, Ledger, WindowState};
 use crate::error::{go_duration, Api, GatewayError, RatePolicy};
 use crate::keys::ApiKey;
 use crate::limits::{self, InFlight};
@@ -117,6 +117,12 @@ const X_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-to
 const X_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
+/// The window of a request's own reservation with the least room once it was in
+/// ([`crate::budget::Hold::tightest`]), put in its extensions by the route that reserved:
+/// what its answer's `x-ratelimit-*-tokens` say, without reading the ledger again.
+#[derive(Debug, Clone)]
+pub struct ReservedTokens(pub WindowState);
+
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-tokens` for the window of `key`'s token
 /// budgets (its own and its team's) with the least room left now: its limit, what is left,
 /// and the time until it resets (a Go duration: `1s`, `6m0s`).
@@ -127,22 +133,22 @@ pub fn add_token_headers(
     now: jiff::Timestamp,
 ) {
     let states = ledger.read(&key.budget.windows);
-    let Some(tightest) = Budget::tightest(&states) else {
-        return;
-    };
+    if let Some(tightest) = Budget::tightest(&states) {
+        put_token_headers(headers, tightest, now);
+    }
+}
+
+/// The three `x-ratelimit-*-tokens` of `window` at `now`.
+pub fn put_token_headers(headers: &mut HeaderMap, window: &WindowState, now: jiff::Timestamp) {
     let mut n = itoa::Buffer::new();
-    let values = [
-        (X_LIMIT_TOKENS, n.format(tightest.spec.limit).to_string()),
-        (
-            X_REMAINING_TOKENS,
-            n.format(tightest.remaining()).to_string(),
-        ),
-        (X_RESET_TOKENS, go_duration(until(now, tightest.resets_at))),
-    ];
-    for (name, value) in values {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(name, v);
-        }
+    if let Ok(v) = HeaderValue::from_str(n.format(window.spec.limit)) {
+        headers.insert(X_LIMIT_TOKENS, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(n.format(window.remaining())) {
+        headers.insert(X_REMAINING_TOKENS, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(go_duration(until(now, window.resets_at))) {
+        headers.insert(X_RESET_TOKENS, v);
     }
 }
 
@@ -165,9 +171,17 @@ impl Admission {
             }
         }
         if let Some(key) = &self.budgeted {
+            let reserved = res.request().extensions_mut().remove::<ReservedTokens>();
             if let Some(state) = res.request().app_data::<web::Data<AppState>>().cloned() {
                 let now = state.local_ledger.now();
-                add_token_headers(res.headers_mut(), key, &*state.ledger, now);
+                match reserved {
+                    Some(ReservedTokens(window)) => {
+                        put_token_headers(res.headers_mut(), &window, now)
+                    }
+                    // Refused before reserving (a token 429 among them), or a route that
+                    // spends nothing: the ledger as it is.
+                    None => add_token_headers(res.headers_mut(), key, &*state.ledger, now),
+                }
             }
         }
         match self.slot {

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use crate::catalog::{self, Route};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::{Charge, RequestRecord};
+use crate::middleware::rate_limit::ReservedTokens;
 use crate::routes::spend::Spend;
 use crate::state::AppState;
 use crate::upstream::{self, openai};
@@ -87,12 +88,16 @@ pub fn admit<'a>(
     let key = super::ollama::key(req);
     super::ollama::may_use(key.as_deref(), model)?;
     let hold = match key.as_deref().map(|k| &k.budget) {
-        Some(budget) if budget.is_limited() => Some(
-            state
+        Some(budget) if budget.is_limited() => {
+            let mut hold = state
                 .ledger
                 .reserve(&budget.windows, spend.tokens())
-                .map_err(|e| GatewayError::TokenBudget(Box::new(e)))?,
-        ),
+                .map_err(|e| GatewayError::TokenBudget(Box::new(e)))?;
+            if let Some(window) = hold.tightest.take() {
+                req.extensions_mut().insert(ReservedTokens(window));
+            }
+            Some(hold)
+        }
         _ => None,
     };
     let config = &*state.config;
