@@ -257,6 +257,26 @@ impl Inner {
         }
     }
 
+    /// What a read of `spec`'s window says at `now` when `used` of it is taken: when the
+    /// minute bucket is full again, or when the calendar period ends.
+    fn window_state(
+        &mut self,
+        spec: &WindowSpec,
+        used: u64,
+        now: Timestamp,
+        calendar: &Calendar,
+    ) -> WindowState {
+        let resets_at = match spec.window {
+            Window::Minute => after(now, minute_time(used, spec.limit)),
+            w => self.periods(calendar, now).end(w, now),
+        };
+        WindowState {
+            spec: spec.clone(),
+            used,
+            resets_at,
+        }
+    }
+
     /// The state of `spec`'s window at `now`: the minute bucket refilled, a calendar
     /// window moved on to the period `now` is in.
     fn state(&mut self, spec: &WindowSpec, now: Timestamp, calendar: &Calendar) -> &mut State {
@@ -325,8 +345,9 @@ impl Ledger for LocalLedger {
         let now = self.clock.now();
         let mut inner = self.lock();
         let mut parts: Vec<HoldPart> = Vec::with_capacity(windows.len());
-        // The window with the least room once this reservation is in: (its index, its use).
-        let mut tightest: Option<(usize, u64)> = None;
+        // The window with the least room once this reservation is in: (its index, its use,
+        // its room).
+        let mut tightest: Option<(usize, u64, u64)> = None;
         // One look at each window: taken when it has room, and the ones already taken put
         // back when a later one has none (refusals are the rare path).
         for (i, spec) in windows.iter().enumerate() {
@@ -370,26 +391,16 @@ impl Ledger for LocalLedger {
             };
             let after = used.saturating_add(tokens);
             let room = spec.limit.saturating_sub(after);
-            if tightest.is_none_or(|(j, u)| room < windows[j].limit.saturating_sub(u)) {
-                tightest = Some((i, after));
+            if tightest.is_none_or(|(_, _, least)| room < least) {
+                tightest = Some((i, after, room));
             }
             parts.push(HoldPart {
                 spec: spec.clone(),
                 period,
             });
         }
-        let tightest = tightest.map(|(i, used)| {
-            let spec = &windows[i];
-            let resets_at = match spec.window {
-                Window::Minute => after(now, minute_time(used, spec.limit)),
-                w => inner.periods(&self.calendar, now).end(w, now),
-            };
-            WindowState {
-                spec: spec.clone(),
-                used,
-                resets_at,
-            }
-        });
+        let tightest =
+            tightest.map(|(i, used, _)| inner.window_state(&windows[i], used, now, &self.calendar));
         Ok(Hold {
             tokens,
             parts,
@@ -437,17 +448,8 @@ impl Ledger for LocalLedger {
         windows
             .iter()
             .map(|spec| {
-                let state = *inner.state(spec, now, &self.calendar);
-                let used = used(&state);
-                let resets_at = match spec.window {
-                    Window::Minute => after(now, minute_time(used, spec.limit)),
-                    w => inner.periods(&self.calendar, now).end(w, now),
-                };
-                WindowState {
-                    spec: spec.clone(),
-                    used,
-                    resets_at,
-                }
+                let used = used(inner.state(spec, now, &self.calendar));
+                inner.window_state(spec, used, now, &self.calendar)
             })
             .collect()
     }
