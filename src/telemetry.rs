@@ -12,9 +12,9 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderMap;
 use actix_web::{Error, HttpMessage as _};
 use tracing::field::{Field, Visit};
-use tracing::{Event, Span, Subscriber};
+use tracing::{Event, Level, Span, Subscriber};
 use tracing_actix_web::RootSpanBuilder;
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
@@ -56,6 +56,7 @@ pub fn init(log: &RawLog, rust_log: Option<&str>) -> WorkerGuard {
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("log-writer")
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    let direct = writer.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -63,12 +64,166 @@ pub fn init(log: &RawLog, rust_log: Option<&str>) -> WorkerGuard {
         .with_ansi(ansi);
     let result = match log.format {
         // Request lines carry their request id themselves: no span data per line.
-        LogFormat::Json => builder.event_format(JsonLine).try_init(),
+        LogFormat::Json => {
+            let result = builder.event_format(JsonLine).try_init();
+            if result.is_ok() {
+                let _ = DIRECT.set(direct);
+            }
+            result
+        }
         LogFormat::Text => builder.try_init(),
     };
     // A second init (tests) keeps the first subscriber.
     drop(result);
     guard
+}
+
+/// The log queue, when the global subscriber writes JSON: [`request_line`] writes there.
+static DIRECT: OnceLock<NonBlocking> = OnceLock::new();
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as `humantime::format_rfc3339_micros` writes it.
+const STAMP_LEN: usize = 27;
+
+thread_local! {
+    /// The second a thread last stamped, and its `YYYY-MM-DDTHH:MM:SS`: a line's timestamp
+    /// is that and its microseconds, without a calendar conversion per line.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// The current time in RFC 3339 UTC with microseconds: the same text as tracing-subscriber's
+/// default timer and `humantime::format_rfc3339_micros`.
+fn timestamp() -> [u8; STAMP_LEN] {
+    stamp_at(std::time::SystemTime::now())
+}
+
+fn stamp_at(now: std::time::SystemTime) -> [u8; STAMP_LEN] {
+    let mut out = [0u8; STAMP_LEN];
+    let Ok(since) = now.duration_since(std::time::UNIX_EPOCH) else {
+        let text = humantime::format_rfc3339_micros(now).to_string();
+        let n = text.len().min(STAMP_LEN);
+        out[..n].copy_from_slice(&text.as_bytes()[..n]);
+        return out;
+    };
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let text = humantime::format_rfc3339_seconds(now).to_string();
+            cached.1.copy_from_slice(&text.as_bytes()[..19]);
+            cached.0 = secs;
+        }
+        out[..19].copy_from_slice(&cached.1);
+    });
+    out[19] = b'.';
+    let mut micros = since.subsec_micros();
+    for slot in out[20..26].iter_mut().rev() {
+        *slot = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out[26] = b'Z';
+    out
+}
+
+/// The fields of a line [`request_line`] writes, each appended as `,"name":value`. Names are
+/// the caller's literals (plain ASCII, written as they are); values are escaped by serde_json,
+/// as [`JsonLine`] escapes them. An absent optional field is left out, as tracing leaves out
+/// a `None`.
+pub struct LineFields<'a> {
+    line: &'a mut Vec<u8>,
+}
+
+impl LineFields<'_> {
+    fn name(&mut self, name: &'static str) {
+        debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.line.extend_from_slice(b",\"");
+        self.line.extend_from_slice(name.as_bytes());
+        self.line.extend_from_slice(b"\":");
+    }
+
+    pub fn str(&mut self, name: &'static str, value: &str) {
+        self.name(name);
+        // Into a Vec: cannot fail.
+        let _ = serde_json::to_writer(&mut *self.line, value);
+    }
+
+    pub fn u64(&mut self, name: &'static str, value: u64) {
+        self.name(name);
+        self.line
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// Not finite (no JSON number for it): `null`, as [`JsonLine`] writes it.
+    pub fn f64(&mut self, name: &'static str, value: f64) {
+        self.name(name);
+        let _ = serde_json::to_writer(&mut *self.line, &value);
+    }
+
+    pub fn opt_str(&mut self, name: &'static str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.str(name, value);
+        }
+    }
+
+    pub fn opt_u64(&mut self, name: &'static str, value: Option<u64>) {
+        if let Some(value) = value {
+            self.u64(name, value);
+        }
+    }
+
+    pub fn opt_f64(&mut self, name: &'static str, value: Option<f64>) {
+        if let Some(value) = value {
+            self.f64(name, value);
+        }
+    }
+}
+
+/// Writes the line `{"timestamp":..,"level":..,"message":..` and `fill`'s fields straight
+/// into the log queue: the same bytes [`JsonLine`] makes of the same event, without tracing's
+/// dispatch and field visitors, for the one line of every request. The caller checks that its
+/// level is enabled (`tracing::enabled!`, which asks the filter). Returns false, writing
+/// nothing, when the log is not JSON: the caller logs through tracing then.
+pub fn request_line(
+    level: Level,
+    message: &'static str,
+    fill: impl FnOnce(&mut LineFields<'_>),
+) -> bool {
+    let Some(writer) = DIRECT.get() else {
+        return false;
+    };
+    let write = |line: &mut Vec<u8>| {
+        format_line(line, level, message, fill);
+        // The queue takes whole lines; it never fails but when its writer thread is gone.
+        let _ = std::io::Write::write_all(&mut writer.clone(), line);
+    };
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => {
+            let line = &mut buffers.0;
+            write(line);
+            if line.capacity() > LINE_KEEP_BYTES {
+                *line = Vec::new();
+            }
+        }
+        Err(_) => write(&mut Vec::new()),
+    });
+    true
+}
+
+fn format_line(
+    line: &mut Vec<u8>,
+    level: Level,
+    message: &'static str,
+    fill: impl FnOnce(&mut LineFields<'_>),
+) {
+    line.clear();
+    line.extend_from_slice(b"{\"timestamp\":\"");
+    line.extend_from_slice(&timestamp());
+    line.extend_from_slice(b"\",\"level\":\"");
+    line.extend_from_slice(level.as_str().as_bytes());
+    line.extend_from_slice(b"\"");
+    let mut fields = LineFields { line };
+    fields.str("message", message);
+    fill(&mut fields);
+    line.extend_from_slice(b"}\n");
 }
 
 /// One JSON object per event: `timestamp`, `level`, then the event's fields in the order
@@ -101,10 +256,11 @@ where
     ) -> fmt::Result {
         // The same RFC 3339 UTC form as tracing-subscriber's default timer, formatted in
         // one piece.
-        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        let now = timestamp();
         write!(
             writer,
-            "{{\"timestamp\":\"{now}\",\"level\":\"{}\"",
+            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
+            std::str::from_utf8(&now).map_err(|_| fmt::Error)?,
             event.metadata().level()
         )?;
         let mut fields = |line: &mut Vec<u8>, scratch: &mut String| {
@@ -352,6 +508,72 @@ mod tests {
         assert_eq!(second["level"], "WARN");
         assert_eq!(second["message"], "second 2");
         assert_eq!(second["list"], "[\"a\"]");
+    }
+
+    #[test]
+    fn stamps_are_humantimes_microseconds() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let base = UNIX_EPOCH + Duration::new(1_764_745_199, 999_999_999);
+        // The same second twice (the cached part), the next, a day later, and whole seconds.
+        for t in [
+            base,
+            base - Duration::from_micros(250_001),
+            base + Duration::from_nanos(1),
+            base + Duration::new(86_400, 123_456_789),
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::from_micros(7),
+            std::time::SystemTime::now(),
+        ] {
+            let ours = stamp_at(t);
+            let theirs = humantime::format_rfc3339_micros(t).to_string();
+            assert_eq!(std::str::from_utf8(&ours).unwrap(), theirs);
+        }
+    }
+
+    #[test]
+    fn request_lines_are_the_bytes_json_line_writes() {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLine)
+            .with_writer(out.clone())
+            .finish();
+        let tricky = "quote \" backslash \\ newline \n control \u{1} non-ascii \u{e9}";
+        let none: Option<f64> = None;
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                request_id = "r-1",
+                model = tricky,
+                status = 502u16,
+                duration_ms = 0.25f64,
+                ttfb_ms = none,
+                nan = f64::NAN,
+                charged_tokens = Some(7u64),
+                output_cap = None::<u64>,
+                error = Some("upstream \"x\" failed"),
+                "request"
+            );
+        });
+        let traced = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let mut direct = Vec::new();
+        format_line(&mut direct, Level::WARN, "request", |line| {
+            line.str("request_id", "r-1");
+            line.str("model", tricky);
+            line.u64("status", 502);
+            line.f64("duration_ms", 0.25);
+            line.opt_f64("ttfb_ms", None);
+            line.f64("nan", f64::NAN);
+            line.opt_u64("charged_tokens", Some(7));
+            line.opt_u64("output_cap", None);
+            line.opt_str("error", Some("upstream \"x\" failed"));
+        });
+        let direct = String::from_utf8(direct).unwrap();
+        // Past the timestamp (its own test above), byte for byte.
+        let after = |line: &str| line[line.find("\"level\"").unwrap()..].to_string();
+        assert_eq!(after(&direct), after(&traced), "{direct}{traced}");
+        assert!(direct.ends_with("}\n") && direct.lines().count() == 1);
+        let parsed: serde_json::Value = serde_json::from_str(&direct).unwrap();
+        assert_eq!(parsed["model"], tricky);
+        assert!(parsed.get("ttfb_ms").is_none() && parsed["nan"].is_null());
     }
 
     #[test]
