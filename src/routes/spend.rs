@@ -213,16 +213,19 @@ impl<'a> Read<'a> {
     }
 }
 
-/// Whether `body` may name `within` or one of `names`: anything not plain ASCII without
-/// escapes may (an escaped or case-folded key is still the key to a Go decoder).
+/// Whether `body` may name one of `names` where they are read: anything not plain ASCII
+/// without escapes may (an escaped or case-folded key is still the key to a Go decoder).
+/// Names read in the object `within` cannot be set by a body that never names `within`.
 fn may_name(body: &[u8], within: Option<&str>, names: &[&str]) -> bool {
     if !body.is_ascii() || memchr::memchr(b'\\', body).is_some() {
         return true;
     }
-    within
-        .into_iter()
-        .chain(names.iter().copied())
-        .any(|name| contains_ignoring_case(body, name.as_bytes()))
+    match within {
+        Some(within) => contains_ignoring_case(body, within.as_bytes()),
+        None => names
+            .iter()
+            .any(|name| contains_ignoring_case(body, name.as_bytes())),
+    }
 }
 
 fn contains_ignoring_case(body: &[u8], name: &[u8]) -> bool {
@@ -233,4 +236,28 @@ fn contains_ignoring_case(body: &[u8], name: &[u8]) -> bool {
         body.get(i..i + name.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(name))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_may_name_a_limit_only_where_it_is_read() {
+        let ollama = |body: &str| may_name(body.as_bytes(), Some("options"), OLLAMA);
+        let openai = |body: &str| may_name(body.as_bytes(), None, OPENAI);
+        // Ollama reads its limits in `options` only: a body that never names it sets none.
+        assert!(!ollama(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#
+        ));
+        assert!(!ollama(r#"{"model":"m","num_predict":5,"num_ctx":9}"#));
+        assert!(ollama(r#"{"model":"m","options":{}}"#));
+        assert!(ollama(r#"{"model":"m","OpTiOnS":{"NUM_PREDICT":5}}"#));
+        assert!(!openai(r#"{"model":"m","messages":[]}"#));
+        assert!(openai(r#"{"model":"m","MAX_tokens":5}"#));
+        assert!(openai(r#"{"model":"m","max_completion_tokens":5}"#));
+        // Escapes and non-ASCII text may spell a name another way: read.
+        assert!(ollama(r#"{"model":"m","\u006fptions":{}}"#));
+        assert!(openai(r#"{"model":"m","content":"é"}"#));
+    }
 }
