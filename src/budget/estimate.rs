@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::translate::v1::Key;
+use crate::translate::v1::KeyBytes;
 
 /// Bytes of text a token is estimated at.
 pub const BYTES_PER_TOKEN: u64 = 4;
@@ -37,8 +37,8 @@ impl<'de> DeserializeSeed<'de> for Text {
 }
 
 /// Keys whose values are not text a model reads as tokens of its prompt.
-fn skipped(key: &str) -> bool {
-    matches!(key, "model" | "images" | "data")
+fn skipped(key: &[u8]) -> bool {
+    matches!(key, b"model" | b"images" | b"data")
 }
 
 impl<'de> Visitor<'de> for Text {
@@ -85,8 +85,9 @@ impl<'de> Visitor<'de> for Text {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
         let mut n = 0u64;
-        // Keys borrowed from the body (a `Cow` would be an owned copy of each).
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        // Keys borrowed from the body as bytes: only compared with ASCII names, so not
+        // checked for UTF-8.
+        while let Some(KeyBytes(key)) = map.next_key::<KeyBytes<'de>>()? {
             let seed = Text {
                 skip: self.skip || skipped(&key),
             };

@@ -6,16 +6,53 @@
 
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
+
+use crate::translate::v1::KeyBytes;
 use serde::Deserialize;
 
-/// Token counts and timings from Ollama's final line.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(default)]
+/// Token counts and timings from Ollama's final line (or whole answer); other members are
+/// skipped unread, and a count given twice is the last one, as Ollama's Go decoder reads it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DoneCounts {
     pub prompt_eval_count: u64,
     pub eval_count: u64,
     pub load_duration: u64,
     pub eval_duration: u64,
+}
+
+/// By hand rather than derived: the keys are matched as bytes (no UTF-8 check of each, as a
+/// derived field name costs), measured ~1,000 instructions of every Ollama answer.
+impl<'de> Deserialize<'de> for DoneCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counts;
+        impl<'de> serde::de::Visitor<'de> for Counts {
+            type Value = DoneCounts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DoneCounts, A::Error> {
+                let mut counts = DoneCounts::default();
+                while let Some(KeyBytes(key)) = map.next_key::<KeyBytes<'de>>()? {
+                    let slot = match &*key {
+                        b"prompt_eval_count" => &mut counts.prompt_eval_count,
+                        b"eval_count" => &mut counts.eval_count,
+                        b"load_duration" => &mut counts.load_duration,
+                        b"eval_duration" => &mut counts.eval_duration,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value()?;
+                }
+                Ok(counts)
+            }
+        }
+        d.deserialize_map(Counts)
+    }
 }
 
 #[derive(Deserialize)]
@@ -225,6 +262,42 @@ impl NdjsonRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_read_at_the_top_level_only_by_their_exact_names() {
+        let answer = concat!(
+            r#"{"model":"m","message":{"role":"assistant","content":"\"eval_count\":7","#,
+            r#""tool_calls":[{"function":{"arguments":{"eval_count":99}}}]},"done":true,"#,
+            r#""prompt_eval_count":9,"\u0065val_count":5,"Eval_count":8,"load_duration":3,"#,
+            r#""eval_duration":900,"eval_duration":901}"#
+        );
+        let counts: DoneCounts = serde_json::from_str(answer).unwrap();
+        assert_eq!(
+            counts,
+            DoneCounts {
+                prompt_eval_count: 9,
+                eval_count: 5,
+                load_duration: 3,
+                eval_duration: 901,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<DoneCounts>("{}").unwrap(),
+            DoneCounts::default()
+        );
+        for bad in [
+            r#"{"eval_count":"5"}"#,
+            r#"{"eval_count":-1}"#,
+            "[]",
+            r#"{"eval_count":1"#,
+        ] {
+            assert!(serde_json::from_str::<DoneCounts>(bad).is_err(), "{bad}");
+        }
+        // Inside a stream's probe (flattened beside `done`), the same.
+        let probe: LineProbe = serde_json::from_str(answer).unwrap();
+        assert!(probe.done && probe.error.is_none());
+        assert_eq!(probe.counts, counts);
+    }
 
     const STREAM: &str = concat!(
         "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"你\"},\"done\":false}\n",

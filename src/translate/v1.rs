@@ -64,6 +64,37 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// A JSON object key as its bytes (escapes resolved), not checked for UTF-8: for matching
+/// against known ASCII names, where serde_json's check of every key is only cost.
+pub(crate) struct KeyBytes<'a>(pub(crate) Cow<'a, [u8]>);
+
+impl<'de> Deserialize<'de> for KeyBytes<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeyBytes<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(KeyBytes(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(KeyBytes(Cow::Owned(v.to_owned())))
+            }
+            // Deserializers of already parsed data (serde's buffered content) give strings.
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyBytes(Cow::Borrowed(v.as_bytes())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(KeyBytes(Cow::Owned(v.as_bytes().to_owned())))
+            }
+        }
+        // serde_json reads a key asked for as bytes without its UTF-8 check.
+        d.deserialize_bytes(KeyVisitor)
+    }
+}
+
 /// A JSON object's members in order, duplicates kept, values as their raw text.
 pub(crate) struct Members<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
 
