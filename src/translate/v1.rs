@@ -375,15 +375,19 @@ impl<'de> Deserialize<'de> for Fields<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = Fields::default();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    let value: &'de RawValue = map.next_value()?;
+                // Keys as bytes; the members not read are skipped, not kept as raw text.
+                while let Some(KeyBytes(key)) = map.next_key::<KeyBytes<'de>>()? {
                     let slot = match &*key {
-                        "model" => &mut fields.model,
-                        "usage" => &mut fields.usage,
-                        "choices" => &mut fields.choices,
-                        "error" => &mut fields.error,
-                        _ => continue,
+                        b"model" => &mut fields.model,
+                        b"usage" => &mut fields.usage,
+                        b"choices" => &mut fields.choices,
+                        b"error" => &mut fields.error,
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            continue;
+                        }
                     };
+                    let value: &'de RawValue = map.next_value()?;
                     slot.get_or_insert(value);
                 }
                 Ok(fields)
@@ -396,7 +400,9 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 impl Answer {
     /// Reads `json`, an object.
     pub fn read(json: &[u8]) -> Result<Self, serde_json::Error> {
-        let members: Fields<'_> = serde_json::from_slice(json)?;
+        // Checked for UTF-8 once, whole: parsed from a `str`, no string in it is again.
+        let text = std::str::from_utf8(json).map_err(de::Error::custom)?;
+        let members: Fields<'_> = serde_json::from_str(text)?;
         let model = members
             .model
             .filter(|m| m.get().starts_with('"'))

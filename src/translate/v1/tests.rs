@@ -173,6 +173,24 @@ fn errors_are_told_apart() {
     assert!(Answer::read(b"[DONE]").is_err());
 }
 
+#[test]
+fn members_not_read_are_still_checked() {
+    // Skipped members must still be JSON, and the whole answer UTF-8.
+    let ok = br#"{"id":"x","\u006dodel":"m","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3},"extra":{"a":[1,{"b":"\u00e9"}]}}"#;
+    let a = Answer::read(ok).unwrap();
+    assert!(a.model.is_some() && a.usage_only);
+    assert_eq!(
+        a.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+        Some((2, 3))
+    );
+    assert!(Answer::read(br#"{"model":"m","extra":{"a":[1,}}"#).is_err());
+    assert!(Answer::read(b"{\"model\":\"m\",\"extra\":\"\xff\"}").is_err());
+    // The first of a name is the one read, as before.
+    let twice = br#"{"model":"first","model":"second"}"#;
+    let a = Answer::read(twice).unwrap();
+    assert_eq!(&twice[a.model.clone().unwrap()], br#""first""#);
+}
+
 fn events(stream: &[u8], split: usize) -> Vec<Vec<u8>> {
     let mut s = EventSplitter::new(1024);
     let mut out = Vec::new();
