@@ -189,7 +189,8 @@ impl RatePolicy {
     /// (Both are written on every answer: itoa, not the formatting machinery.)
     pub fn policy_header(&self) -> String {
         let mut n = itoa::Buffer::new();
-        let mut h = String::with_capacity(24);
+        // Room for the longest: a name, `";q=`, ten digits, `;w=60`.
+        let mut h = String::with_capacity(self.name.len() + 20);
         h.push('"');
         h.push_str(self.name);
         h.push_str("\";q=");
@@ -201,7 +202,8 @@ impl RatePolicy {
     /// `RateLimit: "default";r=19;t=1`.
     pub fn state_header(&self) -> String {
         let mut n = itoa::Buffer::new();
-        let mut h = String::with_capacity(32);
+        // Room for the longest: a name, `";r=`, ten digits, `;t=`, twenty.
+        let mut h = String::with_capacity(self.name.len() + 40);
         h.push('"');
         h.push_str(self.name);
         h.push_str("\";r=");
@@ -265,10 +267,14 @@ pub fn short_duration(d: Duration) -> String {
 /// that a wait is never shown as none): `0s`, `17ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`. The
 /// form OpenAI uses in `x-ratelimit-reset-*`.
 pub fn go_duration(d: Duration) -> String {
-    let millis = d.as_nanos().div_ceil(1_000_000);
-    let millis = u64::try_from(millis).unwrap_or(u64::MAX);
+    // In u64 (a u128 division costs more than the rest of this together).
+    let millis = d
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_nanos().div_ceil(1_000_000)));
     let mut n = itoa::Buffer::new();
-    let mut out = String::with_capacity(12);
+    // Room for the longest (u64::MAX ms, 24 bytes): no growth.
+    let mut out = String::with_capacity(32);
     if millis == 0 {
         out.push_str("0s");
         return out;
@@ -1329,6 +1335,9 @@ mod tests {
             (Duration::from_millis(90_500), "1m30.5s"),
             (Duration::from_secs(3600), "1h0m0s"),
             (Duration::from_secs(3600 + 2), "1h0m2s"),
+            (Duration::new(59, 999_000_001), "1m0s"),
+            (Duration::new(1, 1), "1.001s"),
+            (Duration::MAX, "5124095576030h25m51.615s"),
         ] {
             assert_eq!(go_duration(d), text, "{d:?}");
         }
