@@ -781,58 +781,48 @@ impl RequestRecord {
             }
         }
         let ttfb_ms = ttfb.map(crate::telemetry::millis);
-        // A failed answer's line is a warning and says why; the fields are the same.
+        // A failed answer's line is a warning and says why; the fields are the same. Each
+        // field is named once, for both writers: straight into the log queue when the log is
+        // JSON, through tracing otherwise.
         macro_rules! request_line {
-            ($level:ident, $const:ident) => {
-                if tracing::enabled!(tracing::Level::$const) {
-                    let written =
-                        crate::telemetry::request_line(tracing::Level::$const, "request", |line| {
-                            line.str("request_id", &self.request_id);
-                            line.str("endpoint", self.route);
-                            line.str("key_id", &self.key_id);
-                            line.str("team", &self.team);
-                            line.str("model", &self.model);
-                            line.str("upstream", &self.upstream);
-                            line.u64("status", status.into());
-                            line.str("outcome", outcome);
-                            line.f64("duration_ms", crate::telemetry::millis(elapsed));
-                            line.opt_f64("ttfb_ms", ttfb_ms);
-                            line.u64("prompt_tokens", tokens.prompt);
-                            line.u64("completion_tokens", tokens.completion);
-                            line.opt_u64("charged_tokens", charged);
-                            line.opt_u64("output_cap", caps.output);
-                            line.opt_u64("context_cap", caps.context);
-                            line.opt_str("error", error);
-                        });
-                    if !written {
-                        tracing::$level!(
-                            request_id = &*self.request_id,
-                            endpoint = self.route,
-                            key_id = &*self.key_id,
-                            team = &*self.team,
-                            model = self.model.as_str(),
-                            upstream = &*self.upstream,
-                            status,
-                            outcome,
-                            duration_ms = crate::telemetry::millis(elapsed),
-                            ttfb_ms,
-                            prompt_tokens = tokens.prompt,
-                            completion_tokens = tokens.completion,
-                            charged_tokens = charged,
-                            output_cap = caps.output,
-                            context_cap = caps.context,
-                            error,
-                            "request"
-                        );
+            ($($kind:ident $name:ident = $value:expr),* $(,)?) => {
+                let enabled = if success {
+                    tracing::enabled!(tracing::Level::INFO)
+                } else {
+                    tracing::enabled!(tracing::Level::WARN)
+                };
+                let level = if success { tracing::Level::INFO } else { tracing::Level::WARN };
+                if enabled
+                    && !crate::telemetry::request_line(level, "request", |line| {
+                        $(line.$kind(stringify!($name), $value);)*
+                    })
+                {
+                    if success {
+                        tracing::info!($($name = $value,)* "request");
+                    } else {
+                        tracing::warn!($($name = $value,)* "request");
                     }
                 }
             };
         }
-        if success {
-            request_line!(info, INFO);
-        } else {
-            request_line!(warn, WARN);
-        }
+        request_line!(
+            str request_id = &*self.request_id,
+            str endpoint = self.route,
+            str key_id = &*self.key_id,
+            str team = &*self.team,
+            str model = self.model.as_str(),
+            str upstream = &*self.upstream,
+            u64 status = u64::from(status),
+            str outcome = outcome,
+            f64 duration_ms = crate::telemetry::millis(elapsed),
+            opt_f64 ttfb_ms = ttfb_ms,
+            u64 prompt_tokens = tokens.prompt,
+            u64 completion_tokens = tokens.completion,
+            opt_u64 charged_tokens = charged,
+            opt_u64 output_cap = caps.output,
+            opt_u64 context_cap = caps.context,
+            opt_str error = error,
+        );
     }
 }
 

@@ -190,20 +190,10 @@ pub fn request_line(
     let Some(writer) = DIRECT.get() else {
         return false;
     };
-    let write = |line: &mut Vec<u8>| {
+    with_buffers(|line, _| {
         format_line(line, level, message, fill);
         // The queue takes whole lines; it never fails but when its writer thread is gone.
         let _ = std::io::Write::write_all(&mut writer.clone(), line);
-    };
-    LINE.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffers) => {
-            let line = &mut buffers.0;
-            write(line);
-            if line.capacity() > LINE_KEEP_BYTES {
-                *line = Vec::new();
-            }
-        }
-        Err(_) => write(&mut Vec::new()),
     });
     true
 }
@@ -214,16 +204,43 @@ fn format_line(
     message: &'static str,
     fill: impl FnOnce(&mut LineFields<'_>),
 ) {
-    line.clear();
-    line.extend_from_slice(b"{\"timestamp\":\"");
-    line.extend_from_slice(&timestamp());
-    line.extend_from_slice(b"\",\"level\":\"");
-    line.extend_from_slice(level.as_str().as_bytes());
-    line.extend_from_slice(b"\"");
+    start_line(line, &level);
     let mut fields = LineFields { line };
     fields.str("message", message);
     fill(&mut fields);
     line.extend_from_slice(b"}\n");
+}
+
+/// `{"timestamp":"...","level":"..."`: how every JSON line starts, in the same RFC 3339 UTC
+/// form as tracing-subscriber's default timer.
+fn start_line(line: &mut Vec<u8>, level: &Level) {
+    line.extend_from_slice(b"{\"timestamp\":\"");
+    line.extend_from_slice(&timestamp());
+    line.extend_from_slice(b"\",\"level\":\"");
+    line.extend_from_slice(level.as_str().as_bytes());
+    line.push(b'"');
+}
+
+/// Runs `f` with this thread's line buffers, emptied (fresh ones for a line written while
+/// another is being formatted: a `Debug` impl that logs), and gives back afterwards what
+/// grew past [`LINE_KEEP_BYTES`].
+fn with_buffers<R>(f: impl FnOnce(&mut Vec<u8>, &mut String) -> R) -> R {
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => {
+            let (line, scratch) = &mut *buffers;
+            line.clear();
+            scratch.clear();
+            let result = f(line, scratch);
+            if line.capacity() > LINE_KEEP_BYTES {
+                *line = Vec::new();
+            }
+            if scratch.capacity() > LINE_KEEP_BYTES {
+                *scratch = String::new();
+            }
+            result
+        }
+        Err(_) => f(&mut Vec::new(), &mut String::new()),
+    })
 }
 
 /// One JSON object per event: `timestamp`, `level`, then the event's fields in the order
@@ -254,16 +271,8 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // The same RFC 3339 UTC form as tracing-subscriber's default timer, formatted in
-        // one piece.
-        let now = timestamp();
-        write!(
-            writer,
-            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
-            std::str::from_utf8(&now).map_err(|_| fmt::Error)?,
-            event.metadata().level()
-        )?;
-        let mut fields = |line: &mut Vec<u8>, scratch: &mut String| {
+        with_buffers(|line, scratch| {
+            start_line(line, event.metadata().level());
             let mut visitor = JsonFields {
                 line,
                 scratch,
@@ -275,23 +284,6 @@ where
             }
             line.extend_from_slice(b"}\n");
             writer.write_str(std::str::from_utf8(line).map_err(|_| fmt::Error)?)
-        };
-        LINE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buffers) => {
-                let (line, scratch) = &mut *buffers;
-                line.clear();
-                scratch.clear();
-                let result = fields(line, scratch);
-                if line.capacity() > LINE_KEEP_BYTES {
-                    *line = Vec::new();
-                }
-                if scratch.capacity() > LINE_KEEP_BYTES {
-                    *scratch = String::new();
-                }
-                result
-            }
-            // An event logged while formatting one (a Debug impl that logs): fresh buffers.
-            Err(_) => fields(&mut Vec::new(), &mut String::new()),
         })
     }
 }

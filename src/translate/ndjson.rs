@@ -6,9 +6,9 @@
 
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 use crate::translate::v1::KeyBytes;
-use serde::Deserialize;
 
 /// Token counts and timings from Ollama's final line (or whole answer); other members are
 /// skipped unread, and a count given twice is the last one, as Ollama's Go decoder reads it.
