@@ -45,6 +45,8 @@ async fn stream_is_relayed_line_exact_and_request_forwarded_as_is() {
     assert_eq!(rec.path, "/api/chat");
     assert_eq!(rec.body, body.as_bytes(), "forwarded as is");
     assert_eq!(rec.header("user-agent"), Some("ollama-python/0.6.1"));
+    // Ollama's own address, not the gateway's that the client sent.
+    assert_eq!(rec.header("host"), Some(ollama.addr.to_string().as_str()));
     assert_eq!(
         rec.header("x-api-key"),
         None,

@@ -60,6 +60,7 @@ async fn non_stream_is_translated_both_ways() {
         rec.header("authorization"),
         Some(format!("Bearer {UPSTREAM_KEY}").as_str())
     );
+    assert_eq!(rec.header("host"), Some(openai.addr.to_string().as_str()));
     assert_eq!(rec.header("x-api-key"), None);
     let sent = rec.json();
     assert_eq!(sent["model"], "gpt-4o-mini");

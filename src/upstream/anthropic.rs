@@ -45,6 +45,7 @@ pub async fn forward(
         client
             .post(config.ollama.messages_uri.clone())
             .timeout(timeouts.first_byte),
+        config,
         req,
         request_id,
     );

@@ -56,7 +56,8 @@ pub async fn forward(
     let timeouts = &config.timeouts;
     let deadline = Instant::now() + timeouts.total;
     let uri = format!("{}{path}", config.ollama.base);
-    let request = |method| with_client_headers(client.request(method, &uri), req, request_id);
+    let request =
+        |method| with_client_headers(client.request(method, &uri), config, req, request_id);
     let upstream_req = request(method);
     let sent = match outgoing {
         Outgoing::Json { body, wait } => upstream_req

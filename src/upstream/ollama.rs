@@ -34,6 +34,7 @@ pub async fn forward(
     let deadline = Instant::now() + timeouts.total;
     let upstream_req = with_client_headers(
         client.post(uri.clone()).timeout(timeouts.first_byte),
+        config,
         req,
         request_id,
     );
@@ -154,12 +155,17 @@ pub(super) async fn answer(
     }
 }
 
-/// `upstream_req` with the client's headers that may go to Ollama, and the request id.
+/// `upstream_req` with the client's headers that may go to Ollama, the request id, and
+/// Ollama's `Host` (made once, see `config::host_header`).
 pub(super) fn with_client_headers(
     mut upstream_req: awc::ClientRequest,
+    config: &Config,
     req: &HttpRequest,
     request_id: &str,
 ) -> awc::ClientRequest {
+    upstream_req
+        .headers_mut()
+        .insert(header::HOST, config.ollama.host.clone());
     for (name, value) in upstream_request_headers(req.headers()) {
         upstream_req
             .headers_mut()

@@ -82,6 +82,8 @@ pub(super) async fn send(
     let mut req = client
         .post(uri.clone())
         .timeout(timeouts.first_byte)
+        // Made once (`config::host_header`), not formatted again by awc for each request.
+        .insert_header((header::HOST, up.host.clone()))
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((header::ACCEPT, accept))
         .insert_header((header::USER_AGENT, USER_AGENT))

@@ -46,6 +46,7 @@ pub async fn to_ollama(
     let deadline = Instant::now() + timeouts.total;
     let upstream_req = with_client_headers(
         client.post(uri.clone()).timeout(timeouts.first_byte),
+        config,
         req,
         request_id,
     );
