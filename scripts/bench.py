@@ -224,14 +224,16 @@ http {{
 
     def start_gateway(self, variant="all-on", keys=None, upstream_port=None, binary=None):
         """The gateway under test; `binary` another build of it (--baseline) with the same
-        configuration, minus the options an older build may not know (S2 needs none of them)."""
+        configuration, minus the options an older build may not know (S2 needs none of them),
+        unless --baseline-same-config says it knows them all: then token budgets included."""
         port = free_port()
         admin = free_port()
         conf = self.work / f"gateway-{variant}.toml"
         all_on = variant != "all-off"
+        older = binary is not None and not getattr(self.args, "baseline_same_config", False)
         # The load generator is one address holding up to 2,000 streams (S5).
-        per_ip = "" if binary else "max_connections_per_ip = 0"
-        state = "" if binary else f'[state]\ndir = "{self.work / ("state-" + variant)}"'
+        per_ip = "" if older else "max_connections_per_ip = 0"
+        state = "" if older else f'[state]\ndir = "{self.work / ("state-" + variant)}"'
         conf.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -247,7 +249,7 @@ base_url = "http://127.0.0.1:{upstream_port or self.mock_port}"
 base_url = "http://127.0.0.1:{upstream_port or self.mock_port}/v1"
 api_key = "sk-bench"
 [auth]
-keys_file = "{keys or (self.keys_1 if binary else self.keys_budgets)}"
+keys_file = "{keys or (self.keys_1 if older else self.keys_budgets)}"
 [allowlist]
 {'cidrs = ["127.0.0.0/8", "10.0.0.0/8"]' if all_on else 'allow_all = true'}
 [admin]
@@ -736,6 +738,9 @@ def report(results, args):
         f"- {m['nginx']}; {m['wrk']}",
         f"- rounds: {args.rounds} (interleaved direct / nginx / gateway, and bare in S1 and S2"
         + (f", and the baseline {args.baseline_label} in S2" if args.baseline else "")
+        + (" with the same configuration, token budgets included"
+           if args.baseline and args.baseline_same_config else
+           " without token budgets (options an older build may not know)" if args.baseline else "")
         + "), "
         f"{args.duration} s per load run;"
         + (" **quick smoke run: figures not meaningful**" if args.quick else ""),
@@ -810,6 +815,9 @@ def main():
     ap.add_argument("--baseline", help="another build of the gateway (an earlier commit's binary) "
                     "to run S2 against in the same rounds, so a change's effect on S2 is read in one run")
     ap.add_argument("--baseline-label", help="what to call the baseline in BENCHMARKS.md (default: its file name)")
+    ap.add_argument("--baseline-same-config", action="store_true",
+                    help="the baseline knows every option of this build: run it with the very same "
+                    "configuration (token budgets, state store) instead of the reduced one for older builds")
     args = ap.parse_args()
     if args.baseline and not args.baseline_label:
         args.baseline_label = Path(args.baseline).name

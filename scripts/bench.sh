@@ -5,6 +5,8 @@
 #   scripts/bench.sh --quick         # a few seconds: checks the harness, not the figures
 #   scripts/bench.sh --rounds 5 --duration 15 --out /tmp/bench.md
 #   scripts/bench.sh --baseline-rev 3137717   # S2 also against that commit, in the same rounds
+#   scripts/bench.sh --baseline-rev 5036308 --baseline-same-config   # a baseline that knows every
+#                                    option: the same config, token budgets included
 # Needs nginx, wrk and taskset (Debian: apt-get install nginx-light wrk util-linux).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
