@@ -230,7 +230,7 @@ http {{
         admin = free_port()
         conf = self.work / f"gateway-{variant}.toml"
         all_on = variant != "all-off"
-        older = binary is not None and not getattr(self.args, "baseline_same_config", False)
+        older = binary is not None and not self.args.baseline_same_config
         # The load generator is one address holding up to 2,000 streams (S5).
         per_ip = "" if older else "max_connections_per_ip = 0"
         state = "" if older else f'[state]\ndir = "{self.work / ("state-" + variant)}"'
@@ -566,6 +566,15 @@ def verdict(ok):
     return "**pass**" if ok else "**MISS**"
 
 
+def baseline_run(args):
+    """How the baseline ran, for the run's description (empty without one)."""
+    if not args.baseline:
+        return ""
+    config = ("the same configuration, token budgets included" if args.baseline_same_config
+              else "no token budgets (options an older build may not know)")
+    return f", and the baseline {args.baseline_label} in S2 with {config}"
+
+
 def report(results, args):
     m = machine()
     r = results
@@ -737,10 +746,7 @@ def report(results, args):
         f"- commit {m['commit']}, {m['date']}",
         f"- {m['nginx']}; {m['wrk']}",
         f"- rounds: {args.rounds} (interleaved direct / nginx / gateway, and bare in S1 and S2"
-        + (f", and the baseline {args.baseline_label} in S2" if args.baseline else "")
-        + (" with the same configuration, token budgets included"
-           if args.baseline and args.baseline_same_config else
-           " without token budgets (options an older build may not know)" if args.baseline else "")
+        + baseline_run(args)
         + "), "
         f"{args.duration} s per load run;"
         + (" **quick smoke run: figures not meaningful**" if args.quick else ""),
