@@ -533,11 +533,17 @@ pub fn test_config(
     raw
 }
 
-/// A URL where nothing listens (a port bound then released).
+/// A URL where nothing listens. The port stays bound, without a listen, for the rest of
+/// the process: a connection to it is refused, and no socket another test binds at port
+/// 0 (a fake, a gateway's own listener) can be given it, as it could were it released.
 pub fn closed_port_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(socket);
     format!("http://{addr}")
 }
 
