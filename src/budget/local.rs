@@ -15,6 +15,10 @@ use super::{Exhausted, Hold, HoldPart, Ledger, Subject, Window, WindowSpec, Wind
 
 const MINUTE_NANOS: u128 = 60_000_000_000;
 
+/// The period of a calendar window not used yet: no instant is in it, so the first look
+/// starts the period it is made in.
+const UNSTARTED: i64 = i64::MIN;
+
 /// A window's live state.
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -81,7 +85,11 @@ impl Periods {
 #[derive(Default)]
 struct Inner {
     periods: Option<Periods>,
-    windows: HashMap<(Subject, Window), State>,
+    /// Where each window's state is in `states`. A window keeps its slot for the life of
+    /// the ledger (windows are never removed), so a hold finds its windows again by slot,
+    /// without hashing their names.
+    slots: HashMap<(Subject, Window), usize>,
+    states: Vec<State>,
     /// Usage read from the store at start, by period, for windows not yet in `windows`.
     stored: HashMap<StoredKey, u64>,
     /// Settled usage changed since the last flush.
@@ -277,27 +285,56 @@ impl Inner {
         }
     }
 
-    /// The state of `spec`'s window at `now`: the minute bucket refilled, a calendar
-    /// window moved on to the period `now` is in.
-    fn state(&mut self, spec: &WindowSpec, now: Timestamp, calendar: &Calendar) -> &mut State {
-        let key = (spec.subject.clone(), spec.window);
-        let period = self.periods(calendar, now).period(spec.window);
-        let stored = &self.stored;
-        let fresh = |period: i64| match spec.window {
+    /// The slot of `spec`'s window, made (its minute bucket full, its calendar period not
+    /// started) on its first use at `now`.
+    fn slot(&mut self, spec: &WindowSpec, now: Timestamp) -> usize {
+        if let Some(&slot) = self.slots.get(&(spec.subject.clone(), spec.window)) {
+            return slot;
+        }
+        let slot = self.states.len();
+        self.states.push(match spec.window {
             Window::Minute => State::Minute { taken: 0, at: now },
             _ => State::Calendar {
-                period,
-                settled: stored
-                    .get(&(spec.subject.clone(), spec.window, period))
-                    .copied()
-                    .unwrap_or(0),
+                period: UNSTARTED,
+                settled: 0,
                 reserved: 0,
             },
-        };
-        let state = self.windows.entry(key).or_insert_with(|| fresh(period));
+        });
+        self.slots.insert((spec.subject.clone(), spec.window), slot);
+        slot
+    }
+
+    /// The state of `spec`'s window at `now` (see [`Inner::state_at`]).
+    fn state(&mut self, spec: &WindowSpec, now: Timestamp, calendar: &Calendar) -> &mut State {
+        let slot = self.slot(spec, now);
+        self.state_at(slot, spec, now, calendar)
+    }
+
+    /// The state in `slot` (`spec`'s window's) at `now`: the minute bucket refilled, a
+    /// calendar window moved on to the period `now` is in (or started, when new).
+    fn state_at(
+        &mut self,
+        slot: usize,
+        spec: &WindowSpec,
+        now: Timestamp,
+        calendar: &Calendar,
+    ) -> &mut State {
+        let period = self.periods(calendar, now).period(spec.window);
+        let state = &mut self.states[slot];
         match state {
             State::Minute { taken, at } => refill(taken, at, spec.limit, now),
-            State::Calendar { period: p, .. } if *p != period => *state = fresh(period),
+            State::Calendar { period: p, .. } if *p != period => {
+                let settled = self
+                    .stored
+                    .get(&(spec.subject.clone(), spec.window, period))
+                    .copied()
+                    .unwrap_or(0);
+                *state = State::Calendar {
+                    period,
+                    settled,
+                    reserved: 0,
+                };
+            }
             State::Calendar { .. } => {}
         }
         state
@@ -351,12 +388,13 @@ impl Ledger for LocalLedger {
         // One look at each window: taken when it has room, and the ones already taken put
         // back when a later one has none (refusals are the rare path).
         for (i, spec) in windows.iter().enumerate() {
-            let state = inner.state(spec, now, &self.calendar);
+            let slot = inner.slot(spec, now);
+            let state = inner.state_at(slot, spec, now, &self.calendar);
             let used = used(state);
             let never_fits = tokens > spec.limit;
             if never_fits || used.saturating_add(tokens) > spec.limit {
                 for part in &parts {
-                    match inner.state(&part.spec, now, &self.calendar) {
+                    match inner.state_at(part.slot, &part.spec, now, &self.calendar) {
                         State::Minute { taken, .. } => *taken = taken.saturating_sub(tokens),
                         State::Calendar { reserved, .. } => {
                             *reserved = reserved.saturating_sub(tokens);
@@ -397,6 +435,7 @@ impl Ledger for LocalLedger {
             parts.push(HoldPart {
                 spec: spec.clone(),
                 period,
+                slot,
             });
         }
         let tightest =
@@ -414,7 +453,7 @@ impl Ledger for LocalLedger {
         for part in hold.parts {
             // The window as it is now: a calendar one that moved on since the reservation
             // starts its new period from the store, without the reservation.
-            let state = inner.state(&part.spec, now, &self.calendar);
+            let state = inner.state_at(part.slot, &part.spec, now, &self.calendar);
             let changed = match state {
                 State::Minute { taken, .. } => {
                     *taken = taken.saturating_sub(hold.tokens).saturating_add(tokens);

@@ -136,6 +136,8 @@ pub(crate) struct HoldPart {
     pub(crate) spec: WindowSpec,
     /// The calendar period the reservation was counted in (0 for the minute bucket).
     pub(crate) period: i64,
+    /// Where the ledger that made the hold keeps this window (its own index).
+    pub(crate) slot: usize,
 }
 
 /// The budget state every replica would share: atomic reservations across windows, their
@@ -143,7 +145,8 @@ pub(crate) struct HoldPart {
 pub trait Ledger: Send + Sync {
     /// Reserves `tokens` in each of `windows`, all or none.
     fn reserve(&self, windows: &[WindowSpec], tokens: u64) -> Result<Hold, Exhausted>;
-    /// Replaces a reservation by the `tokens` really spent (more or less than reserved).
+    /// Replaces a reservation by the `tokens` really spent (more or less than reserved);
+    /// `hold` is one this ledger made.
     fn settle(&self, hold: Hold, tokens: u64);
     /// The state of each of `windows` now, in their order.
     fn read(&self, windows: &[WindowSpec]) -> Vec<WindowState>;
