@@ -81,10 +81,15 @@ def wait_port(port, timeout=30):
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def cpu_seconds(pid):
+def cpu_times(pid):
+    """The CPU seconds of process `pid` (all its threads) so far: (user, system)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return int(fields[11]) / ticks, int(fields[12]) / ticks  # utime, stime
+
+
+def cpu_seconds(pid):
+    return sum(cpu_times(pid))
 
 
 def pinned(cpu, cmd):
@@ -325,11 +330,15 @@ format = "json"
                     self.add("S1", name, "p50_us", r["p50_us"])
                     self.add("S1", name, "p99_us", r["p99_us"])
                 log(f"S2 round {rnd + 1} {name}")
-                cpu0 = cpu_seconds((proc or self.mock).pid)
+                (user0, sys0) = cpu_times((proc or self.mock).pid)
                 r = self.wrk(base + "/api/chat", 64, d, key)
-                cpu1 = cpu_seconds((proc or self.mock).pid)
+                (user1, sys1) = cpu_times((proc or self.mock).pid)
+                per_req = 1e6 / max(r["requests"], 1)
                 self.add("S2", name, "rps", r["rps"])
-                self.add("S2", name, "cpu_us_per_req", (cpu1 - cpu0) / max(r["requests"], 1) * 1e6)
+                self.add("S2", name, "cpu_us_per_req", (user1 - user0 + sys1 - sys0) * per_req)
+                # Where it goes: the proxy's own code (user) or the kernel's TCP and syscalls.
+                self.add("S2", name, "cpu_user_us_per_req", (user1 - user0) * per_req)
+                self.add("S2", name, "cpu_sys_us_per_req", (sys1 - sys0) * per_req)
                 self.add("S2", name, "errors", r["errors"])
 
     def s2_endpoints(self, gateway, which):
@@ -638,6 +647,13 @@ def report(results, args):
                      f"{v(scenario, 'direct', 'cpu_us_per_req'):.1f}", f"{v(scenario, 'nginx', 'cpu_us_per_req'):.1f}",
                      f"{v(scenario, 'gateway', 'cpu_us_per_req'):.1f}"
                      + (f"; {v(scenario, 'bare', 'cpu_us_per_req'):.1f}" if bare else ""), "(reported)", ""))
+        if vs(scenario, "gateway", "cpu_user_us_per_req"):
+            split = lambda who: (f"{v(scenario, who, 'cpu_user_us_per_req'):.1f} + "
+                                 f"{v(scenario, who, 'cpu_sys_us_per_req'):.1f}")
+            rows.append((scenario, f"{path} CPU µs per request, user + system"
+                         + ("; bare proxy after the semicolon" if bare else ""),
+                         split("direct"), split("nginx"), split("gateway") + (f"; {split('bare')}" if bare else ""),
+                         "(reported)", ""))
         targeted = scenario != "S2e"
         for what, a, b, k, limit, higher in (("requests/s, gateway / bare proxy", "gateway", "bare", "rps", 0.85, True),
                                             ("requests/s, gateway / nginx", "gateway", "nginx", "rps", 0.9, True),
