@@ -90,7 +90,8 @@ struct Inner {
     /// without hashing their names.
     slots: HashMap<(Subject, Window), usize>,
     states: Vec<State>,
-    /// Usage read from the store at start, by period, for windows not yet in `windows`.
+    /// Usage read from the store at start, by period: what a calendar window starts a
+    /// period with (see `Inner::state_at`).
     stored: HashMap<StoredKey, u64>,
     /// Settled usage changed since the last flush.
     dirty: HashMap<StoredKey, u64>,
