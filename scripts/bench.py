@@ -88,10 +88,6 @@ def cpu_times(pid):
     return int(fields[11]) / ticks, int(fields[12]) / ticks  # utime, stime
 
 
-def cpu_seconds(pid):
-    return sum(cpu_times(pid))
-
-
 def pinned(cpu, cmd):
     return ["taskset", "-c", cpu] + cmd
 
@@ -330,16 +326,23 @@ format = "json"
                     self.add("S1", name, "p50_us", r["p50_us"])
                     self.add("S1", name, "p99_us", r["p99_us"])
                 log(f"S2 round {rnd + 1} {name}")
-                (user0, sys0) = cpu_times((proc or self.mock).pid)
-                r = self.wrk(base + "/api/chat", 64, d, key)
-                (user1, sys1) = cpu_times((proc or self.mock).pid)
-                per_req = 1e6 / max(r["requests"], 1)
-                self.add("S2", name, "rps", r["rps"])
-                self.add("S2", name, "cpu_us_per_req", (user1 - user0 + sys1 - sys0) * per_req)
-                # Where it goes: the proxy's own code (user) or the kernel's TCP and syscalls.
-                self.add("S2", name, "cpu_user_us_per_req", (user1 - user0) * per_req)
-                self.add("S2", name, "cpu_sys_us_per_req", (sys1 - sys0) * per_req)
-                self.add("S2", name, "errors", r["errors"])
+                self.throughput("S2", name, (proc or self.mock).pid,
+                                lambda: self.wrk(base + "/api/chat", 64, d, key))
+
+    def throughput(self, scenario, name, pid, run):
+        """Runs `run` (a wrk load) and adds its requests/s and errors, and the CPU per request
+        of process `pid`: in all, and split into user time (the proxy's own code) and system
+        time (the kernel's TCP and syscalls). Returns wrk's figures."""
+        (user0, sys0) = cpu_times(pid)
+        r = run()
+        (user1, sys1) = cpu_times(pid)
+        per_req = 1e6 / max(r["requests"], 1)
+        self.add(scenario, name, "rps", r["rps"])
+        self.add(scenario, name, "cpu_us_per_req", (user1 - user0 + sys1 - sys0) * per_req)
+        self.add(scenario, name, "cpu_user_us_per_req", (user1 - user0) * per_req)
+        self.add(scenario, name, "cpu_sys_us_per_req", (sys1 - sys0) * per_req)
+        self.add(scenario, name, "errors", r["errors"])
+        return r
 
     def s2_endpoints(self, gateway, which):
         """S2g, S2e, S2c: S2's load on /api/generate, /api/embed and /v1/chat/completions,
@@ -359,14 +362,10 @@ format = "json"
                 runs.append(("gateway-openai", gw, BENCH_KEY, gateway, json.dumps(translated)))
                 for name, base, key, proc, payload in runs:
                     log(f"{scenario} round {rnd + 1} {name}")
-                    cpu0 = cpu_seconds((proc or self.mock).pid)
-                    r = self.wrk(base + path, 64, d, key, body=payload)
-                    cpu1 = cpu_seconds((proc or self.mock).pid)
+                    r = self.throughput(scenario, name, (proc or self.mock).pid,
+                                        lambda: self.wrk(base + path, 64, d, key, body=payload))
                     if r["non2xx"] or r["requests"] == 0:
                         sys.exit(f"{scenario} {name}: {r['non2xx']} non-2xx answers of {r['requests']}")
-                    self.add(scenario, name, "rps", r["rps"])
-                    self.add(scenario, name, "cpu_us_per_req", (cpu1 - cpu0) / max(r["requests"], 1) * 1e6)
-                    self.add(scenario, name, "errors", r["errors"])
 
     def s3(self):
         d = self.args.duration
