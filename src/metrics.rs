@@ -794,7 +794,7 @@ impl RequestRecord {
                 let level = if success { tracing::Level::INFO } else { tracing::Level::WARN };
                 if enabled
                     && !crate::telemetry::request_line(level, "request", |line| {
-                        $(line.$kind(stringify!($name), $value);)*
+                        $(line.$kind(crate::line_key!($name), $value);)*
                     })
                 {
                     if success {

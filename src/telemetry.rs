@@ -124,55 +124,78 @@ fn stamp_at(now: std::time::SystemTime) -> [u8; STAMP_LEN] {
     out
 }
 
-/// The fields of a line [`request_line`] writes, each appended as `,"name":value`. Names are
-/// the caller's literals (plain ASCII, written as they are); values are escaped by serde_json,
-/// as [`JsonLine`] escapes them. An absent optional field is left out, as tracing leaves out
-/// a `None`.
+/// The fields of a line [`request_line`] writes, each appended as `,"name":value`. Each
+/// method takes that field's key already joined, `,"name":` ([`line_key!`] makes it from the
+/// name at compile time): plain ASCII, written as it is, in one copy. Values are escaped as
+/// [`JsonLine`] escapes them (serde_json's escapes); an absent optional field is left out, as
+/// tracing leaves out a `None`.
 pub struct LineFields<'a> {
     line: &'a mut Vec<u8>,
 }
 
+/// `,"name":`, the key [`LineFields`] writes before a field's value, for the field `name`.
+#[macro_export]
+macro_rules! line_key {
+    ($name:ident) => {
+        concat!(",\"", stringify!($name), "\":")
+    };
+}
+
 impl LineFields<'_> {
-    fn name(&mut self, name: &'static str) {
-        debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-        self.line.extend_from_slice(b",\"");
-        self.line.extend_from_slice(name.as_bytes());
-        self.line.extend_from_slice(b"\":");
+    fn key(&mut self, key: &'static str) {
+        debug_assert!(
+            key.starts_with(",\"")
+                && key.ends_with("\":")
+                && key[2..key.len() - 2]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        );
+        self.line.extend_from_slice(key.as_bytes());
     }
 
-    pub fn str(&mut self, name: &'static str, value: &str) {
-        self.name(name);
-        // Into a Vec: cannot fail.
-        let _ = serde_json::to_writer(&mut *self.line, value);
+    pub fn str(&mut self, key: &'static str, value: &str) {
+        self.key(key);
+        // Ids, names and routes need no escape: the bytes as they are, between quotes,
+        // which is what serde_json writes for them (it escapes only `"`, `\` and the
+        // controls below 0x20).
+        if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.line.reserve(value.len() + 2);
+            self.line.push(b'"');
+            self.line.extend_from_slice(value.as_bytes());
+            self.line.push(b'"');
+        } else {
+            // Into a Vec: cannot fail.
+            let _ = serde_json::to_writer(&mut *self.line, value);
+        }
     }
 
-    pub fn u64(&mut self, name: &'static str, value: u64) {
-        self.name(name);
+    pub fn u64(&mut self, key: &'static str, value: u64) {
+        self.key(key);
         self.line
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// Not finite (no JSON number for it): `null`, as [`JsonLine`] writes it.
-    pub fn f64(&mut self, name: &'static str, value: f64) {
-        self.name(name);
+    pub fn f64(&mut self, key: &'static str, value: f64) {
+        self.key(key);
         let _ = serde_json::to_writer(&mut *self.line, &value);
     }
 
-    pub fn opt_str(&mut self, name: &'static str, value: Option<&str>) {
+    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
         if let Some(value) = value {
-            self.str(name, value);
+            self.str(key, value);
         }
     }
 
-    pub fn opt_u64(&mut self, name: &'static str, value: Option<u64>) {
+    pub fn opt_u64(&mut self, key: &'static str, value: Option<u64>) {
         if let Some(value) = value {
-            self.u64(name, value);
+            self.u64(key, value);
         }
     }
 
-    pub fn opt_f64(&mut self, name: &'static str, value: Option<f64>) {
+    pub fn opt_f64(&mut self, key: &'static str, value: Option<f64>) {
         if let Some(value) = value {
-            self.f64(name, value);
+            self.f64(key, value);
         }
     }
 }
@@ -206,7 +229,7 @@ fn format_line(
 ) {
     start_line(line, &level);
     let mut fields = LineFields { line };
-    fields.str("message", message);
+    fields.str(line_key!(message), message);
     fill(&mut fields);
     line.extend_from_slice(b"}\n");
 }
@@ -530,11 +553,15 @@ mod tests {
             .with_writer(out.clone())
             .finish();
         let tricky = "quote \" backslash \\ newline \n control \u{1} non-ascii \u{e9}";
+        // Nothing to escape (the unescaped path), DEL and non-ASCII included.
+        let plain = "team-\u{3b1}_1 caf\u{e9} \u{7f} ~";
         let none: Option<f64> = None;
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(
                 request_id = "r-1",
                 model = tricky,
+                team = plain,
+                empty = "",
                 status = 502u16,
                 duration_ms = 0.25f64,
                 ttfb_ms = none,
@@ -548,15 +575,17 @@ mod tests {
         let traced = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let mut direct = Vec::new();
         format_line(&mut direct, Level::WARN, "request", |line| {
-            line.str("request_id", "r-1");
-            line.str("model", tricky);
-            line.u64("status", 502);
-            line.f64("duration_ms", 0.25);
-            line.opt_f64("ttfb_ms", None);
-            line.f64("nan", f64::NAN);
-            line.opt_u64("charged_tokens", Some(7));
-            line.opt_u64("output_cap", None);
-            line.opt_str("error", Some("upstream \"x\" failed"));
+            line.str(line_key!(request_id), "r-1");
+            line.str(line_key!(model), tricky);
+            line.str(line_key!(team), plain);
+            line.str(line_key!(empty), "");
+            line.u64(line_key!(status), 502);
+            line.f64(line_key!(duration_ms), 0.25);
+            line.opt_f64(line_key!(ttfb_ms), None);
+            line.f64(line_key!(nan), f64::NAN);
+            line.opt_u64(line_key!(charged_tokens), Some(7));
+            line.opt_u64(line_key!(output_cap), None);
+            line.opt_str(line_key!(error), Some("upstream \"x\" failed"));
         });
         let direct = String::from_utf8(direct).unwrap();
         // Past the timestamp (its own test above), byte for byte.
@@ -565,6 +594,7 @@ mod tests {
         assert!(direct.ends_with("}\n") && direct.lines().count() == 1);
         let parsed: serde_json::Value = serde_json::from_str(&direct).unwrap();
         assert_eq!(parsed["model"], tricky);
+        assert_eq!(parsed["team"], plain);
         assert!(parsed.get("ttfb_ms").is_none() && parsed["nan"].is_null());
     }
 
