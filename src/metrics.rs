@@ -392,7 +392,28 @@ struct Series {
     /// reported them has no empty series.
     ollama_load: OnceCell<Histogram>,
     ollama_tps: OnceCell<Histogram>,
+    /// The key's charged tokens, by basis ([`Basis`]); made on first use.
+    charged: [OnceCell<IntCounter>; 2],
     _keep: [Arc<str>; 3],
+}
+
+/// What a request's charge was based on: the `basis` label of
+/// `gateway_budget_charged_tokens_total`.
+#[derive(Debug, Clone, Copy)]
+enum Basis {
+    /// The upstream's own counts.
+    Reported = 0,
+    /// The gateway's estimate.
+    Estimated = 1,
+}
+
+impl Basis {
+    fn label(self) -> &'static str {
+        match self {
+            Basis::Reported => "reported",
+            Basis::Estimated => "estimated",
+        }
+    }
 }
 
 /// A cached request counter and the label strings whose addresses key it.
@@ -449,6 +470,7 @@ impl WorkerMetrics {
                     .with_label_values(&["completion", u, md, key, team]),
                 ollama_load: OnceCell::new(),
                 ollama_tps: OnceCell::new(),
+                charged: Default::default(),
                 _keep: [Arc::clone(upstream), Arc::clone(model), Arc::clone(key)],
             })
         }))
@@ -763,7 +785,7 @@ impl RequestRecord {
         }
         series.prompt.inc_by(tokens.prompt);
         series.completion.inc_by(tokens.completion);
-        let charged = self.settle(status, tokens, outcome);
+        let charged = self.settle(status, tokens, outcome, &series);
         let caps = self.spent.as_ref().map(|s| s.caps).unwrap_or_default();
         if let (true, Some(t)) = (self.is_ollama, ollama) {
             let shared = &self.worker.shared;
@@ -831,7 +853,13 @@ impl RequestRecord {
     /// them, the estimate (the prompt's, and one token per content chunk streamed, or the
     /// output reserved for a whole answer); nothing for an answer that never came (an
     /// upstream error status, a failure before the first byte). Returns the tokens charged.
-    fn settle(&mut self, status: u16, tokens: Tokens, outcome: &str) -> Option<u64> {
+    fn settle(
+        &mut self,
+        status: u16,
+        tokens: Tokens,
+        outcome: &str,
+        series: &Series,
+    ) -> Option<u64> {
         let spent = self.spent.as_mut()?;
         let generated = spent.generated;
         let so_far = spent.so_far;
@@ -839,14 +867,14 @@ impl RequestRecord {
         let reported = tokens.prompt.saturating_add(tokens.completion);
         let complete = outcome == "complete" && (200..300).contains(&status);
         let (charged, basis) = if complete && reported > 0 {
-            (reported, "reported")
+            (reported, Basis::Reported)
         } else if complete {
             let output = if self.streaming {
                 generated
             } else {
                 charge.output
             };
-            (charge.prompt.saturating_add(output), "estimated")
+            (charge.prompt.saturating_add(output), Basis::Estimated)
         } else if outcome == "client_closed"
             || generated > 0
             || reported > 0
@@ -860,16 +888,21 @@ impl RequestRecord {
                 n => n,
             };
             let output = tokens.completion.max(so_far.completion).max(generated);
-            (prompt.saturating_add(output), "estimated")
+            (prompt.saturating_add(output), Basis::Estimated)
         } else {
-            (0, "reported")
+            (0, Basis::Reported)
         };
         charge.ledger.settle(charge.hold, charged);
         if charged > 0 {
-            self.worker
-                .shared
-                .budget_charged
-                .with_label_values(&[&self.team, &self.key_id, basis])
+            let shared = &self.worker.shared;
+            series.charged[basis as usize]
+                .get_or_init(|| {
+                    shared.budget_charged.with_label_values(&[
+                        &self.team,
+                        &self.key_id,
+                        basis.label(),
+                    ])
+                })
                 .inc_by(charged);
         }
         Some(charged)
