@@ -88,13 +88,15 @@ struct Inner {
     /// Where each window's state is in `states`. A window keeps its slot for the life of
     /// the ledger (windows are never removed), so a hold finds its windows again by slot,
     /// without hashing their names.
-    slots: HashMap<(Subject, Window), usize>,
+    slots: HashMap<Subject, [Option<usize>; 3]>,
     states: Vec<State>,
+    /// The window in each slot, for writing its usage out.
+    windows: Vec<(Subject, Window)>,
     /// Usage read from the store at start, by period: what a calendar window starts a
     /// period with (see `Inner::state_at`).
     stored: HashMap<StoredKey, u64>,
-    /// Settled usage changed since the last flush.
-    dirty: HashMap<StoredKey, u64>,
+    /// Settled usage changed since the last flush, by slot and period.
+    dirty: HashMap<(usize, i64), u64>,
 }
 
 /// This process's ledger.
@@ -176,20 +178,27 @@ impl LocalLedger {
     /// Writes the usage settled since the last flush to the store; returns how many
     /// windows were written. On failure the usage stays to be written next time.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        let dirty = std::mem::take(&mut self.lock().dirty);
-        if dirty.is_empty() {
-            return Ok(0);
-        }
-        let batch: Vec<StoredUsage> = dirty
-            .iter()
-            .map(|((subject, window, period), used)| StoredUsage {
-                scope: subject.scope,
-                name: subject.name.to_string(),
-                window: *window,
-                period: *period,
-                used: *used,
-            })
-            .collect();
+        let (dirty, batch) = {
+            let mut inner = self.lock();
+            let dirty = std::mem::take(&mut inner.dirty);
+            if dirty.is_empty() {
+                return Ok(0);
+            }
+            let batch: Vec<StoredUsage> = dirty
+                .iter()
+                .map(|(&(slot, period), &used)| {
+                    let (subject, window) = &inner.windows[slot];
+                    StoredUsage {
+                        scope: subject.scope,
+                        name: subject.name.to_string(),
+                        window: *window,
+                        period,
+                        used,
+                    }
+                })
+                .collect();
+            (dirty, batch)
+        };
         match self.store.write(&batch) {
             Ok(()) => {
                 self.writes.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +298,8 @@ impl Inner {
     /// The slot of `spec`'s window, made (its minute bucket full, its calendar period not
     /// started) on its first use at `now`.
     fn slot(&mut self, spec: &WindowSpec, now: Timestamp) -> usize {
-        if let Some(&slot) = self.slots.get(&(spec.subject.clone(), spec.window)) {
+        let index = spec.window as usize;
+        if let Some(slot) = self.slots.get(&spec.subject).and_then(|s| s[index]) {
             return slot;
         }
         let slot = self.states.len();
@@ -301,7 +311,8 @@ impl Inner {
                 reserved: 0,
             },
         });
-        self.slots.insert((spec.subject.clone(), spec.window), slot);
+        self.slots.entry(spec.subject.clone()).or_default()[index] = Some(slot);
+        self.windows.push((spec.subject.clone(), spec.window));
         slot
     }
 
@@ -474,10 +485,7 @@ impl Ledger for LocalLedger {
                 }
             };
             if let Some((period, settled)) = changed {
-                let WindowSpec {
-                    subject, window, ..
-                } = part.spec;
-                inner.dirty.insert((subject, window, period), settled);
+                inner.dirty.insert((part.slot, period), settled);
             }
         }
     }
