@@ -178,27 +178,33 @@ impl LocalLedger {
     /// Writes the usage settled since the last flush to the store; returns how many
     /// windows were written. On failure the usage stays to be written next time.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        let (dirty, batch) = {
+        let (dirty, named) = {
             let mut inner = self.lock();
             let dirty = std::mem::take(&mut inner.dirty);
             if dirty.is_empty() {
                 return Ok(0);
             }
-            let batch: Vec<StoredUsage> = dirty
+            // Only the subjects' Arcs are cloned under the lock, which every reservation
+            // takes: their names are copied out once it is released.
+            let named: Vec<(Subject, Window, i64, u64)> = dirty
                 .iter()
                 .map(|(&(slot, period), &used)| {
                     let (subject, window) = &inner.windows[slot];
-                    StoredUsage {
-                        scope: subject.scope,
-                        name: subject.name.to_string(),
-                        window: *window,
-                        period,
-                        used,
-                    }
+                    (subject.clone(), *window, period, used)
                 })
                 .collect();
-            (dirty, batch)
+            (dirty, named)
         };
+        let batch: Vec<StoredUsage> = named
+            .into_iter()
+            .map(|(subject, window, period, used)| StoredUsage {
+                scope: subject.scope,
+                name: subject.name.to_string(),
+                window,
+                period,
+                used,
+            })
+            .collect();
         match self.store.write(&batch) {
             Ok(()) => {
                 self.writes.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +304,11 @@ impl Inner {
     /// The slot of `spec`'s window, made (its minute bucket full, its calendar period not
     /// started) on its first use at `now`.
     fn slot(&mut self, spec: &WindowSpec, now: Timestamp) -> usize {
-        let index = spec.window as usize;
+        let index = match spec.window {
+            Window::Minute => 0,
+            Window::Day => 1,
+            Window::Month => 2,
+        };
         if let Some(slot) = self.slots.get(&spec.subject).and_then(|s| s[index]) {
             return slot;
         }
