@@ -4,36 +4,44 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpResponseBuilder;
 
 /// Hop-by-hop headers (RFC 9110 7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`):
-/// they describe one connection and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+/// they describe one connection and are never forwarded. Header names are lower case, so a
+/// match on the name is the whole comparison (one per header, not one per listed name).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+    )
+}
 
 /// Request headers the gateway consumes or recomputes and so never sends upstream: the
 /// client's credentials (`Authorization`, `X-API-Key`, cookies), framing (`Content-Length`,
 /// `Host`, `Expect`, `Upgrade`) and `Accept-Encoding` (the relay needs identity bodies to
 /// flush line by line).
-static NOT_FORWARDED_UPSTREAM: [HeaderName; 8] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
-    header::COOKIE,
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::EXPECT,
-    header::UPGRADE,
-    header::ACCEPT_ENCODING,
-];
+fn not_forwarded_upstream(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization"
+            | "x-api-key"
+            | "cookie"
+            | "host"
+            | "content-length"
+            | "expect"
+            | "upgrade"
+            | "accept-encoding"
+    )
+}
 
 /// Response headers recomputed by the gateway's own HTTP layer.
-static NOT_FORWARDED_DOWNSTREAM: [HeaderName; 3] =
-    [header::CONTENT_LENGTH, header::UPGRADE, header::DATE];
+fn not_forwarded_downstream(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "content-length" | "upgrade" | "date")
+}
 
 /// Names listed in `Connection` (RFC 9110 7.6.1: they are hop-by-hop too).
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
@@ -45,34 +53,33 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The headers of `from` that pass: not hop-by-hop, not in `skip`, not named in
+/// The headers of `from` that pass: not hop-by-hop, not `skip`ped, not named in
 /// `Connection`. Allocates only when a `Connection` header names extra headers.
 fn passing<'a>(
     from: &'a HeaderMap,
-    skip: &'static [HeaderName],
+    skip: fn(&HeaderName) -> bool,
 ) -> impl Iterator<Item = (&'a HeaderName, &'a header::HeaderValue)> + 'a {
     let listed = if from.contains_key(header::CONNECTION) {
         connection_listed(from)
     } else {
         Vec::new()
     };
-    from.iter().filter(move |(name, _)| {
-        !HOP_BY_HOP.contains(name) && !skip.contains(name) && !listed.contains(name)
-    })
+    from.iter()
+        .filter(move |(name, _)| !is_hop_by_hop(name) && !skip(name) && !listed.contains(name))
 }
 
 /// The client's request headers that may go to an Ollama upstream.
 pub fn upstream_request_headers(
     client: &HeaderMap,
 ) -> impl Iterator<Item = (&HeaderName, &header::HeaderValue)> + '_ {
-    passing(client, &NOT_FORWARDED_UPSTREAM)
+    passing(client, not_forwarded_upstream)
 }
 
 /// The upstream's response headers that may go back to the client.
 pub fn downstream_response_headers(
     upstream: &HeaderMap,
 ) -> impl Iterator<Item = (&HeaderName, &header::HeaderValue)> + '_ {
-    passing(upstream, &NOT_FORWARDED_DOWNSTREAM)
+    passing(upstream, not_forwarded_downstream)
 }
 
 /// Whether an upstream answer's `Content-Type` is `media_type` (its parameters aside).
