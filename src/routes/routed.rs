@@ -2,6 +2,7 @@
 //! key may use the model, pick the upstream (the catalog's one decision), and start the
 //! request's record, which from then on counts and logs it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,36 +35,44 @@ pub struct ToOllama<'a> {
 
 impl<'a> ToOllama<'a> {
     /// Sends `body` as it came to Ollama's `uri` (the endpoint's own) and relays the answer.
-    pub async fn forward(
+    /// The upstream call's own future, not one wrapped around it: a future is moved whole at
+    /// each level that awaits it.
+    pub fn forward<'r>(
         self,
-        client: &awc::Client,
-        req: &HttpRequest,
-        uri: &awc::http::Uri,
+        client: &'r awc::Client,
+        req: &'r HttpRequest,
+        uri: &'r awc::http::Uri,
         body: Bytes,
-    ) -> Result<HttpResponse, GatewayError> {
+    ) -> impl Future<Output = Result<HttpResponse, GatewayError>> + 'r
+    where
+        'a: 'r,
+    {
         let Self {
             config,
             request_id,
             record,
         } = self;
-        upstream::ollama::forward(client, config, req, uri, body, &request_id, record).await
+        upstream::ollama::forward(client, config, req, uri, body, request_id, record)
     }
 
     /// Sends `body` as it came to Ollama's Anthropic Messages API (`/v1/messages`) and
     /// relays the answer (an event stream when `streams`).
-    pub async fn messages(
+    pub fn messages<'r>(
         self,
-        client: &awc::Client,
-        req: &HttpRequest,
+        client: &'r awc::Client,
+        req: &'r HttpRequest,
         body: Bytes,
         streams: bool,
-    ) -> Result<HttpResponse, GatewayError> {
+    ) -> impl Future<Output = Result<HttpResponse, GatewayError>> + 'r
+    where
+        'a: 'r,
+    {
         let Self {
             config,
             request_id,
             record,
         } = self;
-        upstream::anthropic::forward(client, config, req, body, streams, &request_id, record).await
+        upstream::anthropic::forward(client, config, req, body, streams, request_id, record)
     }
 
     /// The config, the request id and the record, for a relay of its own.

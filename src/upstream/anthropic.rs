@@ -3,6 +3,8 @@
 //! its token usage read on the way. A stream that fails ends with an `error` event, never
 //! with a `message_stop` the upstream did not send.
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -36,7 +38,7 @@ pub async fn forward(
     req: &HttpRequest,
     body: Bytes,
     streams: bool,
-    request_id: &str,
+    request_id: Arc<str>,
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let timeouts = &config.timeouts;
@@ -47,7 +49,7 @@ pub async fn forward(
             .timeout(timeouts.first_byte),
         config,
         req,
-        request_id,
+        &request_id,
     );
     let mut resp = match upstream_req.send_body(body).await {
         Ok(resp) => resp,

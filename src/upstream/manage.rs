@@ -10,7 +10,7 @@ use awc::error::SendRequestError;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::ollama::{answer, with_client_headers, Answer};
+use super::ollama::{streamed, whole, with_client_headers, Answer};
 use super::upload::Upload;
 use super::{send_error, took, OLLAMA};
 use crate::config::Config;
@@ -92,21 +92,19 @@ pub async fn forward(
         Ok(resp) => resp,
         Err(e) => return Err(record.fail(e)),
     };
-    let lines = NdjsonRelay::progress(config.upstream.max_stream_line_bytes);
+    let (mut resp, record) = match streamed(resp, NdjsonRelay::progress, config, deadline, record) {
+        Answer::Streamed(streamed) => return Ok(streamed),
+        Answer::Whole(resp, record) => (resp, record),
+    };
     // Copy, delete and blobs answer with a status and no body, a pull that does not stream
     // with one status line, errors with `{"error"}`: relayed as they are.
-    match answer(resp, lines, config, deadline, record).await? {
-        Answer::Stream(streamed) => Ok(streamed),
-        Answer::Whole {
-            mut builder,
-            status,
-            body,
-            record,
-        } => {
+    match whole(&mut resp, config, deadline).await {
+        Ok((mut builder, status, body)) => {
             let ending = metrics::Ending::Complete;
             record.finish(status.as_u16(), Tokens::default(), None, &ending);
             Ok(builder.body(body))
         }
+        Err(e) => Err(record.fail(e)),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The Ollama upstream: the request body goes as is; answers come back unchanged, streams
 //! line by line as they arrive.
 
+use std::sync::Arc;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
@@ -27,7 +29,7 @@ pub async fn forward(
     req: &HttpRequest,
     uri: &awc::http::Uri,
     body: Bytes,
-    request_id: &str,
+    request_id: Arc<str>,
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let timeouts = &config.timeouts;
@@ -36,23 +38,21 @@ pub async fn forward(
         client.post(uri.clone()).timeout(timeouts.first_byte),
         config,
         req,
-        request_id,
+        &request_id,
     );
     let resp = match upstream_req.send_body(body).await {
         Ok(resp) => resp,
         Err(e) => return Err(record.fail(send_error(OLLAMA, e, timeouts))),
     };
-    let lines = NdjsonRelay::with_max_line(config.upstream.max_stream_line_bytes);
-    let (mut builder, status, body, record) =
-        match answer(resp, lines, config, deadline, record).await? {
-            Answer::Stream(streamed) => return Ok(streamed),
-            Answer::Whole {
-                builder,
-                status,
-                body,
-                record,
-            } => (builder, status, body, record),
+    let (mut resp, record) =
+        match streamed(resp, NdjsonRelay::with_max_line, config, deadline, record) {
+            Answer::Streamed(streamed) => return Ok(streamed),
+            Answer::Whole(resp, record) => (resp, record),
         };
+    let (mut builder, status, body) = match whole(&mut resp, config, deadline).await {
+        Ok(whole) => whole,
+        Err(e) => return Err(record.fail(e)),
+    };
     let counts: DoneCounts = if status.is_success() {
         match serde_json::from_slice(&body) {
             Ok(counts) => counts,
@@ -79,80 +79,80 @@ pub async fn forward(
     Ok(builder.body(body))
 }
 
-/// Ollama's answer on its way to the client.
+/// Ollama's answer, once its head is in.
 pub(super) enum Answer {
     /// A 2xx NDJSON stream, relayed line by line; its record ends with it.
-    Stream(HttpResponse),
-    /// Any other answer, read whole, for the caller to finish: its status, the client's
-    /// response with Ollama's headers, the body, and the record.
-    Whole {
-        builder: HttpResponseBuilder,
-        status: StatusCode,
-        body: Bytes,
-        record: RequestRecord,
-    },
+    Streamed(HttpResponse),
+    /// Any other answer, with its record, for the caller to read [`whole`].
+    Whole(awc::ClientResponse, RequestRecord),
 }
 
-/// Relays a 2xx NDJSON answer through `lines` as it arrives; reads any other whole. Ollama
-/// writes those in one piece, so buffering them costs nothing and lets a broken answer
-/// become a 502 instead of a truncated 200.
-pub(super) async fn answer(
-    mut resp: awc::ClientResponse,
-    lines: NdjsonRelay,
+/// Relays a 2xx NDJSON answer through the relay `lines` makes (given
+/// `upstream.max_stream_line_bytes`) as it arrives; the record ends with it. Not async, so
+/// that the caller's future holds no state of its own across the read of any other answer.
+pub(super) fn streamed(
+    resp: awc::ClientResponse,
+    lines: fn(usize) -> NdjsonRelay,
     config: &Config,
     deadline: Instant,
     record: RequestRecord,
-) -> Result<Answer, GatewayError> {
+) -> Answer {
     let status = resp.status();
-    let mut builder = HttpResponse::build(status);
-    for (name, value) in downstream_response_headers(resp.headers()) {
-        builder.append_header((name.clone(), value.clone()));
+    if !(status.is_success() && has_media_type(resp.headers(), "application/x-ndjson")) {
+        return Answer::Whole(resp, record);
     }
-    if status.is_success() && has_media_type(resp.headers(), "application/x-ndjson") {
-        unbuffered(&mut builder);
-        let relay = Relay::new(
-            resp,
-            OllamaLines(lines),
-            OLLAMA.to_string(),
-            config,
-            deadline,
-            Some(record),
-        );
-        return Ok(Answer::Stream(builder.streaming(relay)));
-    }
+    let mut builder = relayed_headers(status, resp.headers());
+    unbuffered(&mut builder);
+    let relay = Relay::new(
+        resp,
+        OllamaLines(lines(config.upstream.max_stream_line_bytes)),
+        OLLAMA.to_string(),
+        config,
+        deadline,
+        Some(record),
+    );
+    Answer::Streamed(builder.streaming(relay))
+}
+
+/// Reads an answer that is not a stream whole: Ollama writes those in one piece, so
+/// buffering them costs nothing and lets a broken answer become a 502 instead of a
+/// truncated 200. Its status, the client's response with Ollama's headers, and the body.
+pub(super) async fn whole(
+    resp: &mut awc::ClientResponse,
+    config: &Config,
+    deadline: Instant,
+) -> Result<(HttpResponseBuilder, StatusCode, Bytes), GatewayError> {
+    let status = resp.status();
     let body = if status.is_success() {
-        read_body(
-            &mut resp,
-            OLLAMA,
-            MAX_ANSWER_BYTES,
-            deadline,
-            &config.timeouts,
-        )
-        .await
+        read_body(resp, OLLAMA, MAX_ANSWER_BYTES, deadline, &config.timeouts).await?
     } else {
-        match read_error_body(&mut resp, OLLAMA, deadline, config).await {
+        match read_error_body(resp, OLLAMA, deadline, config).await {
+            Ok(body) => body,
             // The status still says what happened; the body is only its explanation.
-            Err(GatewayError::UpstreamTooLarge { limit, .. }) => Err(GatewayError::UpstreamStatus {
-                upstream: OLLAMA.to_string(),
-                status,
-                message: format!(
-                    "upstream {OLLAMA} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
-                    status.as_u16()
-                ),
-                retry_after: None,
-            }),
-            other => other,
+            Err(GatewayError::UpstreamTooLarge { limit, .. }) => {
+                return Err(GatewayError::UpstreamStatus {
+                    upstream: OLLAMA.to_string(),
+                    status,
+                    message: format!(
+                        "upstream {OLLAMA} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
+                        status.as_u16()
+                    ),
+                    retry_after: None,
+                })
+            }
+            Err(e) => return Err(e),
         }
     };
-    match body {
-        Ok(body) => Ok(Answer::Whole {
-            builder,
-            status,
-            body,
-            record,
-        }),
-        Err(e) => Err(record.fail(e)),
+    Ok((relayed_headers(status, resp.headers()), status, body))
+}
+
+/// The client's response with `status` and the upstream's headers that may go back.
+fn relayed_headers(status: StatusCode, upstream: &header::HeaderMap) -> HttpResponseBuilder {
+    let mut builder = HttpResponse::build(status);
+    for (name, value) in downstream_response_headers(upstream) {
+        builder.append_header((name.clone(), value.clone()));
     }
+    builder
 }
 
 /// `upstream_req` with the client's headers that may go to Ollama, the request id, and

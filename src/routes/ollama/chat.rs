@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::future::Either;
 
 use crate::error::GatewayError;
 use crate::routes::ollama::key;
@@ -24,13 +25,15 @@ pub async fn chat(
     let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;
     let chat = ChatRequest::parse(&body)?;
     let (model, streams) = (chat.model(), chat.streams());
-    match routed::admit(&req, &state, "/api/chat", model, started, streams, spend)? {
+    // One await of either upstream's future, after the admission's temporaries are gone.
+    let call = match routed::admit(&req, &state, "/api/chat", model, started, streams, spend)? {
         Routed::Ollama(to) => {
             let uri = &state.config.ollama.chat_uri;
-            to.forward(&client, &req, uri, body.clone()).await
+            Either::Left(to.forward(&client, &req, uri, body.clone()))
         }
         Routed::OpenAi(call, record) => {
-            openai::forward(&client, call, &chat, Shape::Chat, record).await
+            Either::Right(openai::forward(&client, call, &chat, Shape::Chat, record))
         }
-    }
+    };
+    call.await
 }

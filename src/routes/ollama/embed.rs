@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::future::Either;
 
 use crate::error::GatewayError;
 use crate::routes::ollama::key;
@@ -47,10 +48,12 @@ async fn handle(
         Endpoint::Embed => ("/api/embed", &state.config.ollama.embed_uri),
         Endpoint::Legacy => ("/api/embeddings", &state.config.ollama.embeddings_uri),
     };
-    match routed::admit(&req, &state, label, embed.model(), started, false, spend)? {
-        Routed::Ollama(to) => to.forward(&client, &req, uri, body.clone()).await,
+    // One await of either upstream's future, after the admission's temporaries are gone.
+    let call = match routed::admit(&req, &state, label, embed.model(), started, false, spend)? {
+        Routed::Ollama(to) => Either::Left(to.forward(&client, &req, uri, body.clone())),
         Routed::OpenAi(call, record) => {
-            openai::embed(&client, call, &embed, endpoint, record).await
+            Either::Right(openai::embed(&client, call, &embed, endpoint, record))
         }
-    }
+    };
+    call.await
 }

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::future::Either;
 
 use crate::error::GatewayError;
 use crate::routes::ollama::key;
@@ -26,7 +27,8 @@ pub async fn generate(
     // Moves the parsed fields, copies nothing: cheap even when the body goes to Ollama.
     let generate = GenerateRequest::parse(&body)?.into_chat();
     let (model, streams) = (generate.chat.model(), generate.chat.streams());
-    match routed::admit(
+    // One await of either upstream's future, after the admission's temporaries are gone.
+    let call = match routed::admit(
         &req,
         &state,
         "/api/generate",
@@ -37,8 +39,11 @@ pub async fn generate(
     )? {
         Routed::Ollama(to) => {
             let uri = &state.config.ollama.generate_uri;
-            to.forward(&client, &req, uri, body.clone()).await
+            Either::Left(to.forward(&client, &req, uri, body.clone()))
         }
-        Routed::OpenAi(call, record) => openai::generate(&client, call, &generate, record).await,
-    }
+        Routed::OpenAi(call, record) => {
+            Either::Right(openai::generate(&client, call, &generate, record))
+        }
+    };
+    call.await
 }
