@@ -441,7 +441,9 @@ impl RootSpanBuilder for GatewaySpan {
             method = %request.method(),
             path = %request.path().chars().take(200).collect::<String>()
         );
-        request.extensions_mut().insert(id);
+        request
+            .extensions_mut()
+            .insert(crate::middleware::context::RequestContext::new(id));
         span
     }
 

@@ -10,6 +10,7 @@
 //! `server` wraps it inside tracing-actix-web's `TracingLogger`.
 
 pub mod auth;
+pub mod context;
 pub mod observe;
 pub mod rate_limit;
 
@@ -62,7 +63,8 @@ fn admit(
     let ip = allowlist::check(&state.allowlist, seen.client)?;
     let key = auth::check(state, req, ip)?;
     if let Some(key) = &key {
-        req.extensions_mut().insert(Arc::clone(key));
+        let key = Arc::clone(key);
+        context::RequestContext::update(&mut req.extensions_mut(), |c| c.key = Some(key));
     }
     check_declared_length(req, state.config.server.max_body_bytes)?;
     let cheap_read = rate_limit::is_cheap_read(req.method(), req.path());

@@ -13,13 +13,9 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::HttpMessage as _;
 
 use crate::error::{Blame, GatewayError};
-use crate::keys::ApiKey;
 use crate::metrics::WorkerMetrics;
+use crate::middleware::context::RequestContext;
 use crate::telemetry::RequestId;
-
-/// Put in a request's extensions when a `RequestRecord` took over its metrics and log line.
-#[derive(Debug, Clone, Copy)]
-pub struct Recorded;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -84,8 +80,8 @@ impl Seen {
     pub fn start(req: &ServiceRequest) -> Self {
         Self {
             started: Instant::now(),
-            request_id: match req.extensions().get::<RequestId>() {
-                Some(id) => id.clone(),
+            request_id: match RequestContext::of(&req.extensions()) {
+                Some(context) => context.id.clone(),
                 None => RequestId::generate(),
             },
             worker: req.app_data::<Rc<WorkerMetrics>>().cloned(),
@@ -105,7 +101,12 @@ impl Seen {
         if let Ok(value) = HeaderValue::from_str(&request_id.0) {
             res.headers_mut().insert(X_REQUEST_ID, value);
         }
-        if res.request().extensions().get::<Recorded>().is_some() {
+        let (recorded, key) = match RequestContext::of(&res.request().extensions()) {
+            Some(context) if context.recorded => (true, None),
+            Some(context) => (false, context.key.clone()),
+            None => (false, None),
+        };
+        if recorded {
             return res;
         }
         let path = res.request().path();
@@ -114,7 +115,6 @@ impl Seen {
             .response()
             .error()
             .and_then(|e| e.as_error::<GatewayError>());
-        let key = res.request().extensions().get::<Arc<ApiKey>>().cloned();
         if is_probe(path) && error.is_none() {
             tracing::debug!(
                 request_id = &*request_id.0,

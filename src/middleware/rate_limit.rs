@@ -23,6 +23,7 @@ use crate::budget::{Budget, Ledger, WindowState};
 use crate::error::{go_duration, Api, GatewayError, RatePolicy};
 use crate::keys::ApiKey;
 use crate::limits::{self, InFlight};
+use crate::middleware::context::RequestContext;
 use crate::state::AppState;
 
 pin_project_lite::pin_project! {
@@ -117,12 +118,6 @@ const X_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-to
 const X_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
-/// The window of a request's own reservation with the least room once it was in
-/// ([`crate::budget::Hold::tightest`]), put in its extensions by the route that reserved:
-/// what its answer's `x-ratelimit-*-tokens` say, without reading the ledger again.
-#[derive(Debug, Clone)]
-pub struct ReservedTokens(pub WindowState);
-
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-tokens` for the window of `key`'s token
 /// budgets (its own and its team's) with the least room left now: its limit, what is left,
 /// and the time until it resets (a Go duration: `1s`, `6m0s`).
@@ -171,13 +166,15 @@ impl Admission {
             }
         }
         if let Some(key) = &self.budgeted {
-            let reserved = res.request().extensions_mut().remove::<ReservedTokens>();
+            let reserved = res
+                .request()
+                .extensions_mut()
+                .get_mut::<RequestContext>()
+                .and_then(|c| c.reserved.take());
             if let Some(state) = res.request().app_data::<web::Data<AppState>>().cloned() {
                 let now = state.local_ledger.now();
                 match reserved {
-                    Some(ReservedTokens(window)) => {
-                        put_token_headers(res.headers_mut(), &window, now)
-                    }
+                    Some(window) => put_token_headers(res.headers_mut(), &window, now),
                     // Refused before reserving (a token 429 among them), or a route that
                     // spends nothing: the ledger as it is.
                     None => add_token_headers(res.headers_mut(), key, &*state.ledger, now),

@@ -13,7 +13,7 @@ use crate::catalog::{self, Route};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::{Charge, RequestRecord};
-use crate::middleware::rate_limit::ReservedTokens;
+use crate::middleware::context::RequestContext;
 use crate::routes::spend::Spend;
 use crate::state::AppState;
 use crate::upstream::{self, openai};
@@ -103,7 +103,7 @@ pub fn admit<'a>(
                 .reserve(&budget.windows, spend.tokens())
                 .map_err(|e| GatewayError::TokenBudget(Box::new(e)))?;
             if let Some(window) = hold.tightest.take() {
-                req.extensions_mut().insert(ReservedTokens(window));
+                RequestContext::update(&mut req.extensions_mut(), |c| c.reserved = Some(window));
             }
             Some(hold)
         }

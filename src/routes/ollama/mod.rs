@@ -17,7 +17,7 @@ use super::{only, probe};
 use crate::error::GatewayError;
 use crate::keys::ApiKey;
 use crate::metrics::{RequestRecord, WorkerMetrics};
-use crate::middleware::observe::Recorded;
+use crate::middleware::context::RequestContext;
 use crate::state::AppState;
 use crate::telemetry::RequestId;
 use crate::translate::manage::Operation;
@@ -61,7 +61,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The identity the edge admitted the request with: its key, or the trusted network that
 /// served it without one (none only on the public probe paths).
 pub(crate) fn key(req: &HttpRequest) -> Option<Arc<ApiKey>> {
-    req.extensions().get::<Arc<ApiKey>>().cloned()
+    RequestContext::of(&req.extensions()).and_then(|c| c.key.clone())
 }
 
 /// Whether `key` may use `model` (no identity restricts nothing): what every list filters
@@ -82,9 +82,8 @@ pub(crate) fn may_use(key: Option<&ApiKey>, model: &str) -> Result<(), GatewayEr
 
 /// The request's id, as the edge set it (or a new one).
 pub(crate) fn request_id(req: &HttpRequest) -> Arc<str> {
-    req.extensions()
-        .get::<RequestId>()
-        .map_or_else(|| RequestId::generate().0, |id| Arc::clone(&id.0))
+    RequestContext::of(&req.extensions())
+        .map_or_else(|| RequestId::generate().0, |c| Arc::clone(&c.id.0))
 }
 
 /// The request's id and this worker's metric handles, for the `RequestRecord` of a request
@@ -95,7 +94,7 @@ fn recorded(req: &HttpRequest, state: &AppState) -> (Arc<str>, Rc<WorkerMetrics>
         .app_data::<Rc<WorkerMetrics>>()
         .cloned()
         .unwrap_or_else(|| Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics))));
-    req.extensions_mut().insert(Recorded);
+    RequestContext::update(&mut req.extensions_mut(), |c| c.recorded = true);
     (request_id, worker)
 }
 
