@@ -84,17 +84,8 @@ pub async fn forward(
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
         let body = match read_error_body(&mut resp, OLLAMA, deadline, config).await {
             Ok(body) => body,
-            // The status still says what happened; the body is only its explanation.
             Err(GatewayError::UpstreamTooLarge { limit, .. }) => {
-                return Err(record.fail(GatewayError::UpstreamStatus {
-                    upstream: OLLAMA.to_string(),
-                    status,
-                    message: format!(
-                        "upstream {OLLAMA} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
-                        status.as_u16()
-                    ),
-                    retry_after: None,
-                }))
+                return Err(record.fail(super::error_body_too_large(OLLAMA, status, limit)))
             }
             Err(e) => return Err(record.fail(e)),
         };

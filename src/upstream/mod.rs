@@ -279,6 +279,24 @@ where
     Ok(config.scrubber.scrub_json_bytes(body))
 }
 
+/// What an error status becomes when its body was larger than [`MAX_ERROR_BYTES`]: the
+/// status still says what happened; the body was only its explanation.
+pub fn error_body_too_large(
+    upstream: &str,
+    status: actix_web::http::StatusCode,
+    limit: usize,
+) -> GatewayError {
+    GatewayError::UpstreamStatus {
+        upstream: upstream.to_string(),
+        status,
+        message: format!(
+            "upstream {upstream} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
+            status.as_u16()
+        ),
+        retry_after: None,
+    }
+}
+
 /// Reads a whole upstream body of at most `limit` bytes before `deadline` (the end of
 /// `timeouts.total`).
 pub async fn read_body<S>(

@@ -128,17 +128,8 @@ pub(super) async fn whole(
     } else {
         match read_error_body(resp, OLLAMA, deadline, config).await {
             Ok(body) => body,
-            // The status still says what happened; the body is only its explanation.
             Err(GatewayError::UpstreamTooLarge { limit, .. }) => {
-                return Err(GatewayError::UpstreamStatus {
-                    upstream: OLLAMA.to_string(),
-                    status,
-                    message: format!(
-                        "upstream {OLLAMA} answered {} with an error body larger than the {limit} bytes the gateway reads of one",
-                        status.as_u16()
-                    ),
-                    retry_after: None,
-                })
+                return Err(super::error_body_too_large(OLLAMA, status, limit))
             }
             Err(e) => return Err(e),
         }
