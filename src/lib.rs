@@ -10,6 +10,7 @@ pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod listener;
+pub mod log_sink;
 pub mod metrics;
 pub mod middleware;
 pub mod reload;

@@ -804,7 +804,7 @@ impl RequestRecord {
         }
         let ttfb_ms = ttfb.map(crate::telemetry::millis);
         // A failed answer's line is a warning and says why; the fields are the same. Each
-        // field is named once, for both writers: straight into the log queue when the log is
+        // field is named once, for both writers: straight into the log sink when the log is
         // JSON, through tracing otherwise.
         macro_rules! request_line {
             ($($kind:ident $name:ident = $value:expr),* $(,)?) => {

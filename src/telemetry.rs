@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
-use std::io::BufWriter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,16 +13,13 @@ use actix_web::{Error, HttpMessage as _};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Span, Subscriber};
 use tracing_actix_web::RootSpanBuilder;
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, RawLog};
-
-/// Lines formatted but not yet written, at most; past it, threads that log wait.
-const LOG_QUEUE_LINES: usize = 4096;
+use crate::log_sink::{LogSink, SinkGuard};
 
 /// What the default filter holds back (see [`init`]).
 const QUIET: &str = "rustls=error,actix_http::h1::dispatcher=off";
@@ -37,11 +33,11 @@ const QUIET: &str = "rustls=error,actix_http::h1::dispatcher=off";
 /// connection itself, rate-limited (see `listener`).
 ///
 /// Lines are formatted on the thread that logs them and written to stdout by a writer
-/// thread, in batches: a request never waits for a `write(2)` (measured: about a tenth of the
-/// gateway's CPU per request under load, scenario S3 in BENCHMARKS.md). Nothing is dropped
-/// when the writer falls behind; loggers wait instead. Keep the returned guard alive until
-/// exit: dropping it writes out what is still queued.
-pub fn init(log: &RawLog, rust_log: Option<&str>) -> WorkerGuard {
+/// thread, in batches (see `log_sink`): a request never waits for a `write(2)`. Nothing is
+/// dropped when the writer falls behind; loggers wait instead. Keep the returned guard alive
+/// until exit: dropping it writes out what is still waiting. `None` when the writer thread
+/// cannot start: lines go to stdout directly then.
+pub fn init(log: &RawLog, rust_log: Option<&str>) -> Option<SinkGuard> {
     let directives = match rust_log {
         Some(value) if !value.trim().is_empty() => value.to_string(),
         _ => format!("{},{QUIET}", log.level),
@@ -49,37 +45,42 @@ pub fn init(log: &RawLog, rust_log: Option<&str>) -> WorkerGuard {
     let filter =
         EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET}")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        // The queue's slots are allocated up front: the default (128,000) costs ~5 MiB of
-        // resident memory at idle; a few thousand lines is seconds of headroom at full load.
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let direct = writer.clone();
+    let (sink, guard) = match LogSink::start(Box::new(std::io::stdout())) {
+        Ok((sink, guard)) => (Some(sink), Some(guard)),
+        Err(e) => {
+            eprintln!(
+                "warning: the log writer thread did not start ({e}); writing the log directly"
+            );
+            (None, None)
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
         .with_target(false)
         .with_ansi(ansi);
-    let result = match log.format {
+    let result = match (log.format, sink) {
         // Request lines carry their request id themselves: no span data per line.
-        LogFormat::Json => {
-            let result = builder.event_format(JsonLine).try_init();
+        (LogFormat::Json, Some(sink)) => {
+            let result = builder
+                .event_format(JsonLine)
+                .with_writer(sink.clone())
+                .try_init();
             if result.is_ok() {
-                let _ = DIRECT.set(direct);
+                let _ = DIRECT.set(sink);
             }
             result
         }
-        LogFormat::Text => builder.try_init(),
+        (LogFormat::Json, None) => builder.event_format(JsonLine).try_init(),
+        (LogFormat::Text, Some(sink)) => builder.with_writer(sink).try_init(),
+        (LogFormat::Text, None) => builder.try_init(),
     };
     // A second init (tests) keeps the first subscriber.
     drop(result);
     guard
 }
 
-/// The log queue, when the global subscriber writes JSON: [`request_line`] writes there.
-static DIRECT: OnceLock<NonBlocking> = OnceLock::new();
+/// The log sink, when the global subscriber writes JSON: [`request_line`] writes there.
+static DIRECT: OnceLock<LogSink> = OnceLock::new();
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as `humantime::format_rfc3339_micros` writes it.
 const STAMP_LEN: usize = 27;
@@ -201,7 +202,7 @@ impl LineFields<'_> {
 }
 
 /// Writes the line `{"timestamp":..,"level":..,"message":..` and `fill`'s fields straight
-/// into the log queue: the same bytes [`JsonLine`] makes of the same event, without tracing's
+/// into the log sink: the same bytes [`JsonLine`] makes of the same event, without tracing's
 /// dispatch and field visitors, for the one line of every request. The caller checks that its
 /// level is enabled (`tracing::enabled!`, which asks the filter). Returns false, writing
 /// nothing, when the log is not JSON: the caller logs through tracing then.
@@ -210,13 +211,12 @@ pub fn request_line(
     message: &'static str,
     fill: impl FnOnce(&mut LineFields<'_>),
 ) -> bool {
-    let Some(writer) = DIRECT.get() else {
+    let Some(sink) = DIRECT.get() else {
         return false;
     };
     with_buffers(|line, _| {
         format_line(line, level, message, fill);
-        // The queue takes whole lines; it never fails but when its writer thread is gone.
-        let _ = std::io::Write::write_all(&mut writer.clone(), line);
+        sink.write_line(line);
     });
     true
 }
