@@ -48,8 +48,6 @@ struct Shared {
     room: Condvar,
     high_water: usize,
     capacity: usize,
-    /// The output after close; the writer thread owns it before.
-    closed_output: Mutex<Option<Box<dyn Write + Send>>>,
 }
 
 struct State {
@@ -59,8 +57,9 @@ struct State {
     blocked: usize,
     /// The guard was dropped: the writer writes what waits, then stops.
     closed: bool,
-    /// The writer has stopped and left the output in `closed_output`.
-    done: bool,
+    /// The output, once the writer has stopped and left it here (the writer thread owns it
+    /// before): lines are written to it directly then.
+    after_close: Option<Box<dyn Write + Send>>,
 }
 
 /// What the writer thread is doing, so that a line wakes it only when it must.
@@ -92,13 +91,12 @@ impl LogSink {
                 writer: Phase::Writing,
                 blocked: 0,
                 closed: false,
-                done: false,
+                after_close: None,
             }),
             lines: Condvar::new(),
             room: Condvar::new(),
             high_water,
             capacity,
-            closed_output: Mutex::new(None),
         });
         let writer = {
             let shared = Arc::clone(&shared);
@@ -117,7 +115,7 @@ impl LogSink {
     pub fn write_line(&self, line: &[u8]) {
         let shared = &*self.shared;
         let mut state = shared.lock();
-        while state.waiting.len() >= shared.capacity && !state.done {
+        while state.waiting.len() >= shared.capacity && state.after_close.is_none() {
             state.blocked += 1;
             state = shared
                 .room
@@ -125,16 +123,9 @@ impl LogSink {
                 .unwrap_or_else(PoisonError::into_inner);
             state.blocked -= 1;
         }
-        if state.done {
-            drop(state);
-            let mut output = shared
-                .closed_output
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(out) = output.as_mut() {
-                // Nowhere to report a failed write of the log itself.
-                let _ = out.write_all(line).and_then(|()| out.flush());
-            }
+        if let Some(out) = state.after_close.as_mut() {
+            // Nowhere to report a failed write of the log itself.
+            let _ = out.write_all(line).and_then(|()| out.flush());
             return;
         }
         state.waiting.extend_from_slice(line);
@@ -196,11 +187,7 @@ impl Shared {
                 break;
             }
         }
-        *self
-            .closed_output
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(output);
-        state.done = true;
+        state.after_close = Some(output);
         if state.blocked > 0 {
             self.room.notify_all();
         }
@@ -220,7 +207,6 @@ impl Drop for SinkGuard {
             state.closed = true;
         }
         self.shared.lines.notify_one();
-        self.shared.room.notify_all();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
