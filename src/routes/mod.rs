@@ -10,6 +10,8 @@ pub(crate) mod routed;
 pub mod spend;
 pub mod usage;
 
+use actix_web::guard::{Guard, GuardContext};
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::GatewayError;
@@ -26,6 +28,23 @@ pub fn configure(cfg: &mut web::ServiceConfig, public_metrics: bool) {
     anthropic::configure(cfg);
     cfg.service(probe("/healthz", health::healthz))
         .service(probe("/readyz", health::readyz));
+}
+
+/// A route for `method` alone, for [`only`] and [`probe`], which answer other methods
+/// themselves. actix-web's own method routes (`web::post()` and the like) also note each
+/// method they test in the request's extensions, for an `Allow` header that those two
+/// write anyway: a vector and a map entry made for every request.
+pub(crate) fn on(method: Method) -> actix_web::Route {
+    web::route().guard(Is(method))
+}
+
+/// Matches requests of one method, and only compares.
+struct Is(Method);
+
+impl Guard for Is {
+    fn check(&self, ctx: &GuardContext<'_>) -> bool {
+        ctx.head().method == self.0
+    }
 }
 
 /// A resource served by `route` alone; other methods get 405 naming `allow`.
@@ -49,8 +68,8 @@ where
     F::Output: actix_web::Responder + 'static,
 {
     web::resource(path)
-        .route(web::get().to(handler.clone()))
-        .route(web::head().to(handler))
+        .route(on(Method::GET).to(handler.clone()))
+        .route(on(Method::HEAD).to(handler))
         .default_service(web::to(|req: HttpRequest| {
             method_not_allowed(req, "GET, HEAD")
         }))

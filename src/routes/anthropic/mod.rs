@@ -3,15 +3,16 @@
 
 pub mod messages;
 
+use actix_web::http::Method;
 use actix_web::web;
 
-use super::only;
+use super::{on, only};
 
 /// Registers Anthropic's endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(only(
         "/v1/messages",
         "POST",
-        web::post().to(messages::messages),
+        on(Method::POST).to(messages::messages),
     ));
 }

@@ -11,9 +11,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix_web::http::Method;
 use actix_web::{web, HttpMessage as _, HttpRequest};
 
-use super::{only, probe};
+use super::{on, only, probe};
 use crate::error::GatewayError;
 use crate::keys::ApiKey;
 use crate::metrics::{RequestRecord, WorkerMetrics};
@@ -24,27 +25,31 @@ use crate::translate::manage::Operation;
 
 /// Registers Ollama's endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(only("/api/chat", "POST", web::post().to(chat::chat)))
+    cfg.service(only("/api/chat", "POST", on(Method::POST).to(chat::chat)))
         .service(only(
             "/api/generate",
             "POST",
-            web::post().to(generate::generate),
+            on(Method::POST).to(generate::generate),
         ))
-        .service(only("/api/embed", "POST", web::post().to(embed::embed)))
+        .service(only(
+            "/api/embed",
+            "POST",
+            on(Method::POST).to(embed::embed),
+        ))
         .service(only(
             "/api/embeddings",
             "POST",
-            web::post().to(embed::embeddings),
+            on(Method::POST).to(embed::embeddings),
         ))
         .service(probe("/", meta::root))
         .service(probe("/api/version", meta::version))
         .service(probe("/api/tags", models::tags))
-        .service(only("/api/ps", "GET", web::get().to(models::ps)))
-        .service(only("/api/show", "POST", web::post().to(models::show)));
+        .service(only("/api/ps", "GET", on(Method::GET).to(models::ps)))
+        .service(only("/api/show", "POST", on(Method::POST).to(models::show)));
     for op in Operation::ALL {
         let (allow, route) = match op {
-            Operation::Delete => ("DELETE", web::delete()),
-            _ => ("POST", web::post()),
+            Operation::Delete => ("DELETE", on(Method::DELETE)),
+            _ => ("POST", on(Method::POST)),
         };
         cfg.service(only(op.path(), allow, route.to(manage::json)));
     }
@@ -52,9 +57,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         only(
             "/api/blobs/{digest}",
             "HEAD, POST",
-            web::head().to(manage::blob),
+            on(Method::HEAD).to(manage::blob),
         )
-        .route(web::post().to(manage::blob)),
+        .route(on(Method::POST).to(manage::blob)),
     );
 }
 

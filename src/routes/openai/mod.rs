@@ -9,11 +9,12 @@ pub mod models;
 
 use std::time::Instant;
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::only;
 use super::routed::{self, Routed};
 use super::spend;
+use super::{on, only};
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::translate::v1::{Endpoint, V1Request};
@@ -28,17 +29,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only(
             Endpoint::Chat.path(),
             "POST",
-            web::post().to(chat::chat),
+            on(Method::POST).to(chat::chat),
         ))
         .service(only(
             Endpoint::Completions.path(),
             "POST",
-            web::post().to(completions::completions),
+            on(Method::POST).to(completions::completions),
         ))
         .service(only(
             Endpoint::Embeddings.path(),
             "POST",
-            web::post().to(embeddings::embeddings),
+            on(Method::POST).to(embeddings::embeddings),
         ));
 }
 
