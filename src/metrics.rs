@@ -650,6 +650,11 @@ impl RequestRecord {
         }
     }
 
+    /// When the request came in: what its upstream deadline (`timeouts.total`) counts from.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The reservation this answer settles when it ends.
     pub fn charge(&mut self, charge: Charge) {
         self.spent.get_or_insert_with(Box::default).charge = Some(charge);

@@ -466,6 +466,7 @@ impl Ledger for LocalLedger {
             tokens,
             parts,
             tightest,
+            at: now,
         })
     }
 

@@ -129,6 +129,8 @@ pub struct Hold {
     /// `Budget::tightest` would pick from a read just after it), for the answer's
     /// `x-ratelimit-*-tokens`: one look at the ledger instead of a second read.
     pub tightest: Option<WindowState>,
+    /// When the ledger made the reservation: the `now` that `tightest` is as of.
+    pub at: Timestamp,
 }
 
 #[derive(Debug)]

@@ -78,12 +78,13 @@ pub struct Seen {
 
 impl Seen {
     pub fn start(req: &ServiceRequest) -> Self {
+        let (started, request_id) = match RequestContext::of(&req.extensions()) {
+            Some(context) => (context.started, context.id.clone()),
+            None => (Instant::now(), RequestId::generate()),
+        };
         Self {
-            started: Instant::now(),
-            request_id: match RequestContext::of(&req.extensions()) {
-                Some(context) => context.id.clone(),
-                None => RequestId::generate(),
-            },
+            started,
+            request_id,
             worker: req.app_data::<Rc<WorkerMetrics>>().cloned(),
             client: None,
         }

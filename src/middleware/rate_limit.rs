@@ -171,13 +171,15 @@ impl Admission {
                 .extensions_mut()
                 .get_mut::<RequestContext>()
                 .and_then(|c| c.reserved.take());
-            if let Some(state) = res.request().app_data::<web::Data<AppState>>().cloned() {
-                let now = state.local_ledger.now();
-                match reserved {
-                    Some(window) => put_token_headers(res.headers_mut(), &window, now),
-                    // Refused before reserving (a token 429 among them), or a route that
-                    // spends nothing: the ledger as it is.
-                    None => add_token_headers(res.headers_mut(), key, &*state.ledger, now),
+            match reserved {
+                Some((window, at)) => put_token_headers(res.headers_mut(), &window, at),
+                // Refused before reserving (a token 429 among them), or a route that spends
+                // nothing: the ledger as it is.
+                None => {
+                    if let Some(state) = res.request().app_data::<web::Data<AppState>>().cloned() {
+                        let now = state.local_ledger.now();
+                        add_token_headers(res.headers_mut(), key, &*state.ledger, now);
+                    }
                 }
             }
         }

@@ -101,3 +101,10 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
         path: req.path().chars().take(200).collect(),
     })
 }
+
+/// When the request came in, as the edge noted it: what its record's duration, its upstream
+/// deadline and its body timeout count from.
+pub(crate) fn started(req: &actix_web::HttpRequest) -> std::time::Instant {
+    use actix_web::HttpMessage as _;
+    crate::middleware::context::RequestContext::started(&req.extensions())
+}

@@ -103,7 +103,10 @@ pub fn admit<'a>(
                 .reserve(&budget.windows, spend.tokens())
                 .map_err(|e| GatewayError::TokenBudget(Box::new(e)))?;
             if let Some(window) = hold.tightest.take() {
-                RequestContext::update(&mut req.extensions_mut(), |c| c.reserved = Some(window));
+                let at = hold.at;
+                RequestContext::update(&mut req.extensions_mut(), |c| {
+                    c.reserved = Some((window, at));
+                });
             }
             Some(hold)
         }

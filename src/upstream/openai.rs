@@ -154,7 +154,7 @@ pub async fn forward(
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    let deadline = Instant::now() + timeouts.total;
+    let deadline = Instant::from_std(record.started()) + timeouts.total;
     let accept = if stream {
         "text/event-stream"
     } else {

@@ -43,7 +43,7 @@ pub async fn to_ollama(
     let inject = streams && !request.asked_usage();
     let body = request.rewrite(None, inject).map_or(body, Bytes::from);
     let timeouts = &config.timeouts;
-    let deadline = Instant::now() + timeouts.total;
+    let deadline = Instant::from_std(record.started()) + timeouts.total;
     let upstream_req = with_client_headers(
         client.post(uri.clone()).timeout(timeouts.first_byte),
         config,
@@ -100,7 +100,7 @@ pub async fn to_openai(
     } else {
         "application/json"
     };
-    let deadline = Instant::now() + call.config.timeouts.total;
+    let deadline = Instant::from_std(call.started) + call.config.timeouts.total;
     let resp = match openai::send(client, &call, uri, body, accept, deadline).await {
         Ok((resp, _)) => resp,
         Err(e) => return Err(record.fail(e)),

@@ -2,8 +2,6 @@
 //! body over as it came to Ollama's Messages API. Only Ollama serves this API: a model of
 //! an OpenAI-compatible upstream is refused (400) before any upstream is asked.
 
-use std::time::Instant;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::catalog::{self, Route};
@@ -23,7 +21,7 @@ pub async fn messages(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Instant::now();
+    let started = crate::routes::started(&req);
     let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
     let shape = spend::Shape::Anthropic;
     let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;

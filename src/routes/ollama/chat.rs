@@ -1,7 +1,5 @@
 //! `POST /api/chat`: read the body, pick the upstream by model, hand over.
 
-use std::time::Instant;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::Either;
 
@@ -19,7 +17,7 @@ pub async fn chat(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Instant::now();
+    let started = crate::routes::started(&req);
     let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
     let shape = spend::Shape::Ollama { generates: true };
     let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;

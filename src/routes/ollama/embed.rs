@@ -1,8 +1,6 @@
 //! `POST /api/embed` and the legacy `POST /api/embeddings`: to Ollama as they came; to an
 //! OpenAI-compatible upstream as `POST {base_url}/embeddings`.
 
-use std::time::Instant;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::Either;
 
@@ -39,7 +37,7 @@ async fn handle(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Instant::now();
+    let started = crate::routes::started(&req);
     let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
     let shape = spend::Shape::Ollama { generates: false };
     let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;

@@ -1,8 +1,6 @@
 //! `POST /api/generate`: to Ollama as it came (its load and unload included); to an
 //! OpenAI-compatible upstream as the chat it stands for.
 
-use std::time::Instant;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::Either;
 
@@ -20,7 +18,7 @@ pub async fn generate(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Instant::now();
+    let started = crate::routes::started(&req);
     let body = crate::routes::body::read_json(payload, &req, &state.config.server).await?;
     let shape = spend::Shape::Ollama { generates: true };
     let (spend, body) = spend::of(key(&req).as_ref(), &state.config, body, shape)?;

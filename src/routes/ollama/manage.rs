@@ -30,7 +30,7 @@ pub async fn json(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Instant::now();
+    let started = crate::routes::started(&req);
     let pattern = req.match_pattern();
     let Some(op) = Operation::ALL
         .into_iter()
@@ -77,7 +77,7 @@ pub async fn blob(
     client: web::Data<awc::Client>,
     digest: web::Path<String>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Instant::now();
+    let started = crate::routes::started(&req);
     admin(&req, &mut payload).await?;
     let config = &state.config;
     let limit = config.server.max_blob_bytes;

@@ -7,8 +7,6 @@ pub mod completions;
 pub mod embeddings;
 pub mod models;
 
-use std::time::Instant;
-
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -51,7 +49,7 @@ async fn relay(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Instant::now();
+    let started = crate::routes::started(&req);
     let body = super::body::read_json(payload, &req, &state.config.server).await?;
     let shape = match endpoint {
         Endpoint::Embeddings => spend::Shape::Embeddings,

@@ -26,7 +26,7 @@ pub async fn embed(
         }
         Err(e) => return Err(record.fail(e)),
     };
-    let deadline = Instant::now() + call.config.timeouts.total;
+    let deadline = Instant::from_std(record.started()) + call.config.timeouts.total;
     let body = req.to_openai(&input, call.model);
     let uri = &call.upstream.embeddings_uri;
     let (mut resp, _) = match send(client, &call, uri, body, "application/json", deadline).await {
