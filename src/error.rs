@@ -9,6 +9,7 @@
 //! exception classes. Status and headers are the same in every shape.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,31 +187,44 @@ impl RatePolicy {
     }
 
     /// `RateLimit-Policy: "default";q=120;w=60` (draft-ietf-httpapi-ratelimit-headers-10).
-    /// (Both are written on every answer: itoa, not the formatting machinery.)
     pub fn policy_header(&self) -> String {
-        let mut n = itoa::Buffer::new();
         // Room for the longest: a name, `";q=`, ten digits, `;w=60`.
         let mut h = String::with_capacity(self.name.len() + 20);
-        h.push('"');
-        h.push_str(self.name);
-        h.push_str("\";q=");
-        h.push_str(n.format(self.quota));
-        h.push_str(";w=60");
+        self.write_policy(&mut h);
         h
+    }
+
+    /// [`Self::policy_header`], appended to `out`. (Written on every answer: itoa and
+    /// plain appends, not the formatting machinery.)
+    pub fn write_policy(&self, out: &mut impl fmt::Write) {
+        let mut n = itoa::Buffer::new();
+        for part in ["\"", self.name, "\";q=", n.format(self.quota), ";w=60"] {
+            let _ = out.write_str(part);
+        }
     }
 
     /// `RateLimit: "default";r=19;t=1`.
     pub fn state_header(&self) -> String {
-        let mut n = itoa::Buffer::new();
         // Room for the longest: a name, `";r=`, ten digits, `;t=`, twenty.
         let mut h = String::with_capacity(self.name.len() + 40);
-        h.push('"');
-        h.push_str(self.name);
-        h.push_str("\";r=");
-        h.push_str(n.format(self.remaining));
-        h.push_str(";t=");
-        h.push_str(n.format(self.reset));
+        self.write_state(&mut h);
         h
+    }
+
+    /// [`Self::state_header`], appended to `out`.
+    pub fn write_state(&self, out: &mut impl fmt::Write) {
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let parts = [
+            "\"",
+            self.name,
+            "\";r=",
+            r.format(self.remaining),
+            ";t=",
+            t.format(self.reset),
+        ];
+        for part in parts {
+            let _ = out.write_str(part);
+        }
     }
 
     /// OpenAI's request rate-limit headers, for answers on `/v1`: `x-ratelimit-limit-requests`
@@ -267,34 +281,43 @@ pub fn short_duration(d: Duration) -> String {
 /// that a wait is never shown as none): `0s`, `17ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`. The
 /// form OpenAI uses in `x-ratelimit-reset-*`.
 pub fn go_duration(d: Duration) -> String {
+    // Room for the longest (u64::MAX ms, 24 bytes): no growth.
+    let mut out = String::with_capacity(32);
+    write_go_duration(d, &mut out);
+    out
+}
+
+/// [`go_duration`], appended to `out`.
+pub fn write_go_duration(d: Duration, out: &mut impl fmt::Write) {
     // In u64 (a u128 division costs more than the rest of this together).
     let millis = d
         .as_secs()
         .saturating_mul(1000)
         .saturating_add(u64::from(d.subsec_nanos().div_ceil(1_000_000)));
     let mut n = itoa::Buffer::new();
-    // Room for the longest (u64::MAX ms, 24 bytes): no growth.
-    let mut out = String::with_capacity(32);
+    let mut put = |s: &str| {
+        let _ = out.write_str(s);
+    };
     if millis == 0 {
-        out.push_str("0s");
-        return out;
+        put("0s");
+        return;
     }
     if millis < 1000 {
-        out.push_str(n.format(millis));
-        out.push_str("ms");
-        return out;
+        put(n.format(millis));
+        put("ms");
+        return;
     }
     let (secs, frac) = (millis / 1000, millis % 1000);
     let (hours, minutes, secs) = (secs / 3600, secs / 60 % 60, secs % 60);
     if hours > 0 {
-        out.push_str(n.format(hours));
-        out.push('h');
+        put(n.format(hours));
+        put("h");
     }
     if hours > 0 || minutes > 0 {
-        out.push_str(n.format(minutes));
-        out.push('m');
+        put(n.format(minutes));
+        put("m");
     }
-    out.push_str(n.format(secs));
+    put(n.format(secs));
     if frac > 0 {
         // Three digits, trailing zeros dropped: 0.5, 0.25, 0.125.
         let digits = [frac / 100, frac / 10 % 10, frac % 10];
@@ -305,13 +328,12 @@ pub fn go_duration(d: Duration) -> String {
         } else {
             1
         };
-        out.push('.');
+        put(".");
         for d in &digits[..used] {
-            out.push(char::from(b'0' + u8::try_from(*d).unwrap_or(0)));
+            put(char::from(b'0' + u8::try_from(*d).unwrap_or(0)).encode_utf8(&mut [0; 4]));
         }
     }
-    out.push('s');
-    out
+    put("s");
 }
 
 /// How an upstream failed: the `kind` label of `gateway_upstream_errors_total`.
