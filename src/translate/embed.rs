@@ -25,11 +25,11 @@ pub enum Endpoint {
 /// unchanged. `input` is read only when it is translated, so that Ollama judges its own.
 #[derive(Debug, Deserialize)]
 pub struct EmbedRequest<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub input: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub prompt: Option<Cow<'a, str>>,
     #[serde(default)]
     pub dimensions: Option<i64>,

@@ -17,11 +17,11 @@ use crate::error::GatewayError;
 /// Ollama's own decoder does. To Ollama the body goes unchanged whatever it holds.
 #[derive(Debug, Deserialize)]
 pub struct GenerateRequest<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub model: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub prompt: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub system: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub images: Option<Vec<Text<'a>>>,
@@ -39,9 +39,9 @@ pub struct GenerateRequest<'a> {
     // Fields Chat Completions has no equivalent for (see `unsupported`).
     #[serde(default)]
     pub raw: Option<bool>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub suffix: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub template: Option<Cow<'a, str>>,
     #[serde(default)]
     pub context: Option<Vec<IgnoredAny>>,

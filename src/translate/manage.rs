@@ -47,21 +47,21 @@ impl Operation {
 /// The fields any of them may carry; unknown fields are ignored, as Ollama's decoder does.
 #[derive(Debug, Default, Deserialize)]
 struct Fields<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     model: Option<Cow<'a, str>>,
     /// The older name of `model`, still accepted by Ollama.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     name: Option<Cow<'a, str>>,
     /// `create`: the model it starts from.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     from: Option<Cow<'a, str>>,
     /// `create`'s legacy form (Ollama before 0.5.5): a Modelfile whose `FROM` names the
     /// model (or file) it starts from.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     modelfile: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     source: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     destination: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,

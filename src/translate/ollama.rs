@@ -16,7 +16,7 @@ use crate::error::GatewayError;
 /// as Ollama's own decoder does.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub messages: Option<Vec<Message<'a>>>,
@@ -38,17 +38,17 @@ pub struct Message<'a> {
     #[serde(default, borrow)]
     pub role: Cow<'a, str>,
     /// Absent or null means "" (ollama-python drops empty keys).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub images: Option<Vec<Text<'a>>>,
     #[serde(default, borrow)]
     pub tool_calls: Option<Vec<ToolCall<'a>>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub tool_name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub tool_call_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub thinking: Option<Cow<'a, str>>,
 }
 
@@ -58,7 +58,7 @@ pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 #[derive(Debug, Deserialize)]
 pub struct ToolCall<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     pub id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub function: ToolCallFunction<'a>,

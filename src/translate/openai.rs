@@ -300,17 +300,22 @@ struct Completion<'a> {
 struct CompletionChoice<'a> {
     #[serde(borrow)]
     message: CompletionMessage<'a>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct CompletionMessage<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     refusal: Option<Cow<'a, str>>,
-    #[serde(default, borrow, alias = "reasoning")]
+    #[serde(
+        default,
+        borrow,
+        alias = "reasoning",
+        deserialize_with = "crate::translate::borrowed"
+    )]
     reasoning_content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<WholeToolCall<'a>>>,
@@ -318,7 +323,7 @@ struct CompletionMessage<'a> {
 
 #[derive(Deserialize)]
 struct WholeToolCall<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     function: WholeFunction<'a>,
@@ -328,7 +333,7 @@ struct WholeToolCall<'a> {
 struct WholeFunction<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     arguments: Option<Cow<'a, str>>,
 }
 
@@ -434,17 +439,22 @@ struct ChunkChoice<'a> {
     index: u32,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     refusal: Option<Cow<'a, str>>,
-    #[serde(default, borrow, alias = "reasoning")]
+    #[serde(
+        default,
+        borrow,
+        alias = "reasoning",
+        deserialize_with = "crate::translate::borrowed"
+    )]
     reasoning_content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
@@ -454,7 +464,7 @@ struct Delta<'a> {
 struct ToolCallDelta<'a> {
     #[serde(default)]
     index: Option<usize>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     function: Option<FunctionDelta<'a>>,
@@ -462,9 +472,9 @@ struct ToolCallDelta<'a> {
 
 #[derive(Deserialize)]
 struct FunctionDelta<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::translate::borrowed")]
     arguments: Option<Cow<'a, str>>,
 }
 
