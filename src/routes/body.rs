@@ -58,16 +58,32 @@ async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
     }
+    let failed = |e: actix_web::error::PayloadError| {
+        let what = upstream::payload_failure(&e, "before the body was complete");
+        GatewayError::BodyRead(format!("the client {what}"))
+    };
+    // A body that comes in one piece (a JSON request usually arrives with its head) is
+    // kept as it came, a view of the connection's read buffer: no allocation, no copy.
+    let first = match payload.next().await {
+        None => return Ok(Bytes::new()),
+        Some(chunk) => chunk.map_err(failed)?,
+    };
+    if first.len() > limit {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let Some(second) = payload.next().await else {
+        return Ok(first);
+    };
     let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            let what = upstream::payload_failure(&e, "before the body was complete");
-            GatewayError::BodyRead(format!("the client {what}"))
-        })?;
+    body.extend_from_slice(&first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
+        let chunk = chunk.map_err(failed)?;
         if body.len() + chunk.len() > limit {
             return Err(GatewayError::BodyTooLarge { limit });
         }
         body.extend_from_slice(&chunk);
+        next = payload.next().await;
     }
     Ok(body.freeze())
 }
