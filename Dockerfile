@@ -14,6 +14,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
+# The allocator's build-time defaults (JEMALLOC_SYS_WITH_MALLOC_CONF).
+COPY .cargo ./.cargo
 RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
