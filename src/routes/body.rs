@@ -4,17 +4,17 @@
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{web, HttpMessage as _, HttpRequest};
+use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
-use crate::middleware::context::RequestContext;
 use crate::upstream;
 
 /// Reads the request body, refusing more than `limit` bytes (early, by Content-Length,
-/// when the client declares it) and bodies not in within `within` of the request's arrival.
+/// when the client declares it) and bodies not complete within `within` of the request's
+/// arrival.
 pub async fn read(
     payload: web::Payload,
     req: &HttpRequest,
@@ -22,8 +22,7 @@ pub async fn read(
     within: Duration,
 ) -> Result<Bytes, GatewayError> {
     // From when the request came in: its head's arrival starts the body's time too.
-    let started = RequestContext::started(&req.extensions());
-    let deadline = tokio::time::Instant::from_std(started) + within;
+    let deadline = tokio::time::Instant::from_std(super::started(req)) + within;
     tokio::time::timeout_at(deadline, read_limited(payload, req, limit))
         .await
         .map_err(|_| GatewayError::BodyTimeout(humantime::format_duration(within).to_string()))?

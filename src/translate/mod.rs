@@ -76,11 +76,9 @@ pub(crate) fn borrowed<'de: 'a, 'a, D>(
 where
     D: serde::Deserializer<'de>,
 {
-    /// A direct `Cow` field, which serde borrows.
-    #[derive(serde::Deserialize)]
-    struct Borrowed<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
-    let value: Option<Borrowed<'a>> = serde::Deserialize::deserialize(deserializer)?;
-    Ok(value.map(|b| b.0))
+    // `Text` holds its string as a direct `Cow` field, which serde borrows.
+    let value: Option<ollama::Text<'a>> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(value.map(|text| text.0))
 }
 
 #[cfg(test)]
