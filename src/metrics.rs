@@ -367,6 +367,16 @@ impl Metrics {
     }
 }
 
+/// The first `n` characters of `s` (all of it when shorter): a copy of a name that is
+/// nearly always short, without collecting it a character at a time (~290 instructions of
+/// every routed request).
+fn first_chars(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
 /// Addresses of interned label strings: cheap to hash, and the strings are kept alive by
 /// the cached entry so an address is never reused for another label.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -634,7 +644,7 @@ impl RequestRecord {
             started,
             request_id,
             route,
-            model: model.chars().take(200).collect(),
+            model: first_chars(model, 200).to_owned(),
             key_id: key.map_or_else(|| Arc::clone(&none), |k| Arc::clone(&k.id)),
             team: key.map_or(none, |k| Arc::clone(&k.team)),
             is_ollama,
@@ -1071,6 +1081,19 @@ impl prometheus::core::Collector for BudgetGauges {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_chars_cuts_at_a_character_not_a_byte() {
+        assert_eq!(first_chars("llama3:8b", 200), "llama3:8b");
+        assert_eq!(first_chars("llama3:8b", 6), "llama3");
+        assert_eq!(first_chars("", 3), "");
+        let wide = "模型".repeat(100);
+        assert_eq!(first_chars(&wide, 3), "模型模");
+        assert_eq!(first_chars(&wide, 200), wide);
+        assert_eq!(first_chars(&wide, 250), wide);
+        let long = "m".repeat(300);
+        assert_eq!(first_chars(&long, 200).len(), 200);
+    }
 
     #[test]
     fn counts_by_reason_and_renders() {
