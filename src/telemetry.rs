@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderValue};
+use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage as _};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Span, Subscriber};
@@ -375,24 +376,49 @@ pub fn millis(d: std::time::Duration) -> f64 {
 
 /// A request's id: the client's `X-Request-Id` when well-formed, else a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub Arc<str>);
+pub struct RequestId {
+    pub text: Arc<str>,
+    /// The same id as the `X-Request-Id` the answer and the upstream request carry: made
+    /// once and cloned (a reference count), not copied into a new value for each.
+    pub header: Option<HeaderValue>,
+}
+
+/// An id's text as the bytes of its header value, shared with the id.
+struct IdBytes(Arc<str>);
+
+impl AsRef<[u8]> for IdBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
 
 impl RequestId {
     /// Accepts 1-128 characters of `[A-Za-z0-9._:-]`; anything else is replaced.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let given = headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
+        let given = headers.get("x-request-id").and_then(|value| {
+            let id = value.to_str().ok().filter(|v| {
                 !v.is_empty()
                     && v.len() <= 128
                     && v.bytes().all(|b| {
                         b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
                     })
-            });
+            })?;
+            Some((id, value))
+        });
         match given {
-            Some(id) => Self(id.into()),
+            Some((id, value)) => Self {
+                text: id.into(),
+                header: Some(value.clone()),
+            },
             None => Self::generate(),
+        }
+    }
+
+    fn of(text: Arc<str>) -> Self {
+        let bytes = Bytes::from_owner(IdBytes(Arc::clone(&text)));
+        Self {
+            header: HeaderValue::from_maybe_shared(bytes).ok(),
+            text,
         }
     }
 
@@ -405,7 +431,7 @@ impl RequestId {
             let _ = getrandom::fill(&mut bytes);
             crate::keys::to_hex(&bytes)
         });
-        Self(numbered(prefix, COUNTER.fetch_add(1, Ordering::Relaxed)))
+        Self::of(numbered(prefix, COUNTER.fetch_add(1, Ordering::Relaxed)))
     }
 }
 
@@ -437,7 +463,7 @@ impl RootSpanBuilder for GatewaySpan {
         let id = RequestId::from_headers(request.headers());
         let span = tracing::debug_span!(
             "request",
-            request_id = %id.0,
+            request_id = %id.text,
             method = %request.method(),
             path = %request.path().chars().take(200).collect::<String>()
         );
@@ -616,15 +642,19 @@ mod tests {
     #[test]
     fn well_formed_ids_are_kept_others_replaced() {
         assert_eq!(
-            &*RequestId::from_headers(&with("abc-123.X_y:z")).0,
+            &*RequestId::from_headers(&with("abc-123.X_y:z")).text,
             "abc-123.X_y:z"
         );
         for bad in ["", "has space", "a\"b", "semi;colon"] {
             let id = RequestId::from_headers(&with(Box::leak(bad.to_string().into_boxed_str())));
-            assert_ne!(&*id.0, bad);
+            assert_ne!(&*id.text, bad);
+            // The header the answer carries is the id in use, not the one refused.
+            assert_eq!(id.header.unwrap().to_str().unwrap(), &*id.text);
         }
         let long: &'static str = Box::leak("a".repeat(129).into_boxed_str());
-        assert!(RequestId::from_headers(&with(long)).0.len() < 129);
+        assert!(RequestId::from_headers(&with(long)).text.len() < 129);
+        let kept = RequestId::from_headers(&with("abc-123"));
+        assert_eq!(kept.header.unwrap().to_str().unwrap(), "abc-123");
         assert_ne!(RequestId::generate(), RequestId::generate());
         for n in [0, 1, 0xf, 0x10, 0xabc, u64::MAX] {
             assert_eq!(&*numbered("5f0c2a9e71b4", n), format!("5f0c2a9e71b4-{n:x}"));

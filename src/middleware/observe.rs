@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::HeaderName;
 use actix_web::HttpMessage as _;
 
 use crate::error::{Blame, GatewayError};
@@ -99,8 +99,8 @@ impl Seen {
             worker,
             client,
         } = self;
-        if let Ok(value) = HeaderValue::from_str(&request_id.0) {
-            res.headers_mut().insert(X_REQUEST_ID, value);
+        if let Some(value) = &request_id.header {
+            res.headers_mut().insert(X_REQUEST_ID, value.clone());
         }
         let (recorded, key) = match RequestContext::of(&res.request().extensions()) {
             Some(context) if context.recorded => (true, None),
@@ -118,7 +118,7 @@ impl Seen {
             .and_then(|e| e.as_error::<GatewayError>());
         if is_probe(path) && error.is_none() {
             tracing::debug!(
-                request_id = &*request_id.0,
+                request_id = &*request_id.text,
                 client = client.map(tracing::field::display),
                 status,
                 path,
@@ -142,7 +142,7 @@ impl Seen {
             worker.count_request(route, &none, &none, &key_id, &team, status);
         }
         tracing::info!(
-            request_id = &*request_id.0,
+            request_id = &*request_id.text,
             client = client.map(tracing::field::display),
             key_id = key.as_ref().map(|k| &*k.id),
             team = key.as_ref().map(|k| &*k.team),

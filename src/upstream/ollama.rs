@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWE
 use crate::config::Config;
 use crate::error::{GatewayError, UpstreamFault};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
+use crate::middleware::context::RequestContext;
 use crate::translate::ndjson::{DoneCounts, Ending, LineTooLong, NdjsonRelay};
 
 /// Sends `body` to `uri`, one of Ollama's model endpoints (`/api/chat`, `/api/generate`,
@@ -162,7 +163,11 @@ pub(super) fn with_client_headers(
             .headers_mut()
             .append(name.clone(), value.clone());
     }
-    if let Ok(id) = HeaderValue::from_str(request_id) {
+    // The edge's header value of the id (shared), else one made of `request_id`.
+    let id = RequestContext::of(&req.extensions())
+        .and_then(|c| c.id.header.clone())
+        .or_else(|| HeaderValue::from_str(request_id).ok());
+    if let Some(id) = id {
         upstream_req
             .headers_mut()
             .insert(header::HeaderName::from_static("x-request-id"), id);

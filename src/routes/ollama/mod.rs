@@ -88,7 +88,7 @@ pub(crate) fn may_use(key: Option<&ApiKey>, model: &str) -> Result<(), GatewayEr
 /// The request's id, as the edge set it (or a new one).
 pub(crate) fn request_id(req: &HttpRequest) -> Arc<str> {
     RequestContext::of(&req.extensions())
-        .map_or_else(|| RequestId::generate().0, |c| Arc::clone(&c.id.0))
+        .map_or_else(|| RequestId::generate().text, |c| Arc::clone(&c.id.text))
 }
 
 /// The request's id and this worker's metric handles, for the `RequestRecord` of a request
