@@ -11,7 +11,9 @@ use jiff::Timestamp;
 
 use super::clock::{after, until, Calendar, Clock};
 use super::store::{StoreError, StoredUsage, UsageStore};
-use super::{Exhausted, Hold, HoldPart, Ledger, Subject, Window, WindowSpec, WindowState};
+use super::{
+    Exhausted, Hold, HoldPart, HoldParts, Ledger, Subject, Window, WindowSpec, WindowState,
+};
 
 const MINUTE_NANOS: u128 = 60_000_000_000;
 
@@ -304,12 +306,29 @@ impl Inner {
     /// The slot of `spec`'s window, made (its minute bucket full, its calendar period not
     /// started) on its first use at `now`.
     fn slot(&mut self, spec: &WindowSpec, now: Timestamp) -> usize {
+        let mut known = self.slots_of(&spec.subject);
+        self.slot_in(&mut known, spec, now)
+    }
+
+    /// The slots of `subject`'s minute, day and month windows (none for one not used yet).
+    fn slots_of(&self, subject: &Subject) -> [Option<usize>; 3] {
+        self.slots.get(subject).copied().unwrap_or_default()
+    }
+
+    /// [`Inner::slot`], given the slots `known` of `spec`'s subject (looked up once for
+    /// all its windows), which a slot made now is added to.
+    fn slot_in(
+        &mut self,
+        known: &mut [Option<usize>; 3],
+        spec: &WindowSpec,
+        now: Timestamp,
+    ) -> usize {
         let index = match spec.window {
             Window::Minute => 0,
             Window::Day => 1,
             Window::Month => 2,
         };
-        if let Some(slot) = self.slots.get(&spec.subject).and_then(|s| s[index]) {
+        if let Some(slot) = known[index] {
             return slot;
         }
         let slot = self.states.len();
@@ -322,6 +341,7 @@ impl Inner {
             },
         });
         self.slots.entry(spec.subject.clone()).or_default()[index] = Some(slot);
+        known[index] = Some(slot);
         self.windows.push((spec.subject.clone(), spec.window));
         slot
     }
@@ -329,28 +349,27 @@ impl Inner {
     /// The state of `spec`'s window at `now` (see [`Inner::state_at`]).
     fn state(&mut self, spec: &WindowSpec, now: Timestamp, calendar: &Calendar) -> &mut State {
         let slot = self.slot(spec, now);
-        self.state_at(slot, spec, now, calendar)
+        self.state_at(slot, spec.limit, now, calendar)
     }
 
-    /// The state in `slot` (`spec`'s window's) at `now`: the minute bucket refilled, a
-    /// calendar window moved on to the period `now` is in (or started, when new).
+    /// The state in `slot` (a window of `limit` tokens) at `now`: the minute bucket
+    /// refilled, a calendar window moved on to the period `now` is in (or started, when
+    /// new).
     fn state_at(
         &mut self,
         slot: usize,
-        spec: &WindowSpec,
+        limit: u64,
         now: Timestamp,
         calendar: &Calendar,
     ) -> &mut State {
-        let period = self.periods(calendar, now).period(spec.window);
+        let window = self.windows[slot].1;
+        let period = self.periods(calendar, now).period(window);
         let state = &mut self.states[slot];
         match state {
-            State::Minute { taken, at } => refill(taken, at, spec.limit, now),
+            State::Minute { taken, at } => refill(taken, at, limit, now),
             State::Calendar { period: p, .. } if *p != period => {
-                let settled = self
-                    .stored
-                    .get(&(spec.subject.clone(), spec.window, period))
-                    .copied()
-                    .unwrap_or(0);
+                let key = (self.windows[slot].0.clone(), window, period);
+                let settled = self.stored.get(&key).copied().unwrap_or(0);
                 *state = State::Calendar {
                     period,
                     settled,
@@ -361,6 +380,12 @@ impl Inner {
         }
         state
     }
+}
+
+/// Whether two subjects are the same: by address first (a key's windows share their
+/// subject's name), by value otherwise.
+fn same(a: &Subject, b: &Subject) -> bool {
+    a.scope == b.scope && (Arc::ptr_eq(&a.name, &b.name) || a.name == b.name)
 }
 
 /// Puts back what the bucket regained since `at` (`limit` a minute, continuously).
@@ -403,20 +428,28 @@ impl Ledger for LocalLedger {
     fn reserve(&self, windows: &[WindowSpec], tokens: u64) -> Result<Hold, Exhausted> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let mut parts: Vec<HoldPart> = Vec::with_capacity(windows.len());
+        let mut parts = HoldParts::new();
+        // The slots of the subject of the window before: a key's windows come together,
+        // then its team's, so each subject is looked up once.
+        let mut known: Option<(&Subject, [Option<usize>; 3])> = None;
         // The window with the least room once this reservation is in: (its index, its use,
         // its room).
         let mut tightest: Option<(usize, u64, u64)> = None;
         // One look at each window: taken when it has room, and the ones already taken put
         // back when a later one has none (refusals are the rare path).
         for (i, spec) in windows.iter().enumerate() {
-            let slot = inner.slot(spec, now);
-            let state = inner.state_at(slot, spec, now, &self.calendar);
+            let mut slots = match known {
+                Some((subject, slots)) if same(subject, &spec.subject) => slots,
+                _ => inner.slots_of(&spec.subject),
+            };
+            let slot = inner.slot_in(&mut slots, spec, now);
+            known = Some((&spec.subject, slots));
+            let state = inner.state_at(slot, spec.limit, now, &self.calendar);
             let used = used(state);
             let never_fits = tokens > spec.limit;
             if never_fits || used.saturating_add(tokens) > spec.limit {
                 for part in &parts {
-                    match inner.state_at(part.slot, &part.spec, now, &self.calendar) {
+                    match inner.state_at(part.slot, part.limit, now, &self.calendar) {
                         State::Minute { taken, .. } => *taken = taken.saturating_sub(tokens),
                         State::Calendar { reserved, .. } => {
                             *reserved = reserved.saturating_sub(tokens);
@@ -455,7 +488,7 @@ impl Ledger for LocalLedger {
                 tightest = Some((i, after, room));
             }
             parts.push(HoldPart {
-                spec: spec.clone(),
+                limit: spec.limit,
                 period,
                 slot,
             });
@@ -476,7 +509,7 @@ impl Ledger for LocalLedger {
         for part in hold.parts {
             // The window as it is now: a calendar one that moved on since the reservation
             // starts its new period from the store, without the reservation.
-            let state = inner.state_at(part.slot, &part.spec, now, &self.calendar);
+            let state = inner.state_at(part.slot, part.limit, now, &self.calendar);
             let changed = match state {
                 State::Minute { taken, .. } => {
                     *taken = taken.saturating_sub(hold.tokens).saturating_add(tokens);

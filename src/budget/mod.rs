@@ -124,7 +124,7 @@ pub struct Exhausted {
 pub struct Hold {
     /// The tokens reserved.
     pub tokens: u64,
-    pub(crate) parts: Vec<HoldPart>,
+    pub(crate) parts: HoldParts,
     /// The window with the least room left once this reservation is in (the one
     /// `Budget::tightest` would pick from a read just after it), for the answer's
     /// `x-ratelimit-*-tokens`: one look at the ledger instead of a second read.
@@ -133,9 +133,14 @@ pub struct Hold {
     pub at: Timestamp,
 }
 
+/// A hold's windows, inline: a key's and its team's are at most six.
+pub(crate) type HoldParts = smallvec::SmallVec<[HoldPart; 6]>;
+
+/// One window of a hold, by its place in the ledger: no name to clone and drop again.
 #[derive(Debug)]
 pub(crate) struct HoldPart {
-    pub(crate) spec: WindowSpec,
+    /// The window's limit when the reservation was made.
+    pub(crate) limit: u64,
     /// The calendar period the reservation was counted in (0 for the minute bucket).
     pub(crate) period: i64,
     /// Where the ledger that made the hold keeps this window (its own index).
