@@ -40,14 +40,19 @@ fn plain_text_bytes(body: &[u8]) -> Option<u64> {
     if !body.is_ascii() || memchr::memchr(b'\\', body).is_some() {
         return None;
     }
-    // Per open container: whether it is an object, and whether its text is skipped.
-    let mut open: Vec<(bool, bool)> = Vec::new();
+    // Per open container, `depth` of them: whether it is an object, and whether its text
+    // is skipped. On the stack: deeper bodies go to serde_json anyway.
+    let mut open = [(false, false); PLAIN_DEPTH];
+    let mut depth = 0usize;
     let mut last = 0u8; // the last of `{`, `[`, `,`, `:`, or `"` (a string's end)
     let mut key_skips = false; // whether the value after the last key is skipped
     let mut n = 0u64;
     let mut i = 0;
     while let Some(&b) = body.get(i) {
-        let (in_object, skip) = open.last().copied().unwrap_or((false, false));
+        let (in_object, skip) = depth
+            .checked_sub(1)
+            .and_then(|d| open.get(d).copied())
+            .unwrap_or((false, false));
         match b {
             b'"' => {
                 let start = i + 1;
@@ -64,14 +69,12 @@ fn plain_text_bytes(body: &[u8]) -> Option<u64> {
                 continue;
             }
             b'{' | b'[' => {
-                if open.len() == PLAIN_DEPTH {
-                    return None;
-                }
-                open.push((b == b'{', if in_object { key_skips } else { skip }));
+                *open.get_mut(depth)? = (b == b'{', if in_object { key_skips } else { skip });
+                depth += 1;
                 last = b;
             }
             b'}' | b']' => {
-                open.pop();
+                depth = depth.saturating_sub(1);
                 last = b;
             }
             b',' | b':' => last = b,
@@ -160,6 +163,24 @@ impl<'de> Visitor<'de> for Text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_count_follows_its_depth_and_hands_deeper_bodies_to_serde_json() {
+        let nested = |depth: usize| {
+            format!(
+                r#"{}{{"content":"abcdefgh"}}{}"#,
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            )
+        };
+        assert_eq!(plain_text_bytes(nested(PLAIN_DEPTH).as_bytes()), Some(8));
+        assert_eq!(plain_text_bytes(nested(PLAIN_DEPTH + 1).as_bytes()), None);
+        // Either way the figure is the same.
+        assert_eq!(prompt_tokens(nested(PLAIN_DEPTH).as_bytes()), 2);
+        assert_eq!(prompt_tokens(nested(PLAIN_DEPTH + 1).as_bytes()), 2);
+        // Closers with nothing open end nothing that is not open.
+        assert_eq!(plain_text_bytes(br#"]]{"content":"abcd"}"#), Some(4));
+    }
 
     #[test]
     fn text_bytes_over_four_rounded_up() {
