@@ -20,6 +20,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -684,10 +685,11 @@ def report(results, args):
     mock_bound = g >= 0.8 * d
     # S3
     on, off, k10 = v("S3", "all-on", "rps"), v("S3", "all-off", "rps"), v("S3", "10k-keys", "rps")
-    rows.append(("S3", "feature tax: all on / all off (requests/s)", "", "", f"{on:.0f} / {off:.0f} = {on / off:.2f}",
-                 "≥0.9", verdict(on / off >= 0.9)))
-    rows.append(("S3", "10,000 keys / 1 key (requests/s)", "", "", f"{k10:.0f} / {on:.0f} = {k10 / on:.2f}",
-                 "within 5%", verdict(abs(k10 / on - 1) <= 0.05)))
+    if vs("S3", "all-on", "rps"):  # no rows when S3 was not run
+        rows.append(("S3", "feature tax: all on / all off (requests/s)", "", "",
+                     f"{on:.0f} / {off:.0f} = {on / off:.2f}", "≥0.9", verdict(on / off >= 0.9)))
+        rows.append(("S3", "10,000 keys / 1 key (requests/s)", "", "", f"{k10:.0f} / {on:.0f} = {k10 / on:.2f}",
+                     "within 5%", verdict(abs(k10 / on - 1) <= 0.05)))
     if vs("S3", "no-budgets", "rps"):
         nob = v("S3", "no-budgets", "rps")
         rows.append(("S3", "token budgets of key and team on / off (requests/s)", "", "",
@@ -739,14 +741,15 @@ def report(results, args):
         v1 = s6.get("gateway_v1_model_rewrite", {}).get("thrpt", [""])[0]
         if v1:
             rows.append(("S6", "/v1 SSE relay throughput, model rewritten in each event", "", "", v1, "(reported)", ""))
-    # S7
+    # S7 (no rows when it was not run: `--only` without it)
     rej = v("S7", "gateway", "responses_per_s")
     allowed, bucket = v("S7", "gateway", "allowed"), v("S7", "gateway", "bucket")
-    rows.append(("S7", "429 path: responses/s for one key far over its limit", "", "", f"{rej:.0f} ({rej / g:.2f}× proxied)",
-                 "≥1.5× proxied", verdict(rej >= 1.5 * g)))
-    rows.append(("S7", "allowed vs bucket (burst + refill over wrk's -d)", "", "",
-                 f"{allowed:.0f} vs {bucket:.0f} ({(allowed / bucket - 1) * 100:+.1f}%)", "within 1%",
-                 verdict(abs(allowed / bucket - 1) <= 0.01)))
+    if not math.isnan(rej):
+        rows.append(("S7", "429 path: responses/s for one key far over its limit", "", "",
+                     f"{rej:.0f} ({rej / g:.2f}× proxied)", "≥1.5× proxied", verdict(rej >= 1.5 * g)))
+        rows.append(("S7", "allowed vs bucket (burst + refill over wrk's -d)", "", "",
+                     f"{allowed:.0f} vs {bucket:.0f} ({(allowed / bucket - 1) * 100:+.1f}%)", "within 1%",
+                     verdict(abs(allowed / bucket - 1) <= 0.01)))
 
     lines = [
         "# Benchmarks",
