@@ -665,6 +665,11 @@ impl RequestRecord {
         self.started
     }
 
+    /// The request's upstream deadline: `total` (`timeouts.total`) after it came in.
+    pub fn deadline(&self, total: std::time::Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started) + total
+    }
+
     /// The reservation this answer settles when it ends.
     pub fn charge(&mut self, charge: Charge) {
         self.spent.get_or_insert_with(Box::default).charge = Some(charge);

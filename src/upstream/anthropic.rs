@@ -8,7 +8,6 @@ use std::sync::Arc;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use bytes::Bytes;
-use tokio::time::Instant;
 
 use super::headers::{downstream_response_headers, has_media_type, unbuffered};
 use super::ollama::with_client_headers;
@@ -42,7 +41,7 @@ pub async fn forward(
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let timeouts = &config.timeouts;
-    let deadline = Instant::from_std(record.started()) + timeouts.total;
+    let deadline = record.deadline(timeouts.total);
     let upstream_req = with_client_headers(
         client
             .post(config.ollama.messages_uri.clone())

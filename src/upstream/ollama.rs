@@ -34,7 +34,7 @@ pub async fn forward(
     record: RequestRecord,
 ) -> Result<HttpResponse, GatewayError> {
     let timeouts = &config.timeouts;
-    let deadline = Instant::from_std(record.started()) + timeouts.total;
+    let deadline = record.deadline(timeouts.total);
     let upstream_req = with_client_headers(
         client.post(uri.clone()).timeout(timeouts.first_byte),
         config,

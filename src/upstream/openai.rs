@@ -154,7 +154,7 @@ pub async fn forward(
         Ok(body) => body,
         Err(e) => return Err(record.fail(e)),
     };
-    let deadline = Instant::from_std(record.started()) + timeouts.total;
+    let deadline = record.deadline(timeouts.total);
     let accept = if stream {
         "text/event-stream"
     } else {

@@ -43,7 +43,7 @@ pub async fn to_ollama(
     let inject = streams && !request.asked_usage();
     let body = request.rewrite(None, inject).map_or(body, Bytes::from);
     let timeouts = &config.timeouts;
-    let deadline = Instant::from_std(record.started()) + timeouts.total;
+    let deadline = record.deadline(timeouts.total);
     let upstream_req = with_client_headers(
         client.post(uri.clone()).timeout(timeouts.first_byte),
         config,

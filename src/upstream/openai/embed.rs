@@ -1,7 +1,6 @@
 //! `/api/embed` and `/api/embeddings` to an OpenAI-compatible upstream's `/embeddings`.
 
 use actix_web::HttpResponse;
-use tokio::time::Instant;
 
 use super::{json_answer, send, whole_answer, Call};
 use crate::error::GatewayError;
@@ -26,7 +25,7 @@ pub async fn embed(
         }
         Err(e) => return Err(record.fail(e)),
     };
-    let deadline = Instant::from_std(record.started()) + call.config.timeouts.total;
+    let deadline = record.deadline(call.config.timeouts.total);
     let body = req.to_openai(&input, call.model);
     let uri = &call.upstream.embeddings_uri;
     let (mut resp, _) = match send(client, &call, uri, body, "application/json", deadline).await {
