@@ -20,7 +20,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -744,7 +743,7 @@ def report(results, args):
     # S7 (no rows when it was not run: `--only` without it)
     rej = v("S7", "gateway", "responses_per_s")
     allowed, bucket = v("S7", "gateway", "allowed"), v("S7", "gateway", "bucket")
-    if not math.isnan(rej):
+    if vs("S7", "gateway", "responses_per_s"):
         rows.append(("S7", "429 path: responses/s for one key far over its limit", "", "",
                      f"{rej:.0f} ({rej / g:.2f}× proxied)", "≥1.5× proxied", verdict(rej >= 1.5 * g)))
         rows.append(("S7", "allowed vs bucket (burst + refill over wrk's -d)", "", "",
