@@ -414,14 +414,6 @@ impl RequestId {
         }
     }
 
-    fn of(text: Arc<str>) -> Self {
-        let bytes = Bytes::from_owner(IdBytes(Arc::clone(&text)));
-        Self {
-            header: HeaderValue::from_maybe_shared(bytes).ok(),
-            text,
-        }
-    }
-
     /// A random per-process prefix and a counter: unique, and cheap (no syscall per request).
     pub fn generate() -> Self {
         static PREFIX: OnceLock<String> = OnceLock::new();
@@ -431,7 +423,12 @@ impl RequestId {
             let _ = getrandom::fill(&mut bytes);
             crate::keys::to_hex(&bytes)
         });
-        Self::of(numbered(prefix, COUNTER.fetch_add(1, Ordering::Relaxed)))
+        let text = numbered(prefix, COUNTER.fetch_add(1, Ordering::Relaxed));
+        let bytes = Bytes::from_owner(IdBytes(Arc::clone(&text)));
+        Self {
+            header: HeaderValue::from_maybe_shared(bytes).ok(),
+            text,
+        }
     }
 }
 
