@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderMap, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage as _};
 use tracing::field::{Field, Visit};
@@ -392,10 +392,14 @@ impl AsRef<[u8]> for IdBytes {
     }
 }
 
+/// `X-Request-Id`, named once: a header looked up or set by a `&str` name is parsed into a
+/// `HeaderName` each time, and a name outside the standard ones is copied into an allocation.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 impl RequestId {
     /// Accepts 1-128 characters of `[A-Za-z0-9._:-]`; anything else is replaced.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let given = headers.get("x-request-id").and_then(|value| {
+        let given = headers.get(X_REQUEST_ID).and_then(|value| {
             let id = value.to_str().ok().filter(|v| {
                 !v.is_empty()
                     && v.len() <= 128

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix_web::dev::ServiceRequest;
-use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web_httpauth::headers::authorization::{Basic, Bearer, Scheme};
 
@@ -74,6 +74,10 @@ pub fn check_upgrade(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
+/// Named once: looked up by a `&str`, a header name outside the standard ones is parsed and
+/// copied into an allocation on every request.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 /// What the client presented: `X-API-Key` first, else `Authorization`.
 enum Presented {
     None,
@@ -82,7 +86,7 @@ enum Presented {
 }
 
 fn presented_key(req: &ServiceRequest) -> Presented {
-    if let Some(value) = req.headers().get("x-api-key") {
+    if let Some(value) = req.headers().get(X_API_KEY) {
         return match value.to_str().map(str::trim) {
             Ok(key) if !key.is_empty() => Presented::Key(key.to_string()),
             _ => Presented::Malformed,

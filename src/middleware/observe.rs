@@ -9,15 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::HeaderName;
 use actix_web::HttpMessage as _;
 
 use crate::error::{Blame, GatewayError};
 use crate::metrics::WorkerMetrics;
 use crate::middleware::context::RequestContext;
-use crate::telemetry::RequestId;
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::telemetry::{RequestId, X_REQUEST_ID};
 
 /// Probes and scrapes: not traffic, not counted, logged at debug only.
 fn is_probe(path: &str) -> bool {

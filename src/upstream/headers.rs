@@ -90,12 +90,14 @@ pub fn has_media_type(headers: &HeaderMap, media_type: &str) -> bool {
         .is_some_and(|v| v.starts_with(media_type))
 }
 
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
 /// Marks a relayed stream as neither to be cached nor buffered by a proxy in front (nginx
 /// reads `X-Accel-Buffering`), so that each piece reaches the client as it comes.
 pub fn unbuffered(builder: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
     builder
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
-        .insert_header(("x-accel-buffering", HeaderValue::from_static("no")))
+        .insert_header((X_ACCEL_BUFFERING, HeaderValue::from_static("no")))
 }
 
 #[cfg(test)]

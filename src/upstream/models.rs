@@ -46,7 +46,7 @@ pub async fn ollama(
         .request(method, format!("{}{path}", config.ollama.base))
         .timeout(timeouts.first_byte)
         .insert_header((header::ACCEPT, "application/json"))
-        .insert_header(("x-request-id", request_id));
+        .insert_header((crate::telemetry::X_REQUEST_ID, request_id));
     let sent = match body {
         Some(body) => {
             req.insert_header((header::CONTENT_TYPE, "application/json"))
@@ -87,7 +87,7 @@ pub async fn openai(
         .get(up.models_uri.clone())
         .timeout(timeouts.first_byte)
         .insert_header((header::ACCEPT, "application/json"))
-        .insert_header(("x-request-id", request_id));
+        .insert_header((crate::telemetry::X_REQUEST_ID, request_id));
     let mut resp = with_key(req, up)
         .send()
         .await

@@ -170,7 +170,7 @@ pub(super) fn with_client_headers(
     if let Some(id) = id {
         upstream_req
             .headers_mut()
-            .insert(header::HeaderName::from_static("x-request-id"), id);
+            .insert(crate::telemetry::X_REQUEST_ID, id);
     }
     upstream_req
 }

@@ -87,7 +87,7 @@ pub(super) async fn send(
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((header::ACCEPT, accept))
         .insert_header((header::USER_AGENT, USER_AGENT))
-        .insert_header(("x-request-id", &*call.request_id));
+        .insert_header((crate::telemetry::X_REQUEST_ID, &*call.request_id));
     req = with_key(req, up);
     let mut resp = req
         .send_body(body)
