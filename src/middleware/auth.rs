@@ -79,16 +79,35 @@ pub fn check_upgrade(headers: &HeaderMap) -> Result<(), GatewayError> {
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// What the client presented: `X-API-Key` first, else `Authorization`.
-enum Presented {
+enum Presented<'a> {
     None,
     Malformed,
-    Key(String),
+    Key(Secret<'a>),
 }
 
-fn presented_key(req: &ServiceRequest) -> Presented {
+/// A presented key where it already is: in its `X-API-Key` value, or in the credentials
+/// actix-web-httpauth parsed out of `Authorization` (not copied out of them once more).
+enum Secret<'a> {
+    Header(&'a str),
+    Bearer(Bearer),
+    Basic(Basic),
+}
+
+impl Secret<'_> {
+    /// The key, without the blanks around it.
+    fn get(&self) -> &str {
+        match self {
+            Self::Header(key) => key,
+            Self::Bearer(bearer) => bearer.token().trim(),
+            Self::Basic(basic) => basic.password().map_or("", str::trim),
+        }
+    }
+}
+
+fn presented_key(req: &ServiceRequest) -> Presented<'_> {
     if let Some(value) = req.headers().get(X_API_KEY) {
         return match value.to_str().map(str::trim) {
-            Ok(key) if !key.is_empty() => Presented::Key(key.to_string()),
+            Ok(key) if !key.is_empty() => Presented::Key(Secret::Header(key)),
             _ => Presented::Malformed,
         };
     }
@@ -100,35 +119,29 @@ fn presented_key(req: &ServiceRequest) -> Presented {
 
 /// The key in an `Authorization` value: a Bearer token, or the password of Basic
 /// credentials (RFC 7617; the user name is ignored). `None` for anything else: another
-/// scheme, invalid base64, no colon, an empty key. actix-web-httpauth parses both schemes;
-/// it only knows their canonical spelling, and RFC 9110 11.1 makes the scheme name
-/// case-insensitive, so `bearer` or `BASIC` is respelled for it first.
-fn authorization_key(value: &HeaderValue) -> Option<String> {
-    let text = value.to_str().ok()?;
-    let (scheme, rest) = text.split_once(' ')?;
+/// scheme, invalid base64, no colon, an empty key. actix-web-httpauth parses both schemes
+/// (and refuses a value that is not visible ASCII); it only knows their canonical
+/// spelling, and RFC 9110 11.1 makes the scheme name case-insensitive, so `bearer` or
+/// `BASIC` is respelled for it first.
+fn authorization_key(value: &HeaderValue) -> Option<Secret<'static>> {
+    let bytes = value.as_bytes();
+    let space = memchr::memchr(b' ', bytes)?;
+    let (scheme, rest) = (&bytes[..space], &bytes[space + 1..]);
     let canonical = |name: &str| -> Option<HeaderValue> {
-        if scheme == name {
+        if scheme == name.as_bytes() {
             Some(value.clone())
         } else {
-            HeaderValue::from_str(&format!("{name} {rest}")).ok()
+            HeaderValue::from_bytes(&[name.as_bytes(), b" ", rest].concat()).ok()
         }
     };
-    let key = if scheme.eq_ignore_ascii_case("bearer") {
-        Bearer::parse(&canonical("Bearer")?)
-            .ok()?
-            .token()
-            .trim()
-            .to_string()
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        Basic::parse(&canonical("Basic")?)
-            .ok()?
-            .password()?
-            .trim()
-            .to_string()
+    let secret = if scheme.eq_ignore_ascii_case(b"bearer") {
+        Secret::Bearer(Bearer::parse(&canonical("Bearer")?).ok()?)
+    } else if scheme.eq_ignore_ascii_case(b"basic") {
+        Secret::Basic(Basic::parse(&canonical("Basic")?).ok()?)
     } else {
         return None;
     };
-    (!key.is_empty()).then_some(key)
+    (!secret.get().is_empty()).then_some(secret)
 }
 
 /// The identity the request is served as (`None` on public paths): its key, or without a
@@ -152,7 +165,7 @@ pub fn check(
             None => Err(GatewayError::MissingKey),
         },
         Presented::Malformed => Err(state.throttle.fail(ip, GatewayError::InvalidKey)),
-        Presented::Key(secret) => match state.keys.table().lookup(&secret) {
+        Presented::Key(secret) => match state.keys.table().lookup(secret.get()) {
             None => Err(state.throttle.fail(ip, GatewayError::InvalidKey)),
             Some(key) if !key.enabled => Err(state.throttle.fail(ip, GatewayError::DisabledKey)),
             Some(key) => Ok(Some(Arc::clone(key))),
@@ -176,7 +189,7 @@ mod tests {
     }
 
     fn key_of(value: &str) -> Option<String> {
-        authorization_key(&HeaderValue::from_str(value).unwrap())
+        authorization_key(&HeaderValue::from_str(value).unwrap()).map(|s| s.get().to_string())
     }
 
     #[test]
