@@ -244,6 +244,9 @@ impl RatePolicy {
     }
 }
 
+/// The draft's headers (`RatePolicy::write_policy`, `RatePolicy::write_state`).
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
@@ -713,8 +716,8 @@ impl ResponseError for GatewayError {
             Self::RateLimited { policy, .. } => {
                 builder
                     .insert_header((header::RETRY_AFTER, policy.reset.to_string()))
-                    .insert_header(("ratelimit-policy", policy.policy_header()))
-                    .insert_header(("ratelimit", policy.state_header()));
+                    .insert_header((RATELIMIT_POLICY, policy.policy_header()))
+                    .insert_header((RATELIMIT, policy.state_header()));
             }
             Self::TooManyInFlight { .. } => {
                 builder.insert_header((header::RETRY_AFTER, "1"));

@@ -392,8 +392,8 @@ impl AsRef<[u8]> for IdBytes {
     }
 }
 
-/// `X-Request-Id`, named once: a header looked up or set by a `&str` name is parsed into a
-/// `HeaderName` each time, and a name outside the standard ones is copied into an allocation.
+/// `X-Request-Id`, named once: actix-http's `HeaderMap` and awc parse a `&str` name on every
+/// use, and copy one outside the standard set into an allocation of its own.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl RequestId {
@@ -480,14 +480,10 @@ impl RootSpanBuilder for GatewaySpan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::{HeaderName, HeaderValue};
 
     fn with(value: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            HeaderName::from_static("x-request-id"),
-            HeaderValue::from_static(value),
-        );
+        h.insert(X_REQUEST_ID, HeaderValue::from_static(value));
         h
     }
 

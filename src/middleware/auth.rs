@@ -74,26 +74,27 @@ pub fn check_upgrade(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-/// Named once: looked up by a `&str`, a header name outside the standard ones is parsed and
-/// copied into an allocation on every request.
+/// Named once: actix-http's `HeaderMap` parses a `&str` name on every use, and copies one
+/// outside the standard set into an allocation of its own.
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// What the client presented: `X-API-Key` first, else `Authorization`.
 enum Presented<'a> {
     None,
     Malformed,
-    Key(Secret<'a>),
+    Key(PresentedKey<'a>),
 }
 
-/// A presented key where it already is: in its `X-API-Key` value, or in the credentials
-/// actix-web-httpauth parsed out of `Authorization` (not copied out of them once more).
-enum Secret<'a> {
+/// A presented key where it already is: in its `X-API-Key` value (trimmed), or in the
+/// credentials actix-web-httpauth parsed out of `Authorization` (not copied out of them once
+/// more). Never formatted: it has no `Debug`, and `Bearer`'s `Display` shows the token.
+enum PresentedKey<'a> {
     Header(&'a str),
     Bearer(Bearer),
     Basic(Basic),
 }
 
-impl Secret<'_> {
+impl PresentedKey<'_> {
     /// The key, without the blanks around it.
     fn get(&self) -> &str {
         match self {
@@ -107,7 +108,7 @@ impl Secret<'_> {
 fn presented_key(req: &ServiceRequest) -> Presented<'_> {
     if let Some(value) = req.headers().get(X_API_KEY) {
         return match value.to_str().map(str::trim) {
-            Ok(key) if !key.is_empty() => Presented::Key(Secret::Header(key)),
+            Ok(key) if !key.is_empty() => Presented::Key(PresentedKey::Header(key)),
             _ => Presented::Malformed,
         };
     }
@@ -120,10 +121,10 @@ fn presented_key(req: &ServiceRequest) -> Presented<'_> {
 /// The key in an `Authorization` value: a Bearer token, or the password of Basic
 /// credentials (RFC 7617; the user name is ignored). `None` for anything else: another
 /// scheme, invalid base64, no colon, an empty key. actix-web-httpauth parses both schemes
-/// (and refuses a value that is not visible ASCII); it only knows their canonical
+/// (and refuses a value that is not visible ASCII or tabs); it only knows their canonical
 /// spelling, and RFC 9110 11.1 makes the scheme name case-insensitive, so `bearer` or
 /// `BASIC` is respelled for it first.
-fn authorization_key(value: &HeaderValue) -> Option<Secret<'static>> {
+fn authorization_key(value: &HeaderValue) -> Option<PresentedKey<'static>> {
     let bytes = value.as_bytes();
     let space = memchr::memchr(b' ', bytes)?;
     let (scheme, rest) = (&bytes[..space], &bytes[space + 1..]);
@@ -135,9 +136,9 @@ fn authorization_key(value: &HeaderValue) -> Option<Secret<'static>> {
         }
     };
     let secret = if scheme.eq_ignore_ascii_case(b"bearer") {
-        Secret::Bearer(Bearer::parse(&canonical("Bearer")?).ok()?)
+        PresentedKey::Bearer(Bearer::parse(&canonical("Bearer")?).ok()?)
     } else if scheme.eq_ignore_ascii_case(b"basic") {
-        Secret::Basic(Basic::parse(&canonical("Basic")?).ok()?)
+        PresentedKey::Basic(Basic::parse(&canonical("Basic")?).ok()?)
     } else {
         return None;
     };
@@ -176,7 +177,6 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::{HeaderName, HeaderValue};
 
     #[test]
     fn only_liveness_is_public() {
@@ -224,6 +224,29 @@ mod tests {
         ] {
             assert_eq!(key_of(&malformed), None, "{malformed}");
         }
+    }
+
+    /// actix-web-httpauth's parse is what refuses these (the scheme is found in the bytes):
+    /// a change there must not let them through.
+    #[test]
+    fn authorization_that_is_not_visible_ascii_presents_no_key() {
+        for value in [
+            &b"Bearer caf\xe9"[..],
+            b"bearer caf\xe9",
+            b"Basic \xff\xfe",
+            b"BASIC \xff\xfe",
+            b"Bearer\ttok",
+        ] {
+            let value = HeaderValue::from_bytes(value).unwrap();
+            assert!(authorization_key(&value).is_none(), "{value:?}");
+        }
+        let tabbed = HeaderValue::from_static("Bearer ogw_a\t");
+        assert_eq!(
+            authorization_key(&tabbed)
+                .map(|k| k.get().to_string())
+                .as_deref(),
+            Some("ogw_a")
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use actix_web::{web, HttpMessage as _};
 
 use crate::budget::clock::until;
 use crate::budget::{Budget, Ledger, WindowState};
-use crate::error::{write_go_duration, Api, GatewayError, RatePolicy};
+use crate::error::{write_go_duration, Api, GatewayError, RatePolicy, RATELIMIT, RATELIMIT_POLICY};
 use crate::keys::ApiKey;
 use crate::limits::{self, InFlight};
 use crate::middleware::context::RequestContext;
@@ -49,9 +49,6 @@ impl<B: MessageBody> MessageBody for Guarded<B> {
         self.project().body.poll_next(cx)
     }
 }
-
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Adds OpenAI's `x-ratelimit-{limit,remaining,reset}-requests` for `policy`: what OpenAI
 /// clients and dashboards read, beside the draft's `RateLimit` headers. Only on `/v1`.

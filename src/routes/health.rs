@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
 use crate::config::{Config, Timeouts};
@@ -19,7 +20,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(3);
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(JSON_UTF8)
-        .insert_header(("cache-control", "no-store"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(r#"{"status":"ok"}"#)
 }
 
@@ -46,7 +47,7 @@ pub async fn readyz(state: web::Data<AppState>, client: web::Data<awc::Client>) 
     match result {
         Ok(()) => HttpResponse::Ok()
             .content_type(JSON_UTF8)
-            .insert_header(("cache-control", "no-store"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
             .body(r#"{"status":"ready"}"#),
         Err(e) => json_error(&mut HttpResponse::ServiceUnavailable(), &e),
     }

@@ -1,6 +1,7 @@
 //! `GET /usage` on the admin listener: every team's and identity's token windows now (see
 //! [`crate::budget::report`]). Like /metrics there: plain HTTP, no key.
 
+use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
 use crate::budget::report;
@@ -10,6 +11,6 @@ use crate::state::AppState;
 pub async fn usage(state: web::Data<AppState>) -> HttpResponse {
     let report = report::build(&state.keys.table(), state.ledger.as_ref());
     HttpResponse::Ok()
-        .insert_header(("cache-control", "no-store"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(report)
 }

@@ -12,6 +12,7 @@ use super::{read_body, read_error_body, send_error, unreadable_answer, MAX_ANSWE
 use crate::catalog::{self, Listed};
 use crate::config::{Config, OpenAiConfig, Timeouts};
 use crate::error::GatewayError;
+use crate::telemetry::X_REQUEST_ID;
 
 /// What Ollama answered: its status and its body (scrubbed when it is an error).
 pub struct Answer {
@@ -46,7 +47,7 @@ pub async fn ollama(
         .request(method, format!("{}{path}", config.ollama.base))
         .timeout(timeouts.first_byte)
         .insert_header((header::ACCEPT, "application/json"))
-        .insert_header((crate::telemetry::X_REQUEST_ID, request_id));
+        .insert_header((X_REQUEST_ID, request_id));
     let sent = match body {
         Some(body) => {
             req.insert_header((header::CONTENT_TYPE, "application/json"))
@@ -87,7 +88,7 @@ pub async fn openai(
         .get(up.models_uri.clone())
         .timeout(timeouts.first_byte)
         .insert_header((header::ACCEPT, "application/json"))
-        .insert_header((crate::telemetry::X_REQUEST_ID, request_id));
+        .insert_header((X_REQUEST_ID, request_id));
     let mut resp = with_key(req, up)
         .send()
         .await

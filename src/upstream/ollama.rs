@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::error::{GatewayError, UpstreamFault};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::middleware::context::RequestContext;
+use crate::telemetry::X_REQUEST_ID;
 use crate::translate::ndjson::{DoneCounts, Ending, LineTooLong, NdjsonRelay};
 
 /// Sends `body` to `uri`, one of Ollama's model endpoints (`/api/chat`, `/api/generate`,
@@ -168,9 +169,7 @@ pub(super) fn with_client_headers(
         .and_then(|c| c.id.header.clone())
         .or_else(|| HeaderValue::from_str(request_id).ok());
     if let Some(id) = id {
-        upstream_req
-            .headers_mut()
-            .insert(crate::telemetry::X_REQUEST_ID, id);
+        upstream_req.headers_mut().insert(X_REQUEST_ID, id);
     }
     upstream_req
 }

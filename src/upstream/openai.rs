@@ -22,6 +22,7 @@ use crate::config::{Config, OpenAiConfig};
 use crate::error::{GatewayError, UpstreamFault, JSON_UTF8};
 use crate::metrics::{self, OllamaTimings, RequestRecord, Tokens};
 use crate::secret::Scrubber;
+use crate::telemetry::X_REQUEST_ID;
 use crate::translate::generate::{load_answer, AsChat};
 use crate::translate::ollama::{ChatRequest, Shape, Timing};
 use crate::translate::openai::{
@@ -87,7 +88,7 @@ pub(super) async fn send(
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((header::ACCEPT, accept))
         .insert_header((header::USER_AGENT, USER_AGENT))
-        .insert_header((crate::telemetry::X_REQUEST_ID, &*call.request_id));
+        .insert_header((X_REQUEST_ID, &*call.request_id));
     req = with_key(req, up);
     let mut resp = req
         .send_body(body)
