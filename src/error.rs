@@ -247,9 +247,12 @@ impl RatePolicy {
 /// The draft's headers (`RatePolicy::write_policy`, `RatePolicy::write_state`).
 pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+pub(crate) const X_RATELIMIT_LIMIT: HeaderName =
+    HeaderName::from_static("x-ratelimit-limit-requests");
+pub(crate) const X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-requests");
+pub(crate) const X_RATELIMIT_RESET: HeaderName =
+    HeaderName::from_static("x-ratelimit-reset-requests");
 
 /// "token budget of team alpha exhausted (tokens_per_day); resets in 3h12m": who, which
 /// window, and when; or, for a reservation that can never fit, that and why.

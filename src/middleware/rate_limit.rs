@@ -20,7 +20,10 @@ use actix_web::{web, HttpMessage as _};
 
 use crate::budget::clock::until;
 use crate::budget::{Budget, Ledger, WindowState};
-use crate::error::{write_go_duration, Api, GatewayError, RatePolicy, RATELIMIT, RATELIMIT_POLICY};
+use crate::error::{
+    write_go_duration, Api, GatewayError, RatePolicy, RATELIMIT, RATELIMIT_POLICY,
+    X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+};
 use crate::keys::ApiKey;
 use crate::limits::{self, InFlight};
 use crate::middleware::context::RequestContext;
@@ -120,7 +123,7 @@ const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-to
 /// sharing at the first split) instead of one or two each (measured: six a request).
 struct Values(BytesMut);
 
-/// Room for every value [`Admission::apply`] writes (about 130 bytes).
+/// Room for every value [`Admission::apply`] writes (about 130 bytes; ~150 on `/v1`).
 const VALUES_CAPACITY: usize = 192;
 
 impl Values {
@@ -159,6 +162,20 @@ fn add_token_headers(
     }
 }
 
+/// OpenAI's `x-ratelimit-*-requests` of `policy` (as [`RatePolicy::openai_headers`] makes
+/// them for a refusal), written into the answer's one buffer of values.
+fn put_openai_headers(headers: &mut HeaderMap, values: &mut Values, policy: &RatePolicy) {
+    if let Some(v) = values.number(u64::from(policy.quota)) {
+        headers.insert(X_RATELIMIT_LIMIT, v);
+    }
+    if let Some(v) = values.number(u64::from(policy.remaining)) {
+        headers.insert(X_RATELIMIT_REMAINING, v);
+    }
+    if let Some(v) = values.value(|out| write_go_duration(policy.full_in, out)) {
+        headers.insert(X_RATELIMIT_RESET, v);
+    }
+}
+
 /// The three `x-ratelimit-*-tokens` of `window` at `now`.
 fn put_token_headers(
     headers: &mut HeaderMap,
@@ -194,7 +211,7 @@ impl Admission {
                 headers.insert(RATELIMIT, v);
             }
             if Api::of_path(res.request().path()) != Api::Ollama {
-                add_openai_headers(res.headers_mut(), &policy);
+                put_openai_headers(res.headers_mut(), &mut values, &policy);
             }
         }
         if let Some(key) = &self.budgeted {
