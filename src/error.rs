@@ -226,33 +226,11 @@ impl RatePolicy {
             let _ = out.write_str(part);
         }
     }
-
-    /// OpenAI's request rate-limit headers, for answers on `/v1`: `x-ratelimit-limit-requests`
-    /// (the quota per minute), `x-ratelimit-remaining-requests`, and
-    /// `x-ratelimit-reset-requests` (time until the bucket is full, as a Go duration).
-    pub fn openai_headers(&self) -> [(HeaderName, HeaderValue); 3] {
-        let mut n = itoa::Buffer::new();
-        let limit = HeaderValue::from_str(n.format(self.quota));
-        let remaining = HeaderValue::from_str(n.format(self.remaining));
-        let reset = HeaderValue::from_str(&go_duration(self.full_in));
-        let zero = || HeaderValue::from_static("0");
-        [
-            (X_RATELIMIT_LIMIT, limit.unwrap_or_else(|_| zero())),
-            (X_RATELIMIT_REMAINING, remaining.unwrap_or_else(|_| zero())),
-            (X_RATELIMIT_RESET, reset.unwrap_or_else(|_| zero())),
-        ]
-    }
 }
 
 /// The draft's headers (`RatePolicy::write_policy`, `RatePolicy::write_state`).
 pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-pub(crate) const X_RATELIMIT_LIMIT: HeaderName =
-    HeaderName::from_static("x-ratelimit-limit-requests");
-pub(crate) const X_RATELIMIT_REMAINING: HeaderName =
-    HeaderName::from_static("x-ratelimit-remaining-requests");
-pub(crate) const X_RATELIMIT_RESET: HeaderName =
-    HeaderName::from_static("x-ratelimit-reset-requests");
 
 /// "token budget of team alpha exhausted (tokens_per_day); resets in 3h12m": who, which
 /// window, and when; or, for a reservation that can never fit, that and why.
@@ -284,16 +262,8 @@ pub fn short_duration(d: Duration) -> String {
 }
 
 /// A duration as Go's `time.Duration.String` writes it, to the millisecond (rounded up, so
-/// that a wait is never shown as none): `0s`, `17ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`. The
-/// form OpenAI uses in `x-ratelimit-reset-*`.
-pub fn go_duration(d: Duration) -> String {
-    // Room for the longest (u64::MAX ms, 24 bytes): no growth.
-    let mut out = String::with_capacity(32);
-    write_go_duration(d, &mut out);
-    out
-}
-
-/// [`go_duration`], appended to `out`.
+/// that a wait is never shown as none), appended to `out`: `0s`, `17ms`, `1s`, `1.5s`,
+/// `6m0s`, `1h0m0s`. The form OpenAI uses in `x-ratelimit-reset-*`.
 pub fn write_go_duration(d: Duration, out: &mut impl fmt::Write) {
     // In u64 (a u128 division costs more than the rest of this together).
     let millis = d
@@ -1367,32 +1337,10 @@ mod tests {
             (Duration::new(1, 1), "1.001s"),
             (Duration::MAX, "5124095576030h25m51.615s"),
         ] {
-            assert_eq!(go_duration(d), text, "{d:?}");
+            let mut written = String::new();
+            write_go_duration(d, &mut written);
+            assert_eq!(written, text, "{d:?}");
         }
-    }
-
-    #[test]
-    fn openai_rate_headers() {
-        let p = RatePolicy {
-            name: RatePolicy::DEFAULT,
-            quota: 120,
-            remaining: 19,
-            reset: 1,
-            full_in: Duration::from_millis(500),
-        };
-        let headers = p.openai_headers();
-        let pairs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or_default()))
-            .collect();
-        assert_eq!(
-            pairs,
-            [
-                ("x-ratelimit-limit-requests", "120"),
-                ("x-ratelimit-remaining-requests", "19"),
-                ("x-ratelimit-reset-requests", "500ms"),
-            ]
-        );
     }
 
     #[test]

@@ -20,10 +20,7 @@ use actix_web::{web, HttpMessage as _};
 
 use crate::budget::clock::until;
 use crate::budget::{Budget, Ledger, WindowState};
-use crate::error::{
-    write_go_duration, Api, GatewayError, RatePolicy, RATELIMIT, RATELIMIT_POLICY,
-    X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
-};
+use crate::error::{write_go_duration, Api, GatewayError, RatePolicy, RATELIMIT, RATELIMIT_POLICY};
 use crate::keys::ApiKey;
 use crate::limits::{self, InFlight};
 use crate::middleware::context::RequestContext;
@@ -56,9 +53,7 @@ impl<B: MessageBody> MessageBody for Guarded<B> {
 /// Adds OpenAI's `x-ratelimit-{limit,remaining,reset}-requests` for `policy`: what OpenAI
 /// clients and dashboards read, beside the draft's `RateLimit` headers. Only on `/v1`.
 pub fn add_openai_headers(headers: &mut HeaderMap, policy: &RatePolicy) {
-    for (name, value) in policy.openai_headers() {
-        headers.insert(name, value);
-    }
+    put_openai_headers(headers, &mut Values::new(), policy);
 }
 
 /// Whether a request is a cheap read: one that UIs poll, that costs the upstream next to
@@ -162,17 +157,21 @@ fn add_token_headers(
     }
 }
 
-/// OpenAI's `x-ratelimit-*-requests` of `policy` (as [`RatePolicy::openai_headers`] makes
-/// them for a refusal), written into the answer's one buffer of values.
+const X_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const X_REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const X_RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+
+/// [`add_openai_headers`] with the answer's one buffer of values: the quota per minute, the
+/// requests left, and the time until the bucket is full again (a Go duration).
 fn put_openai_headers(headers: &mut HeaderMap, values: &mut Values, policy: &RatePolicy) {
     if let Some(v) = values.number(u64::from(policy.quota)) {
-        headers.insert(X_RATELIMIT_LIMIT, v);
+        headers.insert(X_LIMIT_REQUESTS, v);
     }
     if let Some(v) = values.number(u64::from(policy.remaining)) {
-        headers.insert(X_RATELIMIT_REMAINING, v);
+        headers.insert(X_REMAINING_REQUESTS, v);
     }
     if let Some(v) = values.value(|out| write_go_duration(policy.full_in, out)) {
-        headers.insert(X_RATELIMIT_RESET, v);
+        headers.insert(X_RESET_REQUESTS, v);
     }
 }
 
@@ -245,6 +244,43 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openai_rate_headers() {
+        let p = RatePolicy {
+            name: RatePolicy::DEFAULT,
+            quota: 120,
+            remaining: 19,
+            reset: 1,
+            full_in: std::time::Duration::from_millis(500),
+        };
+        let mut headers = HeaderMap::new();
+        add_openai_headers(&mut headers, &p);
+        let pairs: Vec<(&str, &str)> = [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ]
+        .into_iter()
+        .map(|n| {
+            (
+                n,
+                headers
+                    .get(n)
+                    .map_or("", |v| v.to_str().unwrap_or_default()),
+            )
+        })
+        .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-ratelimit-limit-requests", "120"),
+                ("x-ratelimit-remaining-requests", "19"),
+                ("x-ratelimit-reset-requests", "500ms"),
+            ]
+        );
+        assert_eq!(headers.len(), 3);
+    }
 
     #[test]
     fn cheap_reads_are_the_polled_gets_only() {
