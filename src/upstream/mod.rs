@@ -12,7 +12,9 @@ pub mod upload;
 pub mod v1;
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_service::Service;
@@ -23,6 +25,7 @@ use awc::error::{PayloadError, SendRequestError};
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use tokio::net::TcpStream;
+use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 
 use crate::config::{Config, Timeouts};
@@ -297,6 +300,22 @@ pub fn error_body_too_large(
     }
 }
 
+/// `tokio::time::timeout_at(deadline, fut)`, with no timer when `fut` is ready at its first
+/// poll, as a small body usually is (it came in the same read as its head). Tokio's
+/// `timeout_at` builds its timer entry before polling (a clone of the runtime's handle) and
+/// cancels it when dropped, under the timer driver's lock even if it was never registered
+/// (tokio 1.54 `TimerEntry::cancel`): on every request, though it rarely waits. Tokio's
+/// `Timeout` also polls the future before its timer, so a ready future gives its value even
+/// past the deadline in both; a future pending at first is polled once more here before the
+/// timer is.
+pub async fn until<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        Poll::Ready(out) => Ok(out),
+        Poll::Pending => tokio::time::timeout_at(deadline, fut).await,
+    }
+}
+
 /// Reads a whole upstream body of at most `limit` bytes before `deadline` (the end of
 /// `timeouts.total`).
 pub async fn read_body<S>(
@@ -316,7 +335,7 @@ where
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    match tokio::time::timeout_at(deadline, resp.body().limit(limit)).await {
+    match until(deadline, resp.body().limit(limit)).await {
         Err(_) => Err(GatewayError::UpstreamTimeout {
             upstream: upstream.to_string(),
             detail: format!(
@@ -423,5 +442,27 @@ mod tests {
             other,
             "broke the connection before the answer was complete (weird)"
         );
+    }
+
+    /// A future that is pending once, then ready with `value`.
+    async fn after_one_wait(value: u8) -> u8 {
+        tokio::task::yield_now().await;
+        value
+    }
+
+    #[actix_rt::test]
+    async fn until_answers_as_tokio_timeout_at_does() {
+        let past = Instant::now() - Duration::from_secs(1);
+        let later = Instant::now() + Duration::from_secs(3600);
+        // Ready at once: its value, even past the deadline (tokio's `Timeout` polls the
+        // future before its timer too).
+        assert_eq!(until(past, async { 7 }).await, Ok(7));
+        assert_eq!(
+            tokio::time::timeout_at(past, async { 7 }).await.ok(),
+            Some(7)
+        );
+        // Pending at first: the timer decides.
+        assert_eq!(until(later, after_one_wait(8)).await, Ok(8));
+        assert!(until(past, std::future::pending::<()>()).await.is_err());
     }
 }
