@@ -308,7 +308,7 @@ pub fn error_body_too_large(
 /// `Timeout` also polls the future before its timer, so a ready future gives its value even
 /// past the deadline in both; a future pending at first is polled once more here before the
 /// timer is.
-pub async fn until<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
+async fn until<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
     let mut fut = std::pin::pin!(fut);
     match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
         Poll::Ready(out) => Ok(out),
@@ -461,7 +461,8 @@ mod tests {
             tokio::time::timeout_at(past, async { 7 }).await.ok(),
             Some(7)
         );
-        // Pending at first: the timer decides.
+        // Pending at first: its value when it ends before the deadline; timed out when it
+        // does not end.
         assert_eq!(until(later, after_one_wait(8)).await, Ok(8));
         assert!(until(past, std::future::pending::<()>()).await.is_err());
     }
