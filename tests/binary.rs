@@ -307,12 +307,16 @@ async fn logs_never_contain_a_key_even_at_trace_level() {
             let body = resp.body().await.unwrap();
             assert!(!String::from_utf8_lossy(&body).contains(UPSTREAM_KEY));
         }
-        if format == "json" {
-            // A request's line is written once its answer is done, by the writer thread: read
-            // until all five are there (`finish` kills the process, losing what is queued).
-            for _ in 0..5 {
-                lines.extend(proc.wait_for("\"message\":\"request\",\"request_id\""));
-            }
+        // A request's line is written once its answer is done, by the writer thread, in
+        // either format: read until all five are there (`finish` kills the process, losing
+        // what is queued; a CI run once lost all five text lines that way).
+        let request_line = if format == "json" {
+            "\"message\":\"request\",\"request_id\""
+        } else {
+            " request request_id=\""
+        };
+        for _ in 0..5 {
+            lines.extend(proc.wait_for(request_line));
         }
         lines.extend(proc.finish());
         let all = lines.join("\n");
