@@ -2,6 +2,7 @@
 //! HTTP client, and the two upstream kinds.
 
 pub mod anthropic;
+mod conn;
 pub mod headers;
 pub mod manage;
 pub mod models;
@@ -41,7 +42,8 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// The TCP connector of the upstream leg, setting TCP_NODELAY on every new connection so
-/// small writes (one request, one line) are not held back by Nagle's algorithm.
+/// small writes (one request, one line) are not held back by Nagle's algorithm, and handing
+/// awc each one as a [`conn::Upstream`], closed off the request path when its pool drops it.
 #[derive(Clone)]
 struct NoDelay<S> {
     inner: S,
@@ -52,7 +54,7 @@ where
     S: Service<ConnectInfo<Uri>, Response = Connection<Uri, TcpStream>, Error = ConnectError>,
     S::Future: 'static,
 {
-    type Response = Connection<Uri, TcpStream>;
+    type Response = Connection<Uri, conn::Upstream>;
     type Error = ConnectError;
     type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -65,7 +67,8 @@ where
             if let Err(e) = conn.io_ref().set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on an upstream connection");
             }
-            Ok(conn)
+            let (io, uri) = conn.into_parts();
+            Ok(Connection::new(uri, conn::Upstream::new(io)))
         })
     }
 }
