@@ -10,13 +10,14 @@
 //! for its first byte instead of ~0.2 ms (BENCHMARKS.md, S4).
 //!
 //! So a connection handed to awc is an [`Upstream`], which on drop gives its socket to one
-//! closer thread for the whole process, which runs at the lowest priority; the worker goes
-//! on at once. The socket is closed
-//! as it would have been (the upstream sees the same FIN, a moment later), and a connection
-//! that cannot be handed over (no closer thread) is closed in place.
+//! closer thread for the whole process, running at the lowest priority; the worker goes on
+//! at once. The socket is closed as it would have been (the upstream sees the same FIN, a
+//! moment later), and a connection that cannot be handed over (no closer thread, or
+//! [`MAX_WAITING`] sockets already waiting for it) is closed in place.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
@@ -63,8 +64,16 @@ impl Drop for Upstream {
 /// the thread could not be started.
 static CLOSER: OnceLock<Option<mpsc::Sender<TcpStream>>> = OnceLock::new();
 
+/// Sockets handed to the closer thread and not closed yet.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Most sockets the closer thread holds. Past this (a closer starved of CPU on a saturated
+/// machine while connections end faster than it gets to run) a connection closes in place,
+/// as awc would have closed it, so that the file descriptors waiting stay bounded.
+const MAX_WAITING: usize = 256;
+
 /// Hands `io` to the closer thread (started by the first connection closed), or closes it
-/// here if there is none.
+/// here if there is none or its queue is full.
 fn close(io: TcpStream) {
     let closer = CLOSER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<TcpStream>();
@@ -74,26 +83,40 @@ fn close(io: TcpStream) {
                 lower_priority();
                 // Each socket is closed (deregistered from its worker's poller, then its
                 // file descriptor released) as it is dropped here.
-                rx.into_iter().for_each(drop);
+                for io in rx {
+                    drop(io);
+                    WAITING.fetch_sub(1, Ordering::Relaxed);
+                }
             })
             .map_err(|e| tracing::warn!(error = %e, "no upstream closer thread: connections close in place"))
             .ok()
             .map(|_| tx)
     });
     match closer {
-        Some(tx) => {
+        Some(tx) if take_place(&WAITING, MAX_WAITING) => {
             // Gone only if the thread ended, which it does not: then close it here.
             if let Err(mpsc::SendError(io)) = tx.send(io) {
+                WAITING.fetch_sub(1, Ordering::Relaxed);
                 drop(io);
             }
         }
-        None => drop(io),
+        _ => drop(io),
     }
+}
+
+/// Takes one of `max` places counted by `waiting`, if one is free.
+fn take_place(waiting: &AtomicUsize, max: usize) -> bool {
+    waiting
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 /// The closer thread's nice value: the lowest priority. A close is never urgent and a
 /// request always is: on a CPU the workers share with it, a worker woken by an answer must
-/// not wait for a close to finish. On a busy machine the thread still gets its share.
+/// not wait for a close to finish. On a busy machine the thread still gets its share (and
+/// its queue is bounded, [`MAX_WAITING`]).
 const CLOSER_NICE: i32 = 19;
 
 fn lower_priority() {
@@ -178,6 +201,17 @@ impl ActixStream for Upstream {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[test]
+    fn the_closer_holds_at_most_its_places() {
+        let waiting = AtomicUsize::new(0);
+        assert!(take_place(&waiting, 2));
+        assert!(take_place(&waiting, 2));
+        assert!(!take_place(&waiting, 2), "a third socket closes in place");
+        assert_eq!(waiting.load(Ordering::Relaxed), 2);
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        assert!(take_place(&waiting, 2));
+    }
 
     /// Bytes pass both ways, and a dropped connection is still closed (by the closer
     /// thread): its peer reads the end of the stream.
