@@ -10,10 +10,15 @@
 //! for its first byte instead of ~0.2 ms (BENCHMARKS.md, S4).
 //!
 //! So a connection handed to awc is an [`Upstream`], which on drop gives its socket to one
-//! closer thread for the whole process, running at the lowest priority; the worker goes on
-//! at once. The socket is closed as it would have been (the upstream sees the same FIN, a
-//! moment later), and a connection that cannot be handed over (no closer thread, or
-//! [`MAX_WAITING`] sockets already waiting for it) is closed in place.
+//! closer thread for the whole process, running at the lowest priority (on Linux); the
+//! worker goes on at once. The socket is closed as it would have been (the upstream sees
+//! the same FIN, a moment later), and a connection that cannot be handed over (no closer
+//! thread, or [`MAX_WAITING`] sockets already waiting for it) is closed in place.
+//!
+//! That is about plain HTTP upstreams, whose pool awc gives no disconnect timeout, so it
+//! drops them where it finds them. A TLS upstream's expired connection awc closes in a task
+//! it spawns on the worker (its `close_notify`, within `disconnect_timeout`), after the
+//! request's turn; only its final close comes here.
 
 use std::io;
 use std::pin::Pin;
@@ -117,12 +122,18 @@ fn take_place(waiting: &AtomicUsize, max: usize) -> bool {
 /// request always is: on a CPU the workers share with it, a worker woken by an answer must
 /// not wait for a close to finish. On a busy machine the thread still gets its share (and
 /// its queue is bounded, [`MAX_WAITING`]).
+#[cfg(target_os = "linux")]
 const CLOSER_NICE: i32 = 19;
 
+/// On Linux, where a thread has a nice value of its own; elsewhere the thread keeps the
+/// process's priority.
 fn lower_priority() {
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), CLOSER_NICE) {
-        tracing::debug!(error = %e, "cannot lower the upstream closer thread's priority");
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), CLOSER_NICE) {
+            tracing::debug!(error = %e, "cannot lower the upstream closer thread's priority");
+        }
     }
 }
 
