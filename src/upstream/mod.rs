@@ -78,10 +78,12 @@ pub fn build_client(timeouts: &Timeouts, tls: Arc<rustls::ClientConfig>) -> awc:
     let tcp = actix_tls::connect::Connector::new(Resolver::default()).service();
     let connector = awc::Connector::new()
         .connector(NoDelay { inner: tcp })
+        // Before `rustls_0_23`: awc's `max_http_version` replaces the TLS settings with a
+        // default of its own, which would drop `tls`.
+        .max_http_version(awc::http::Version::HTTP_11)
         .rustls_0_23(tls)
         .timeout(timeouts.connect)
         .handshake_timeout(timeouts.connect)
-        .max_http_version(awc::http::Version::HTTP_11)
         // Bounded by the listener's own connection limit instead.
         .limit(0)
         .conn_keep_alive(Duration::from_secs(30));
