@@ -22,7 +22,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
@@ -43,17 +42,26 @@ impl Upstream {
         Self { io: Some(io) }
     }
 
-    fn io(&mut self) -> io::Result<Pin<&mut TcpStream>> {
-        match self.io.as_mut() {
-            Some(io) => Ok(Pin::new(io)),
-            None => Err(io::ErrorKind::NotConnected.into()),
+    /// `f` on the socket (there is always one while `self` can be polled).
+    fn poll_ref<T>(
+        &self,
+        f: impl FnOnce(&TcpStream) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match &self.io {
+            Some(io) => f(io),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
-    fn io_ref(&self) -> io::Result<&TcpStream> {
-        self.io
-            .as_ref()
-            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    /// `f` on the pinned socket.
+    fn poll_mut<T>(
+        self: Pin<&mut Self>,
+        f: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match &mut self.get_mut().io {
+            Some(io) => f(Pin::new(io)),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
     }
 }
 
@@ -67,55 +75,47 @@ impl Drop for Upstream {
 
 /// Where dropped connections go: the sending half of the closer thread's queue, or none if
 /// the thread could not be started.
-static CLOSER: OnceLock<Option<mpsc::Sender<TcpStream>>> = OnceLock::new();
+static CLOSER: OnceLock<Option<mpsc::SyncSender<TcpStream>>> = OnceLock::new();
 
-/// Sockets handed to the closer thread and not closed yet.
-static WAITING: AtomicUsize = AtomicUsize::new(0);
-
-/// Most sockets the closer thread holds. Past this (a closer starved of CPU on a saturated
-/// machine while connections end faster than it gets to run) a connection closes in place,
-/// as awc would have closed it, so that the file descriptors waiting stay bounded.
+/// Most sockets waiting for the closer thread: its queue's length. Past this (a closer
+/// starved of CPU on a saturated machine while connections end faster than it gets to run)
+/// a connection closes in place, as awc would have closed it, so that the file descriptors
+/// waiting stay bounded.
 const MAX_WAITING: usize = 256;
 
 /// Hands `io` to the closer thread (started by the first connection closed), or closes it
-/// here if there is none or its queue is full.
+/// here if there is none.
 fn close(io: TcpStream) {
-    let closer = CLOSER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<TcpStream>();
-        std::thread::Builder::new()
-            .name("upstream-closer".into())
-            .spawn(move || {
-                lower_priority();
-                // Each socket is closed (deregistered from its worker's poller, then its
-                // file descriptor released) as it is dropped here.
-                for io in rx {
-                    drop(io);
-                    WAITING.fetch_sub(1, Ordering::Relaxed);
-                }
-            })
-            .map_err(|e| tracing::warn!(error = %e, "no upstream closer thread: connections close in place"))
-            .ok()
-            .map(|_| tx)
-    });
-    match closer {
-        Some(tx) if take_place(&WAITING, MAX_WAITING) => {
-            // Gone only if the thread ended, which it does not: then close it here.
-            if let Err(mpsc::SendError(io)) = tx.send(io) {
-                WAITING.fetch_sub(1, Ordering::Relaxed);
-                drop(io);
-            }
-        }
-        _ => drop(io),
+    match CLOSER.get_or_init(start_closer) {
+        Some(closer) => hand_over(closer, io),
+        None => drop(io),
     }
 }
 
-/// Takes one of `max` places counted by `waiting`, if one is free.
-fn take_place(waiting: &AtomicUsize, max: usize) -> bool {
-    waiting
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            (n < max).then_some(n + 1)
+fn start_closer() -> Option<mpsc::SyncSender<TcpStream>> {
+    let (tx, rx) = mpsc::sync_channel::<TcpStream>(MAX_WAITING);
+    std::thread::Builder::new()
+        .name("upstream-closer".into())
+        .spawn(move || {
+            lower_priority();
+            // Each socket is closed (deregistered from its worker's poller, then its file
+            // descriptor released) as it is dropped here.
+            rx.into_iter().for_each(drop);
         })
-        .is_ok()
+        .map_err(
+            |e| tracing::warn!(error = %e, "no upstream closer thread: connections close in place"),
+        )
+        .ok()
+        .map(|_| tx)
+}
+
+/// Queues `io` for the closer, or closes it here if the queue is full (or the thread ended,
+/// which it does not).
+fn hand_over(closer: &mpsc::SyncSender<TcpStream>, io: TcpStream) {
+    match closer.try_send(io) {
+        Ok(()) => {}
+        Err(mpsc::TrySendError::Full(io) | mpsc::TrySendError::Disconnected(io)) => drop(io),
+    }
 }
 
 /// The closer thread's nice value: the lowest priority. A close is never urgent and a
@@ -143,10 +143,7 @@ impl AsyncRead for Upstream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_mut(|io| io.poll_read(cx, buf))
     }
 }
 
@@ -156,10 +153,7 @@ impl AsyncWrite for Upstream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_mut(|io| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -167,10 +161,7 @@ impl AsyncWrite for Upstream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_mut(|io| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -178,33 +169,21 @@ impl AsyncWrite for Upstream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_mut(|io| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_mut(|io| io.poll_shutdown(cx))
     }
 }
 
 impl ActixStream for Upstream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        match self.io_ref() {
-            Ok(io) => ActixStream::poll_read_ready(io, cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_ref(|io| ActixStream::poll_read_ready(io, cx))
     }
 
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        match self.io_ref() {
-            Ok(io) => ActixStream::poll_write_ready(io, cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_ref(|io| ActixStream::poll_write_ready(io, cx))
     }
 }
 
@@ -213,15 +192,30 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    #[test]
-    fn the_closer_holds_at_most_its_places() {
-        let waiting = AtomicUsize::new(0);
-        assert!(take_place(&waiting, 2));
-        assert!(take_place(&waiting, 2));
-        assert!(!take_place(&waiting, 2), "a third socket closes in place");
-        assert_eq!(waiting.load(Ordering::Relaxed), 2);
-        waiting.fetch_sub(1, Ordering::Relaxed);
-        assert!(take_place(&waiting, 2));
+    /// A full queue closes a connection in place: its peer reads the end of the stream while
+    /// the queued one still waits (nothing receives here), and no more than the queue holds
+    /// is waiting.
+    #[tokio::test]
+    async fn past_its_queue_a_connection_closes_in_place() -> io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (queue, waiting) = mpsc::sync_channel(1);
+        let first = TcpStream::connect(addr).await?;
+        let (_first_peer, _) = listener.accept().await?;
+        let second = TcpStream::connect(addr).await?;
+        let (mut second_peer, _) = listener.accept().await?;
+        hand_over(&queue, first);
+        hand_over(&queue, second);
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            second_peer.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        assert!(waiting.try_recv().is_ok(), "the first one waits");
+        assert!(waiting.try_recv().is_err(), "and nothing else does");
+        Ok(())
     }
 
     /// Bytes pass both ways, and a dropped connection is still closed (by the closer
@@ -236,8 +230,7 @@ mod tests {
             let (server, _) = listener.accept().await?;
             conns.push((Upstream::new(client), server));
         }
-        for (client, mut server) in conns {
-            let mut client = client;
+        for (mut client, mut server) in conns {
             client.write_all(b"ping").await?;
             let mut got = [0u8; 4];
             server.read_exact(&mut got).await?;
