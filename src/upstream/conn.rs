@@ -192,6 +192,18 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+    /// `peer` reads the end of its stream with nothing before it: the other side was closed
+    /// (the read ends only then; the timeout only keeps a failure from hanging).
+    async fn assert_closed(peer: &mut TcpStream) {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            peer.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+    }
+
     /// A full queue closes a connection in place: its peer reads the end of the stream while
     /// the queued one still waits (nothing receives here), and no more than the queue holds
     /// is waiting.
@@ -206,13 +218,7 @@ mod tests {
         let (mut second_peer, _) = listener.accept().await?;
         hand_over(&queue, first);
         hand_over(&queue, second);
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            second_peer.read_to_end(&mut rest),
-        )
-        .await;
-        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        assert_closed(&mut second_peer).await;
         assert!(waiting.try_recv().is_ok(), "the first one waits");
         assert!(waiting.try_recv().is_err(), "and nothing else does");
         Ok(())
@@ -239,14 +245,7 @@ mod tests {
             client.read_exact(&mut got).await?;
             assert_eq!(&got, b"pong");
             drop(client);
-            let mut rest = Vec::new();
-            // Ends only once the client's side is closed.
-            let read = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                server.read_to_end(&mut rest),
-            )
-            .await;
-            assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+            assert_closed(&mut server).await;
         }
         assert!(CLOSER.get().is_some_and(Option::is_some));
         Ok(())
