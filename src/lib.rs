@@ -11,6 +11,7 @@ pub mod keys;
 pub mod limits;
 pub mod listener;
 pub mod log_sink;
+pub mod memory;
 pub mod metrics;
 pub mod middleware;
 pub mod reload;

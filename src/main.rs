@@ -497,6 +497,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         eprintln!("warning: jemalloc background thread not started ({e}); freed memory returns to the OS more slowly");
     }
+    ollama_gateway::memory::enable();
     let _log_writer = telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());
     actix_web::rt::System::new().block_on(async move {
         let running = server::start(config)?;

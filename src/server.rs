@@ -173,6 +173,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     // cache of resolved metric handles. `tls` says which listener the App serves, so that
     // only HTTPS answers carry Strict-Transport-Security.
     let make_app = move |tls: bool| {
+        crate::memory::watch_worker();
         let client = upstream::build_client(&timeouts, Arc::clone(&client_tls));
         let worker_metrics = Rc::new(WorkerMetrics::new(Arc::clone(&state.metrics)));
         let hsts = hsts.clone().filter(|_| tls).map(middleware::Hsts);

@@ -36,6 +36,7 @@ pub async fn edge(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
+    crate::memory::count_request();
     let mut seen = observe::Seen::start(&req);
     let res = match admit(&req, &mut seen) {
         Ok(admission) => admission.apply(next.call(req).await?),
