@@ -3,16 +3,17 @@
 //! jemalloc (the binary's allocator) keeps what a burst freed in two places that nothing
 //! empties while the gateway is idle: each thread's cache of freed objects (several MiB a
 //! worker after a burst, with the cache sizes in `.cargo/config.toml`; jemalloc trims it only
-//! as that thread allocates again) and the arenas' dirty pages (its background thread purges those over
-//! `dirty_decay_ms`, 10 s). Measured (scenario S5, 500 streams opened and dropped): RSS stayed
-//! at the burst's peak for 10 s, then came down to ~17 MiB against 11 MiB before the burst,
-//! most of the difference the worker's cache.
+//! as that thread allocates again) and the arenas' dirty pages (its background thread purges
+//! those over `dirty_decay_ms`, 10 s). Measured (scenario S5, 500 streams opened and dropped):
+//! RSS stayed at the burst's peak for 10 s, then came down to ~17 MiB against 11 MiB before
+//! the burst, most of the difference the worker's cache.
 //!
-//! So each worker watches its own request count, and the first check that finds no request
-//! since the one before (one [`CHECK_EVERY`] without one) after some came, trims: it empties
-//! its thread's cache and has every arena purge its dirty pages at once. A worker that keeps
-//! serving never trims; an idle one trims once per burst. Off unless the binary turns it on
-//! ([`enable`]): the library's tests run on the system allocator.
+//! So each worker watches its own requests, and the first check that finds none in flight
+//! and none started since the check before (one [`CHECK_EVERY`] without one), after some came,
+//! trims: it empties its thread's cache and has every arena purge its dirty pages at once. A
+//! worker that keeps serving, or holds a stream open, never trims; an idle one trims once per
+//! burst. Off unless the binary turns it on ([`enable`]): the library's tests run on the
+//! system allocator.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,8 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// Requests this thread has taken (the edge counts them).
     static REQUESTS: Cell<u64> = const { Cell::new(0) };
+    /// Upstream requests on this thread not answered in full yet (a stream, while it runs).
+    static IN_FLIGHT: Cell<u64> = const { Cell::new(0) };
     /// Whether this thread already runs its watch.
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
@@ -44,6 +47,18 @@ pub fn count_request() {
     REQUESTS.with(|n| n.set(n.get().wrapping_add(1)));
 }
 
+/// An upstream request began on the calling worker (its record was made).
+#[inline]
+pub fn upstream_started() {
+    IN_FLIGHT.with(|n| n.set(n.get() + 1));
+}
+
+/// An upstream request on the calling worker ended (its record was completed).
+#[inline]
+pub fn upstream_ended() {
+    IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
+}
+
 /// Starts the calling worker's watch (once per thread, however many Apps it builds), if
 /// trimming is on. Must run on the worker's runtime.
 pub fn watch_worker() {
@@ -56,7 +71,8 @@ pub fn watch_worker() {
         let mut watch = Watch::default();
         loop {
             every.tick().await;
-            if watch.idle_after_work(REQUESTS.with(Cell::get)) {
+            let busy = IN_FLIGHT.with(Cell::get) > 0;
+            if watch.idle_after_work(REQUESTS.with(Cell::get), busy) {
                 trim();
             }
         }
@@ -72,11 +88,14 @@ struct Watch {
 }
 
 impl Watch {
-    /// Takes the request count at a check; says whether to trim now.
-    fn idle_after_work(&mut self, count: u64) -> bool {
+    /// Takes the request count at a check, and whether a request is in flight; says whether
+    /// to trim now.
+    fn idle_after_work(&mut self, count: u64, busy: bool) -> bool {
         if count != self.seen {
             self.seen = count;
             self.worked = true;
+            false
+        } else if busy {
             false
         } else {
             std::mem::take(&mut self.worked)
@@ -116,19 +135,26 @@ mod tests {
     #[test]
     fn trims_once_after_work_then_waits_for_more() {
         let mut w = Watch::default();
+        assert!(!w.idle_after_work(0, false), "no request yet");
+        assert!(!w.idle_after_work(0, false));
+        assert!(!w.idle_after_work(5, false), "serving");
+        assert!(!w.idle_after_work(9, false), "still serving");
+        assert!(w.idle_after_work(9, false), "the first idle check trims");
+        assert!(!w.idle_after_work(9, false), "and only once");
+        assert!(!w.idle_after_work(10, false));
+        assert!(w.idle_after_work(10, false));
+    }
+
+    #[test]
+    fn an_open_stream_is_work() {
+        let mut w = Watch::default();
+        assert!(!w.idle_after_work(1, true), "a stream began");
+        assert!(!w.idle_after_work(1, true), "no new request, but it runs");
+        assert!(!w.idle_after_work(1, true));
         assert!(
-            !w.idle_after_work(0),
-            "no request yet: nothing to give back"
+            w.idle_after_work(1, false),
+            "it ended: the next check trims"
         );
-        assert!(!w.idle_after_work(0));
-        assert!(!w.idle_after_work(5), "serving");
-        assert!(!w.idle_after_work(9), "still serving");
-        assert!(
-            w.idle_after_work(9),
-            "the first idle check after work trims"
-        );
-        assert!(!w.idle_after_work(9), "and only once");
-        assert!(!w.idle_after_work(10));
-        assert!(w.idle_after_work(10));
+        assert!(!w.idle_after_work(1, false));
     }
 }

@@ -639,6 +639,7 @@ impl RequestRecord {
     ) -> Self {
         let (in_flight, upstream_errors) = worker.upstream_handles(&upstream);
         in_flight.inc();
+        crate::memory::upstream_started();
         let none = worker.none();
         Self {
             started,
@@ -777,6 +778,7 @@ impl RequestRecord {
         }
         self.done = true;
         self.in_flight.dec();
+        crate::memory::upstream_ended();
         let elapsed = self.started.elapsed();
         let success = (200..300).contains(&status) && error.is_none();
         // A request about no model (a version) has the `none` label, not `other`.
