@@ -112,18 +112,20 @@ fn trim() {
     if cache.write(false).is_ok() {
         let _ = cache.write(true);
     }
-    // A decay time of 0 purges an arena's dirty pages at once; the old time is put back.
-    let Ok(count) = arenas::narenas::read() else {
+    // A decay time of 0 purges an arena's dirty pages at once. The time put back is the
+    // arenas' default (which nothing changes), not the arena's own as read here: two workers
+    // trimming at once would otherwise read each other's 0 and could leave it in place.
+    let (Ok(count), Ok(default)) = (
+        arenas::narenas::read(),
+        Access::<isize>::read(b"arenas.dirty_decay_ms\0".name()),
+    ) else {
         return;
     };
     for arena in 0..count {
         let name = format!("arena.{arena}.dirty_decay_ms\0");
         let decay = name.as_bytes().name();
-        let Ok(old) = Access::<isize>::read(decay) else {
-            continue;
-        };
         if decay.write(0isize).is_ok() {
-            let _ = decay.write(old);
+            let _ = decay.write(default);
         }
     }
 }
@@ -131,6 +133,32 @@ fn trim() {
 #[cfg(test)]
 mod tests {
     use super::Watch;
+    use tikv_jemalloc_ctl::{Access, AsName};
+
+    #[test]
+    fn trims_at_once_leave_every_arena_its_decay_time() {
+        // jemalloc answers its controls here too (the test binary allocates with the system
+        // allocator, so its arenas hold nothing).
+        let default: isize = b"arenas.dirty_decay_ms\0".name().read().unwrap();
+        assert!(default > 0, "{default}");
+        let trims: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..200).for_each(|_| super::trim())))
+            .collect();
+        for t in trims {
+            t.join().unwrap();
+        }
+        // Arena 0 always exists; the others only once a thread was given them.
+        let arenas = tikv_jemalloc_ctl::arenas::narenas::read().unwrap();
+        let mut checked = 0;
+        for arena in 0..arenas {
+            let name = format!("arena.{arena}.dirty_decay_ms\0");
+            if let Ok(decay) = Access::<isize>::read(name.as_bytes().name()) {
+                assert_eq!(decay, default, "arena {arena}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 1);
+    }
 
     #[test]
     fn trims_once_after_work_then_waits_for_more() {
