@@ -14,9 +14,10 @@ use ollama_gateway::keys::{self, Keys};
 use ollama_gateway::limits::LimiterPool;
 use ollama_gateway::{server, telemetry};
 
-/// jemalloc, with its background thread purging freed pages (dirty pages decay over 10 s):
-/// RSS comes back down after a burst of streams (measured with glibc's malloc: it stayed at
-/// the peak; scenario S5 in BENCHMARKS.md), and less memory per open stream.
+/// jemalloc, with its background thread purging freed pages (dirty pages decay over 10 s)
+/// and idle workers giving back what a burst left (`memory::enable`): RSS comes back down
+/// after a burst of streams (measured with glibc's malloc: it stayed at the peak; scenario S5
+/// in BENCHMARKS.md), and less memory per open stream.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -493,9 +494,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(config_arg.config)?;
     if !serve {
         return check_config(&config);
-    }
-    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        eprintln!("warning: jemalloc background thread not started ({e}); freed memory returns to the OS more slowly");
     }
     ollama_gateway::memory::enable();
     let _log_writer = telemetry::init(&config.log, std::env::var("RUST_LOG").ok().as_deref());

@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tikv_jemalloc_ctl::{arenas, Access, AsName};
+use tikv_jemalloc_ctl::{arenas, background_thread, Access, AsName};
 
 /// How often a worker looks at its request count.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -35,9 +35,13 @@ thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Turns trimming on, for workers started afterwards. The binary calls it when jemalloc is
-/// its allocator.
+/// Starts jemalloc's background thread (it purges dirty pages as they decay) and turns
+/// trimming on, for workers started afterwards. The binary calls it, jemalloc being its
+/// allocator, before its logging is set up (so a failure goes to stderr).
 pub fn enable() {
+    if let Err(e) = background_thread::write(true) {
+        eprintln!("warning: jemalloc background thread not started ({e}); freed memory returns to the OS more slowly");
+    }
     ENABLED.store(true, Ordering::Relaxed);
 }
 
